@@ -1,0 +1,394 @@
+"""The Zoom event WebSocket: connect, keep alive, decode, reconnect forever.
+
+Zoom delivers events only while we are connected, so this module's job is
+to be connected as much as possible: reconnect quickly (first retry well
+under a second), detect dead connections with the app-level heartbeat, and
+never let malformed input end the loop. The only way out of `run()` is
+cancellation or `AuthError` (bad credentials: retrying cannot help).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import anyio
+import anyio.abc
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from engine.auth import Backoff, TokenManager
+from engine.events import Event, InvalidEvent
+from engine.redact import redact, redact_url
+
+__all__ = ["ListenerStats", "ZoomListener"]
+
+log = logging.getLogger(__name__)
+
+_HEARTBEAT = b'{"module":"heartbeat"}'
+
+#: Close code websockets uses when it refuses a message above max_size.
+_MESSAGE_TOO_BIG = 1009
+
+
+@dataclass
+class ListenerStats:
+    """Counters for health checks, metrics and tests."""
+
+    connect_attempts: int = 0
+    connects: int = 0  # build_connection success
+    disconnects: int = 0
+    handshake_failures: int = 0
+    build_failures: int = 0  # build_connection success:false
+    dead_connections: int = 0  # no frame for two heartbeat intervals
+    kicks: int = 0  # server closed shortly after a successful connect
+    events: int = 0
+    handler_errors: int = 0
+    malformed: Counter[str] = field(default_factory=Counter)
+    heartbeats_sent: int = 0
+    heartbeats_acked: int = 0
+    last_connected_at: float | None = None  # time.time()
+    last_disconnected_at: float | None = None
+    last_event_at: float | None = None
+    last_close_code: int | None = None
+    connected: bool = False
+
+    @property
+    def malformed_total(self) -> int:
+        return sum(self.malformed.values())
+
+
+class _SessionEnd(Exception):
+    """Why a connection ended (internal control flow, never escapes run())."""
+
+
+@dataclass
+class _Session:
+    """State of one connection attempt."""
+
+    token: str
+    ws: ClientConnection | None = None
+    built_at: float | None = None  # anyio clock when build_connection succeeded
+    idle_since: float | None = None  # anyio clock when recv() started waiting
+    closed_by_server: bool = False
+    refresh_token: bool = False  # the token was rejected: get a new one before reconnecting
+    reason: str = ""
+
+
+class ZoomListener:
+    """One Zoom event subscription, kept connected until cancelled."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        endpoint: str,
+        tokens: TokenManager,
+        on_event: Callable[[Event], Awaitable[None]],
+        heartbeat_interval: float = 30.0,
+        max_frame_size: int = 1 << 20,
+        backoff_initial: float = 0.25,
+        backoff_cap: float = 30.0,
+        healthy_after: float = 60.0,
+        open_timeout: float = 10.0,
+        kick_window: float = 5.0,
+        kick_threshold: int = 3,
+    ) -> None:
+        self.name = name
+        self.endpoint = endpoint
+        self.tokens = tokens
+        self.on_event = on_event
+        self.heartbeat_interval = heartbeat_interval
+        self.max_frame_size = max_frame_size
+        self.healthy_after = healthy_after
+        self.open_timeout = open_timeout
+        self.kick_window = kick_window
+        self.kick_threshold = kick_threshold
+        self.stats = ListenerStats()
+        self.source = f"zoom:{name}"
+        self._backoff = Backoff(backoff_initial, backoff_cap)
+        self._consecutive_kicks = 0
+
+    def __repr__(self) -> str:
+        return f"ZoomListener(name={self.name!r}, endpoint={redact_url(self.endpoint)!r})"
+
+    # -- the loop -----------------------------------------------------------
+
+    async def run(self) -> None:
+        """Stay connected until cancelled; raises AuthError on bad credentials."""
+        while True:
+            session = _Session(token=await self.tokens.token())
+            await self._connect_once(session)
+            if session.refresh_token:
+                # Outside the connection's task group, so AuthError reaches
+                # our caller as itself.
+                await self.tokens.refresh(session.token)
+            await self._after_session(session)
+
+    async def _after_session(self, session: _Session) -> None:
+        """Account for an ended connection and wait before the next attempt."""
+        now = anyio.current_time()
+        lived = now - session.built_at if session.built_at is not None else 0.0
+        if lived >= self.healthy_after:
+            # A connection that stayed up a while proves the path works:
+            # start again from the shortest delay.
+            self._backoff.reset()
+        self._track_kicks(session, lived)
+        delay = self._backoff.next()
+        log.info(
+            "zoom[%s]: connection ended (%s); reconnecting in %.2fs",
+            self.name,
+            session.reason or "unknown",
+            delay,
+        )
+        await anyio.sleep(delay)
+
+    def _track_kicks(self, session: _Session, lived: float) -> None:
+        kicked = (
+            session.built_at is not None and session.closed_by_server and lived < self.kick_window
+        )
+        if not kicked:
+            if session.built_at is not None:
+                self._consecutive_kicks = 0
+            return
+        self.stats.kicks += 1
+        self._consecutive_kicks += 1
+        if self._consecutive_kicks >= self.kick_threshold:
+            log.warning(
+                "zoom[%s]: the server closed the connection %d times in a row within %.0fs of "
+                "connecting. Another client is probably connected to the same subscription "
+                "(Zoom keeps one live connection per subscription and a new one replaces the "
+                "old): stop the other daemon or give each its own subscription. Backing off.",
+                self.name,
+                self._consecutive_kicks,
+                self.kick_window,
+            )
+
+    def _url(self, token: str) -> str:
+        sep = "&" if "?" in self.endpoint else "?"
+        return f"{self.endpoint}{sep}access_token={quote(token, safe='')}"
+
+    async def _connect_once(self, session: _Session) -> None:
+        url = self._url(session.token)
+        self.stats.connect_attempts += 1
+        log.info("zoom[%s]: connecting to %s", self.name, redact_url(url))
+        try:
+            async with connect(
+                url,
+                max_size=self.max_frame_size,
+                # Zoom's liveness protocol is the app-level heartbeat; a
+                # server that does not answer protocol pings would otherwise
+                # get us disconnected by websockets' own keepalive.
+                ping_interval=None,
+                open_timeout=self.open_timeout,
+                close_timeout=2,
+            ) as ws:
+                session.ws = ws
+                await self._serve(session)
+        except InvalidStatus as exc:
+            self._handshake_refused(session, exc.response.status_code)
+        except (OSError, InvalidHandshake, TimeoutError) as exc:
+            self.stats.handshake_failures += 1
+            session.reason = f"connect failed: {redact(str(exc)) or type(exc).__name__}"
+        finally:
+            if session.built_at is not None:
+                self._mark_disconnected(session)
+
+    def _handshake_refused(self, session: _Session, status: int) -> None:
+        self.stats.handshake_failures += 1
+        session.reason = f"handshake refused with HTTP {status}"
+        if status in (401, 403):
+            log.warning(
+                "zoom[%s]: handshake refused with HTTP %d; refreshing the token", self.name, status
+            )
+            session.refresh_token = True
+
+    def _mark_disconnected(self, session: _Session) -> None:
+        self.stats.disconnects += 1
+        self.stats.connected = False
+        self.stats.last_disconnected_at = time.time()
+
+    # -- one connection -----------------------------------------------------
+
+    async def _serve(self, session: _Session) -> None:
+        """Receive, heartbeat and watch one connection until it ends."""
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._heartbeat, session)
+                tg.start_soon(self._watchdog, session, tg.cancel_scope)
+                try:
+                    await self._receive(session)
+                except ConnectionClosed as exc:
+                    self._closed(session, exc)
+                tg.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # Let the caller see the real exception (AuthError, the consumer's
+            # ClosedResourceError), not a task-group wrapper.
+            raise _single(group) from None
+
+    def _closed(self, session: _Session, exc: ConnectionClosed) -> None:
+        sent, rcvd = exc.sent, exc.rcvd
+        if sent is not None and sent.code == _MESSAGE_TOO_BIG:
+            self._malformed("oversized", f"frame larger than {self.max_frame_size} bytes")
+        code = rcvd.code if rcvd is not None else (sent.code if sent is not None else 1006)
+        self.stats.last_close_code = code
+        # Server-initiated: it sent the first close frame, or the TCP
+        # connection just died under us (no close frame either way).
+        session.closed_by_server = (
+            rcvd is not None and (sent is None or bool(exc.rcvd_then_sent))
+        ) or (rcvd is None and sent is None)
+        reason = f" {rcvd.reason!r}" if rcvd is not None and rcvd.reason else ""
+        session.reason = session.reason or f"closed with code {code}{reason}"
+
+    async def _receive(self, session: _Session) -> None:
+        ws = session.ws
+        assert ws is not None
+        while True:
+            session.idle_since = anyio.current_time()
+            message = await ws.recv()
+            session.idle_since = None
+            if not await self._dispatch(session, message):
+                return
+
+    async def _heartbeat(self, session: _Session) -> None:
+        ws = session.ws
+        assert ws is not None
+        while True:
+            await anyio.sleep(self.heartbeat_interval)
+            try:
+                await ws.send(_HEARTBEAT, text=True)
+            except ConnectionClosed:
+                return  # the receiver sees the close and ends the session
+            self.stats.heartbeats_sent += 1
+
+    async def _watchdog(self, session: _Session, scope: anyio.CancelScope) -> None:
+        """Declare the connection dead after two heartbeat intervals of silence.
+
+        Only time spent waiting in recv() counts: while on_event is busy,
+        frames queue up in websockets and the server is not silent.
+        """
+        limit = 2 * self.heartbeat_interval
+        while True:
+            since = session.idle_since
+            now = anyio.current_time()
+            if since is not None and now - since >= limit:
+                break
+            await anyio.sleep(limit - (now - since) if since is not None else limit / 4)
+        self.stats.dead_connections += 1
+        session.reason = f"no frame from the server for {limit:.1f}s (dead connection)"
+        log.warning("zoom[%s]: %s; reconnecting", self.name, session.reason)
+        assert session.ws is not None
+        # A dead peer will not answer a close handshake: drop the TCP connection.
+        session.ws.transport.abort()
+        scope.cancel()
+
+    # -- frames -------------------------------------------------------------
+
+    async def _dispatch(self, session: _Session, message: str | bytes) -> bool:
+        """Handle one frame; False ends the connection."""
+        try:
+            frame = orjson.loads(message)
+        except orjson.JSONDecodeError:
+            return self._malformed("invalid_json", message)
+        if not isinstance(frame, dict):
+            return self._malformed("not_object", message)
+        module = frame.get("module")
+        if module == "message":
+            return await self._message(frame, message)
+        if module == "heartbeat":
+            self.stats.heartbeats_acked += 1
+            return True
+        if module == "build_connection":
+            return await self._build_connection(session, frame)
+        if not isinstance(module, str):
+            return self._malformed("missing_module", message)
+        log.debug("zoom[%s]: ignoring frame with module %r", self.name, module)
+        return True
+
+    async def _message(self, frame: dict[str, Any], message: str | bytes) -> bool:
+        content = frame.get("content")
+        try:
+            if isinstance(content, str | bytes):
+                event = Event.from_json(content, source=self.source)
+            else:
+                event = Event.from_body(content, source=self.source)
+        except InvalidEvent as exc:
+            return self._malformed("not_event", message, str(exc))
+        self.stats.events += 1
+        self.stats.last_event_at = event.received_at
+        await self._deliver(event)
+        return True
+
+    async def _deliver(self, event: Event) -> None:
+        try:
+            await self.on_event(event)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            raise  # the consumer is gone: the engine is shutting down
+        except Exception:
+            # A bug downstream must not cost us the connection (and every
+            # event Zoom sends while we reconnect).
+            self.stats.handler_errors += 1
+            log.exception(
+                "zoom[%s]: event handler failed on %s (id %s)", self.name, event.name, event.id
+            )
+
+    async def _build_connection(self, session: _Session, frame: dict[str, Any]) -> bool:
+        content = frame.get("content")
+        if frame.get("success") is True:
+            session.built_at = anyio.current_time()
+            self.stats.connects += 1
+            self.stats.connected = True
+            self.stats.last_connected_at = time.time()
+            log.info("zoom[%s]: connected (%s)", self.name, _short(content))
+            return True
+        self.stats.build_failures += 1
+        session.reason = f"build_connection refused: {_short(content)}"
+        log.warning(
+            "zoom[%s]: Zoom refused the connection: %s; fetching a new token",
+            self.name,
+            _short(content),
+        )
+        session.refresh_token = True
+        return False
+
+    def _malformed(self, reason: str, message: Any, detail: str = "") -> bool:
+        self.stats.malformed[reason] += 1
+        count = self.stats.malformed[reason]
+        # Log the first few of each kind, then every 1000th: a server (or a
+        # proxy) spewing garbage must not flood the log.
+        if count <= 10 or count % 1000 == 0:
+            log.warning(
+                "zoom[%s]: skipping malformed frame (%s%s, %d so far): %s",
+                self.name,
+                reason,
+                f": {detail}" if detail else "",
+                count,
+                _short(message),
+            )
+        return True
+
+
+def _single(group: BaseExceptionGroup) -> BaseException:
+    """The one meaningful exception in a task group's group (or the group itself)."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    return leaves[0] if len(leaves) == 1 else group
+
+
+def _short(value: Any, limit: int = 200) -> str:
+    if isinstance(value, bytes):
+        value = value.decode(errors="replace")
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
