@@ -1,0 +1,3 @@
+"""zoomrules: Zoom events -> JMESPath rules -> actions."""
+
+__version__ = "0.1.0"

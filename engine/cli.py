@@ -1,0 +1,93 @@
+"""The `zoomrules` command line.
+
+Every subcommand takes its options after its name:
+`zoomrules check -c rules.toml`. Exit codes: 0 success, 1 runtime failure,
+2 invalid configuration or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from engine import __version__
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_INVALID = 2
+
+DEFAULT_CONFIG = "rules.toml"
+
+
+def _common(parser: argparse.ArgumentParser, *, config: bool = True) -> None:
+    if config:
+        parser.add_argument(
+            "-c",
+            "--config",
+            action="append",
+            metavar="PATH",
+            help=f"rule file or directory of *.toml (repeatable; default ./{DEFAULT_CONFIG})",
+        )
+    parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="log verbosity (default info)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="human-readable text or JSON lines (default text)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from engine.commands import COMMANDS
+
+    parser = argparse.ArgumentParser(
+        prog="zoomrules",
+        description="Turn Zoom events into automated actions with declarative TOML rules.",
+    )
+    parser.add_argument("--version", action="version", version=f"zoomrules {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in COMMANDS:
+        p = sub.add_parser(command.name, help=command.help, description=command.help)
+        _common(p, config=command.needs_config)
+        command.add_arguments(p)
+        p.set_defaults(handler=command.handler)
+    return parser
+
+
+def config_paths(args: argparse.Namespace) -> list[Path]:
+    return [Path(p) for p in (args.config or [DEFAULT_CONFIG])]
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    from engine.redact import configure_logging
+
+    configure_logging(level, fmt)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level, args.log_format)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # `zoomrules test ... | head`: the reader went away; not our error.
+        sys.stderr.close()
+        return EXIT_OK
+    finally:
+        logging.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

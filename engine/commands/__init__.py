@@ -1,0 +1,30 @@
+"""One module per subcommand; each exposes a `COMMAND`."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    handler: Callable[[argparse.Namespace], int]
+    add_arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None
+    needs_config: bool = True
+
+
+def _all() -> list[Command]:
+    from engine.commands import check, plugins, replay, test
+
+    commands = [check.COMMAND, test.COMMAND, replay.COMMAND, plugins.COMMAND]
+    try:
+        from engine.commands import demo, run
+    except ImportError:  # pragma: no cover - while the daemon modules are absent
+        return commands
+    return [run.COMMAND, *commands, demo.COMMAND]
+
+
+COMMANDS = _all()

@@ -1,0 +1,26 @@
+"""`zoomrules check`: validate rule files (exit 0 valid, 2 invalid)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from engine.cli import EXIT_INVALID, EXIT_OK
+from engine.commands import Command
+from engine.commands.common import load_or_report
+
+
+def handle(args: argparse.Namespace) -> int:
+    loaded = load_or_report(args)
+    if loaded is None:
+        return EXIT_INVALID
+    for warning in loaded.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    rules = loaded.rules
+    actions = sum(len(rule.actions) for rule in rules)
+    files = ", ".join(str(p) for p in loaded.config.files)
+    print(f"OK: {len(rules)} rules, {actions} actions in {files}")
+    return EXIT_OK
+
+
+COMMAND = Command("check", "validate rule files and report every problem", handle)

@@ -1,0 +1,53 @@
+"""Helpers shared by subcommands: loading rules with readable errors, reading events."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+from engine.cli import config_paths
+from engine.events import Event, InvalidEvent
+from engine.loader import LoadedRules, load_rules
+from engine.problems import ConfigError
+
+
+def load_or_report(args: argparse.Namespace) -> LoadedRules | None:
+    """Load the rule files named on the command line; print every problem on failure."""
+    try:
+        return load_rules(config_paths(args))
+    except ConfigError as exc:
+        print(f"zoomrules: {exc}", file=sys.stderr)
+        return None
+
+
+def open_input(name: str) -> IO[bytes]:
+    if name == "-":
+        return sys.stdin.buffer
+    return Path(name).open("rb")
+
+
+def read_event_file(name: str, source: str) -> Event:
+    """One event from a JSON file or '-' (raises InvalidEvent with the file name)."""
+    try:
+        with open_input(name) as handle:
+            data = handle.read()
+    except OSError as exc:
+        raise InvalidEvent(f"{name}: cannot read: {exc.strerror}") from None
+    try:
+        return Event.from_json(data, source=source)
+    except InvalidEvent as exc:
+        raise InvalidEvent(f"{name}: {exc}") from None
+
+
+def iter_jsonl(handle: IO[bytes], name: str) -> Iterator[tuple[int, Event | InvalidEvent]]:
+    """(line number, event or the error for that line) for each non-blank line."""
+    for lineno, line in enumerate(handle, start=1):
+        if not line.strip():
+            continue
+        try:
+            yield lineno, Event.from_json(line, source=f"replay:{name}")
+        except InvalidEvent as exc:
+            yield lineno, InvalidEvent(f"{name}:{lineno}: {exc}")

@@ -1,0 +1,101 @@
+"""`zoomrules test`: which rules would fire for one event, with rendered actions.
+
+No side effects: no action runs, no throttle or counter changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+import orjson
+
+from engine.cli import EXIT_INVALID, EXIT_OK
+from engine.commands import Command
+from engine.commands.common import load_or_report, read_event_file
+from engine.events import META_KEY, Event, InvalidEvent
+from engine.loader import LoadedRules
+from engine.matcher import Decision
+from engine.ruleset import CompiledAction
+from engine.templates import Template
+
+
+def _materialise(value: Any, root: dict[str, Any]) -> Any:
+    """Render raw (plugin-rendered) parameters plainly, for display."""
+    if isinstance(value, Template):
+        return value.render(root)
+    if isinstance(value, list):
+        return [_materialise(v, root) for v in value]
+    if isinstance(value, dict):
+        return {k: _materialise(v, root) for k, v in value.items()}
+    return value
+
+
+def render_action(action: CompiledAction, root: dict[str, Any]) -> dict[str, Any]:
+    try:
+        params = {k: _materialise(v, root) for k, v in action.render(root).items()}
+    except Exception as exc:  # noqa: BLE001 - shown to the user, never raised
+        return {"type": action.spec.type, "params": None, "error": f"{type(exc).__name__}: {exc}"}
+    return {"type": action.spec.type, "params": params}
+
+
+def evaluate(loaded: LoadedRules, event: Event) -> dict[str, Any]:
+    """The `--json` document: fired rules with rendered actions, skipped rules with reasons."""
+    decisions: list[Decision] = loaded.matcher.explain(event.name, event.root())
+    fired, skipped = [], []
+    for decision in decisions:
+        if decision.fired:
+            meta = {**event.metadata(), "rule": decision.rule.name, "results": [], "previous": None}
+            root = {**event.body, META_KEY: meta}
+            actions = [render_action(a, root) for a in decision.rule.actions]
+            fired.append({"rule": decision.rule.name, "actions": actions})
+        else:
+            skipped.append(
+                {"rule": decision.rule.name, "reason": decision.reason, "detail": decision.detail}
+            )
+    return {"event": event.name, "fired": fired, "skipped": skipped}
+
+
+def _print_text(result: dict[str, Any], event: Event) -> None:
+    print(f"event {result['event']} (id {event.id})")
+    if not result["fired"]:
+        print("no rule fires")
+    for item in result["fired"]:
+        print(f"FIRES  {item['rule']}")
+        for index, action in enumerate(item["actions"], start=1):
+            body = action.get("error") or orjson.dumps(action["params"]).decode()
+            print(f"    action {index} {action['type']}: {body}")
+    for item in result["skipped"]:
+        print(f"skip   {item['rule']}: {item['reason']} ({item['detail']})")
+
+
+def handle(args: argparse.Namespace) -> int:
+    loaded = load_or_report(args)
+    if loaded is None:
+        return EXIT_INVALID
+    try:
+        event = read_event_file(args.event, source="test")
+    except InvalidEvent as exc:
+        print(f"zoomrules: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    result = evaluate(loaded, event)
+    if args.json:
+        sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        _print_text(result, event)
+    return EXIT_OK
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "event", metavar="EVENT.json", help="a Zoom event object as JSON, or - for stdin"
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object (stable interface)"
+    )
+
+
+COMMAND = Command(
+    "test", "show which rules fire for one event, and why the others do not", handle, add_arguments
+)

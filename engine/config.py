@@ -1,0 +1,673 @@
+"""Reading rule files: TOML, `${VAR}` interpolation, structure and type checks.
+
+This module checks everything that needs no plugin: sections, keys, types,
+durations, environment variables. Expressions, templates and action
+parameters are checked when the rules are compiled (`engine.ruleset`),
+which reports its problems in the same form, so a broken file shows all
+its mistakes at once.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from engine.durations import Rate, parse_duration, parse_rate, parse_size
+from engine.problems import ConfigError, Problem, did_you_mean
+from engine.sourcemap import SourceMap
+
+DEFAULT_OAUTH_URL = "https://zoom.us/oauth/token"
+DEFAULT_API_BASE_URL = "https://api.zoom.us/v2"
+DEFAULT_STATE_DIR = "/var/lib/zoomrules"
+
+#: Keys of `[[rule.action]]` that the engine handles for every action type.
+COMMON_ACTION_KEYS = ("type", "timeout", "retries", "continue_on_error")
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\$")
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """One Zoom event subscription = one WebSocket connection."""
+
+    name: str
+    endpoint: str
+    client_id: str
+    client_secret: str = field(repr=False)
+    account_id: str | None
+    oauth_url: str
+
+
+@dataclass(frozen=True)
+class ZoomConfig:
+    subscriptions: tuple[Subscription, ...]
+    api_base_url: str = DEFAULT_API_BASE_URL
+    heartbeat_interval: float = 30.0
+    max_frame_size: int = 1 << 20
+    api_rate: Rate | None = None
+
+    @property
+    def default(self) -> Subscription:
+        """The subscription whose credentials the Zoom API actions use."""
+        return self.subscriptions[0]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    state_dir: Path = Path(DEFAULT_STATE_DIR)
+    max_concurrency: int = 32
+    plugins: tuple[str, ...] = ()
+    shutdown_grace: float = 10.0
+    evaluator: str = "compiled"
+    action_timeout: float = 30.0
+    action_retries: int = 3
+    retry_backoff: float = 1.0
+    retry_backoff_cap: float = 60.0
+    journal: bool = True
+    retention: float = 7 * 86400.0
+    dedup_window: float = 86400.0
+
+
+@dataclass(frozen=True)
+class ThrottleSpec:
+    key: str
+    limit: int
+    per: float
+
+
+@dataclass(frozen=True)
+class ActionSpec:
+    type: str
+    params: dict[str, Any]
+    timeout: float | None  # None: [engine] action_timeout
+    retries: int | None  # None: [engine] action_retries
+    continue_on_error: bool
+    index: int
+    line: int | None
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    name: str
+    on: tuple[str, ...]
+    when: str | None
+    enabled: bool
+    stop: bool
+    throttle: ThrottleSpec | None
+    description: str
+    actions: tuple[ActionSpec, ...]
+    file: Path | None
+    index: int  # position among all rules, file order
+    line: int | None
+
+    @property
+    def where(self) -> str:
+        return f"rule '{self.name}'"
+
+
+@dataclass(frozen=True)
+class Config:
+    files: tuple[Path, ...]
+    zoom: ZoomConfig | None
+    engine: EngineConfig
+    notifiers: dict[str, tuple[str, ...]]
+    rules: tuple[RuleSpec, ...]
+
+
+# --------------------------------------------------------------------------
+# reading files
+
+
+def expand_paths(paths: Sequence[str | Path]) -> list[Path]:
+    """Files named directly, plus `*.toml` (sorted) in each directory named."""
+    out: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            out.extend(sorted(p for p in path.glob("*.toml") if p.is_file()))
+        else:
+            out.append(path)
+    return out
+
+
+def read_config(
+    paths: Sequence[str | Path], env: Mapping[str, str] | None = None
+) -> tuple[Config, list[Problem]]:
+    """Read and check the rule files; returns the config and every problem found.
+
+    The returned config is only meaningful when the problem list is empty.
+    """
+    env = os.environ if env is None else env
+    files = expand_paths(paths)
+    problems: list[Problem] = []
+    if not files:
+        problems.append(Problem(None, None, "command line", None, "no rule files found"))
+    builder = _Builder(env, problems)
+    for path in files:
+        builder.add_file(path)
+    problems.sort(key=lambda p: (str(p.file), p.line or 0))
+    return builder.finish(tuple(files)), problems
+
+
+def load_config(paths: Sequence[str | Path], env: Mapping[str, str] | None = None) -> Config:
+    config, problems = read_config(paths, env)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+# --------------------------------------------------------------------------
+# the checker
+
+
+@dataclass
+class _Ctx:
+    """Where we are while checking: for messages."""
+
+    file: Path
+    smap: SourceMap
+    where: str
+    path: tuple[str | int, ...]
+    key_prefix: str = ""
+
+
+class _Builder:
+    def __init__(self, env: Mapping[str, str], problems: list[Problem]) -> None:
+        self.env = env
+        self.problems = problems
+        self.zoom: ZoomConfig | None = None
+        self.zoom_file: Path | None = None
+        self.engine: EngineConfig | None = None
+        self.engine_file: Path | None = None
+        self.notifiers: dict[str, tuple[str, ...]] = {}
+        self.rules: list[RuleSpec] = []
+        self.rule_names: dict[str, Path] = {}
+        #: Keys whose ${VAR} was missing: later checks of them stay quiet.
+        self.env_failed: set[tuple[Path, tuple[str | int, ...]]] = set()
+
+    # -- reporting -----------------------------------------------------------
+
+    def problem(self, ctx: _Ctx, key: str | int | None, message: str) -> None:
+        path = ctx.path + ((key,) if key is not None else ())
+        if (ctx.file, path) in self.env_failed:
+            return  # the missing environment variable was already reported
+        shown = None if key is None else f"{ctx.key_prefix}{key}"
+        self.problems.append(Problem(ctx.file, ctx.smap.line_of(path), ctx.where, shown, message))
+
+    # -- files ---------------------------------------------------------------
+
+    def add_file(self, path: Path) -> None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            self.problems.append(Problem(path, None, "file", None, f"cannot read: {exc.strerror}"))
+            return
+        except UnicodeDecodeError as exc:
+            self.problems.append(Problem(path, None, "file", None, f"not UTF-8: {exc}"))
+            return
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            line = re.search(r"line (\d+)", str(exc))
+            self.problems.append(
+                Problem(path, int(line.group(1)) if line else None, "TOML syntax", None, str(exc))
+            )
+            return
+        smap = SourceMap.scan(text)
+        top = _Ctx(path, smap, "top level", ())
+        data = self.interpolate(data, top, ())
+        self.check_top(data, top)
+
+    def interpolate(self, value: Any, ctx: _Ctx, path: tuple[str | int, ...]) -> Any:
+        """Replace `${VAR}` / `${VAR:-default}` in every string; `$$` is a literal `$`."""
+        if isinstance(value, str):
+            return self._interpolate_str(value, ctx, path)
+        if isinstance(value, dict):
+            return {k: self.interpolate(v, ctx, path + (k,)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.interpolate(v, ctx, path + (i,)) for i, v in enumerate(value)]
+        return value
+
+    def _interpolate_str(self, text: str, ctx: _Ctx, path: tuple[str | int, ...]) -> str:
+        if "$" not in text:
+            return text
+
+        def replace(match: re.Match[str]) -> str:
+            if match.group(0) == "$$":
+                return "$"
+            name, default = match.group(1), match.group(2)
+            value = self.env.get(name)
+            if value is None or (value == "" and default is not None):
+                if default is not None:
+                    return default
+                where = _describe_path(path)
+                self.env_failed.add((ctx.file, path))
+                self.problems.append(
+                    Problem(
+                        ctx.file,
+                        ctx.smap.line_of(path),
+                        where[0],
+                        where[1],
+                        f"environment variable {name} is not set "
+                        f"(set it, or write ${{{name}:-default}})",
+                    )
+                )
+                return ""
+            return value
+
+        return _VAR.sub(replace, text)
+
+    # -- sections ------------------------------------------------------------
+
+    def check_top(self, data: dict[str, Any], ctx: _Ctx) -> None:
+        known = ("version", "zoom", "engine", "notifiers", "rule")
+        self.unknown_keys(data, known, ctx)
+        version = data.get("version", 1)
+        if version != 1 or isinstance(version, bool):
+            self.problem(
+                ctx, "version", f"unsupported version {version!r}; this zoomrules reads version = 1"
+            )
+        if "zoom" in data and self.table(data["zoom"], ctx, "zoom"):
+            self.check_zoom(data["zoom"], _Ctx(ctx.file, ctx.smap, "[zoom]", ("zoom",)))
+        if "engine" in data and self.table(data["engine"], ctx, "engine"):
+            self.check_engine(data["engine"], _Ctx(ctx.file, ctx.smap, "[engine]", ("engine",)))
+        if "notifiers" in data and self.table(data["notifiers"], ctx, "notifiers"):
+            self.check_notifiers(
+                data["notifiers"], _Ctx(ctx.file, ctx.smap, "[notifiers]", ("notifiers",))
+            )
+        rules = data.get("rule", [])
+        if not isinstance(rules, list) or not all(isinstance(r, dict) for r in rules):
+            self.problem(ctx, "rule", "rules must be written as [[rule]] tables")
+            return
+        for index, rule in enumerate(rules):
+            self.check_rule(rule, ctx, index)
+
+    def table(self, value: Any, ctx: _Ctx, key: str) -> bool:
+        if isinstance(value, dict):
+            return True
+        self.problem(ctx, key, f"must be a table ([{key}]), got {_type_name(value)}")
+        return False
+
+    def unknown_keys(self, data: Mapping[str, Any], known: Sequence[str], ctx: _Ctx) -> None:
+        for key in data:
+            if key not in known:
+                self.problem(ctx, key, f"unknown key{did_you_mean(key, known)}")
+
+    def check_zoom(self, data: dict[str, Any], ctx: _Ctx) -> None:
+        if self.zoom_file is not None:
+            self.problem(ctx, None, f"[zoom] is already defined in {self.zoom_file}")
+            return
+        self.zoom_file = ctx.file
+        known = (
+            "client_id", "client_secret", "endpoint", "account_id", "oauth_url",
+            "api_base_url", "heartbeat_interval", "max_frame_size", "api_rate", "subscription",
+        )  # fmt: skip
+        self.unknown_keys(data, known, ctx)
+        get = _Getter(self, data, ctx)
+        oauth_url = self.env.get("ZOOM_OAUTH_URL") or get.str("oauth_url", DEFAULT_OAUTH_URL)
+        defaults = {
+            "client_id": get.str("client_id", None),
+            "client_secret": get.str("client_secret", None),
+            "account_id": get.str("account_id", None) or None,
+            "oauth_url": oauth_url,
+        }
+        subscriptions: list[Subscription] = []
+        raw_subs = data.get("subscription")
+        if raw_subs is None:
+            endpoint = self.env.get("ZOOM_WS_ENDPOINT") or get.str("endpoint", None)
+            sub = self.subscription("default", endpoint, defaults, ctx, top_level=True)
+            if sub:
+                subscriptions.append(sub)
+        elif not isinstance(raw_subs, list) or not all(isinstance(s, dict) for s in raw_subs):
+            self.problem(ctx, "subscription", "write subscriptions as [[zoom.subscription]] tables")
+        else:
+            subscriptions.extend(self.subscriptions(raw_subs, defaults, ctx))
+        self.zoom = ZoomConfig(
+            subscriptions=tuple(subscriptions),
+            api_base_url=(
+                self.env.get("ZOOM_API_BASE_URL") or get.str("api_base_url", DEFAULT_API_BASE_URL)
+            ).rstrip("/"),
+            heartbeat_interval=get.duration("heartbeat_interval", 30.0, minimum=0.01),
+            max_frame_size=get.convert("max_frame_size", 1 << 20, parse_size),
+            api_rate=get.convert("api_rate", None, parse_rate),
+        )
+
+    def subscriptions(
+        self, raw_subs: list[dict[str, Any]], defaults: dict[str, Any], ctx: _Ctx
+    ) -> list[Subscription]:
+        out: list[Subscription] = []
+        seen: set[str] = set()
+        for index, raw in enumerate(raw_subs):
+            name = (
+                raw.get("name") if isinstance(raw.get("name"), str) else f"subscription-{index + 1}"
+            )
+            sub_ctx = _Ctx(
+                ctx.file,
+                ctx.smap,
+                f"[[zoom.subscription]] '{name}'",
+                ("zoom", "subscription", index),
+            )
+            known = ("name", "endpoint", "client_id", "client_secret", "account_id", "oauth_url")
+            self.unknown_keys(raw, known, sub_ctx)
+            if name in seen:
+                self.problem(sub_ctx, "name", f"duplicate subscription name '{name}'")
+            seen.add(name)
+            get = _Getter(self, raw, sub_ctx)
+            merged = {
+                "client_id": get.str("client_id", defaults["client_id"]),
+                "client_secret": get.str("client_secret", defaults["client_secret"]),
+                "account_id": get.str("account_id", defaults["account_id"]) or None,
+                "oauth_url": get.str("oauth_url", defaults["oauth_url"]),
+            }
+            sub = self.subscription(
+                name, get.str("endpoint", None), merged, sub_ctx, top_level=False
+            )
+            if sub:
+                out.append(sub)
+        return out
+
+    def subscription(
+        self, name: str, endpoint: str | None, values: dict[str, Any], ctx: _Ctx, *, top_level: bool
+    ) -> Subscription | None:
+        missing = [k for k in ("client_id", "client_secret") if not values.get(k)]
+        if not endpoint:
+            missing.insert(0, "endpoint")
+        for key in missing:
+            hint = " (or ZOOM_WS_ENDPOINT)" if key == "endpoint" and top_level else ""
+            self.problem(ctx, key, f"is required{hint}")
+        if endpoint and not endpoint.startswith(("ws://", "wss://")):
+            self.problem(
+                ctx,
+                "endpoint",
+                "must be a ws:// or wss:// URL as copied from the Event subscription page",
+            )
+            return None
+        if missing:
+            return None
+        return Subscription(name=name, endpoint=endpoint or "", **values)
+
+    def check_engine(self, data: dict[str, Any], ctx: _Ctx) -> None:
+        if self.engine_file is not None:
+            self.problem(ctx, None, f"[engine] is already defined in {self.engine_file}")
+            return
+        self.engine_file = ctx.file
+        defaults = EngineConfig()
+        known = (
+            "state_dir", "max_concurrency", "plugins", "shutdown_grace", "evaluator",
+            "action_timeout", "action_retries", "retry_backoff", "retry_backoff_cap",
+            "journal", "retention", "dedup_window",
+        )  # fmt: skip
+        self.unknown_keys(data, known, ctx)
+        get = _Getter(self, data, ctx)
+        state_dir = self.env.get("ZOOMRULES_STATE_DIR") or get.str(
+            "state_dir", str(defaults.state_dir)
+        )
+        evaluator = get.str("evaluator", defaults.evaluator)
+        if evaluator not in ("compiled", "interpreter"):
+            self.problem(
+                ctx, "evaluator", f"must be 'compiled' or 'interpreter', got {evaluator!r}"
+            )
+        self.engine = EngineConfig(
+            state_dir=Path(state_dir),
+            max_concurrency=get.int("max_concurrency", defaults.max_concurrency, minimum=1),
+            plugins=tuple(get.str_list("plugins", [])),
+            shutdown_grace=get.duration("shutdown_grace", defaults.shutdown_grace),
+            evaluator=evaluator,
+            action_timeout=get.duration("action_timeout", defaults.action_timeout, minimum=0.001),
+            action_retries=get.int("action_retries", defaults.action_retries, minimum=0),
+            retry_backoff=get.duration("retry_backoff", defaults.retry_backoff),
+            retry_backoff_cap=get.duration("retry_backoff_cap", defaults.retry_backoff_cap),
+            journal=get.bool("journal", defaults.journal),
+            retention=get.duration("retention", defaults.retention),
+            dedup_window=get.duration("dedup_window", defaults.dedup_window),
+        )
+
+    def check_notifiers(self, data: dict[str, Any], ctx: _Ctx) -> None:
+        for name, urls in data.items():
+            if isinstance(urls, str):
+                urls = [urls]
+            if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
+                self.problem(ctx, name, "must be an Apprise URL or a list of them")
+                continue
+            if name in self.notifiers:
+                self.problem(ctx, name, "notifier is defined twice")
+                continue
+            self.notifiers[name] = tuple(u for u in urls if u)
+
+    # -- rules ---------------------------------------------------------------
+
+    def check_rule(self, raw: dict[str, Any], top: _Ctx, index: int) -> None:
+        name = raw.get("name")
+        position = len(self.rules)
+        label = f"rule '{name}'" if isinstance(name, str) and name else f"rule #{index + 1}"
+        ctx = _Ctx(top.file, top.smap, label, ("rule", index))
+        known = ("name", "on", "when", "enabled", "stop", "throttle", "description", "action")
+        self.unknown_keys(raw, known, ctx)
+        get = _Getter(self, raw, ctx)
+        if not isinstance(name, str) or not name.strip():
+            self.problem(ctx, "name", "every rule needs a non-empty name")
+            name = f"#{index + 1}"
+        elif name in self.rule_names:
+            self.problem(
+                ctx, "name", f"duplicate rule name (first defined in {self.rule_names[name]})"
+            )
+        else:
+            self.rule_names[name] = top.file
+        on = raw.get("on")
+        if isinstance(on, str):
+            on = [on]
+        if not isinstance(on, list) or not on or not all(isinstance(x, str) and x for x in on):
+            self.problem(
+                ctx, "on", "must be an event name or a non-empty list of them (globs allowed)"
+            )
+            on = []
+        when = get.str("when", None)
+        rule = RuleSpec(
+            name=name,
+            on=tuple(on),
+            when=when if when and when.strip() else None,
+            enabled=get.bool("enabled", True),
+            stop=get.bool("stop", False),
+            throttle=self.throttle(raw.get("throttle"), ctx),
+            description=get.str("description", "") or "",
+            actions=self.actions(raw.get("action"), ctx),
+            file=top.file,
+            index=position,
+            line=top.smap.line_of(("rule", index)),
+        )
+        self.rules.append(rule)
+
+    def throttle(self, raw: Any, ctx: _Ctx) -> ThrottleSpec | None:
+        if raw is None:
+            return None
+        if not isinstance(raw, dict):
+            self.problem(ctx, "throttle", "must be a table { key = ..., limit = N, per = '10m' }")
+            return None
+        sub = _Ctx(ctx.file, ctx.smap, ctx.where, ctx.path + ("throttle",), "throttle.")
+        self.unknown_keys(raw, ("key", "limit", "per"), sub)
+        get = _Getter(self, raw, sub)
+        key = get.str("key", None)
+        if not key:
+            self.problem(
+                sub, "key", "is required (a JMESPath expression, e.g. 'payload.object.uuid')"
+            )
+        return ThrottleSpec(
+            key=key or "",
+            limit=get.int("limit", 1, minimum=1),
+            per=get.duration("per", 60.0, minimum=0.001),
+        )
+
+    def actions(self, raw: Any, ctx: _Ctx) -> tuple[ActionSpec, ...]:
+        if raw is None:
+            self.problem(ctx, "action", "a rule needs at least one [[rule.action]]")
+            return ()
+        if not isinstance(raw, list) or not all(isinstance(a, dict) for a in raw):
+            self.problem(ctx, "action", "actions must be written as [[rule.action]] tables")
+            return ()
+        out = []
+        for index, action in enumerate(raw):
+            sub = _Ctx(
+                ctx.file, ctx.smap, ctx.where, ctx.path + ("action", index), f"action[{index + 1}]."
+            )
+            get = _Getter(self, action, sub)
+            type_ = action.get("type")
+            if not isinstance(type_, str) or not type_:
+                self.problem(sub, "type", 'every action needs a type (e.g. type = "notify")')
+                type_ = ""
+            params = {k: v for k, v in action.items() if k not in COMMON_ACTION_KEYS}
+            out.append(
+                ActionSpec(
+                    type=type_,
+                    params=params,
+                    timeout=get.convert("timeout", None, _positive_duration),
+                    retries=get.int("retries", None, minimum=0),  # type: ignore[arg-type]
+                    continue_on_error=get.bool("continue_on_error", False),
+                    index=index,
+                    line=ctx.smap.line_of(sub.path),
+                )
+            )
+        return tuple(out)
+
+    def finish(self, files: tuple[Path, ...]) -> Config:
+        engine = self.engine or EngineConfig(**_engine_env_overrides(self.env))
+        return Config(
+            files=files,
+            zoom=self.zoom,
+            engine=engine,
+            notifiers=self.notifiers,
+            rules=tuple(_with_action_defaults(rule, engine) for rule in self.rules),
+        )
+
+
+def _with_action_defaults(rule: RuleSpec, engine: EngineConfig) -> RuleSpec:
+    """Fill action timeouts/retries left unset from [engine], wherever [engine] was."""
+    actions = tuple(
+        replace(
+            action,
+            timeout=engine.action_timeout if action.timeout is None else action.timeout,
+            retries=engine.action_retries if action.retries is None else action.retries,
+        )
+        for action in rule.actions
+    )
+    return replace(rule, actions=actions)
+
+
+def _positive_duration(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError("must be a positive duration like '20s'")
+    return seconds
+
+
+def _engine_env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    state_dir = env.get("ZOOMRULES_STATE_DIR")
+    return {"state_dir": Path(state_dir)} if state_dir else {}
+
+
+class _Getter:
+    """Typed reads from one table, reporting problems instead of raising."""
+
+    def __init__(self, builder: _Builder, data: Mapping[str, Any], ctx: _Ctx) -> None:
+        self.builder, self.data, self.ctx = builder, data, ctx
+
+    def _bad(self, key: str, expected: str) -> None:
+        value = self.data[key]
+        self.builder.problem(
+            self.ctx, key, f"must be {expected}, got {_type_name(value)} {value!r}"
+        )
+
+    def str(self, key: str, default: Any) -> Any:
+        if key not in self.data:
+            return default
+        if not isinstance(self.data[key], str):
+            self._bad(key, "a string")
+            return default
+        return self.data[key]
+
+    def bool(self, key: str, default: bool) -> bool:
+        if key not in self.data:
+            return default
+        if not isinstance(self.data[key], bool):
+            self._bad(key, "true or false")
+            return default
+        return self.data[key]
+
+    def int(self, key: str, default: int, *, minimum: int | None = None) -> int:
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        if not isinstance(value, int) or isinstance(value, bool):
+            self._bad(key, "an integer")
+            return default
+        if minimum is not None and value < minimum:
+            self.builder.problem(self.ctx, key, f"must be at least {minimum}, got {value}")
+            return default
+        return value
+
+    def duration(self, key: str, default: float, *, minimum: float = 0.0) -> float:
+        value = self.convert(key, default, parse_duration)
+        if value < minimum:
+            self.builder.problem(self.ctx, key, f"must be at least {minimum:g}s")
+            return default
+        return value
+
+    def convert(self, key: str, default: Any, parse: Callable[[Any], Any]) -> Any:
+        if key not in self.data:
+            return default
+        try:
+            return parse(self.data[key])
+        except ValueError as exc:
+            self.builder.problem(self.ctx, key, str(exc))
+            return default
+
+    def str_list(self, key: str, default: list[str]) -> list[str]:
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self._bad(key, "a list of strings")
+            return default
+        return value
+
+
+def _type_name(value: Any) -> str:
+    return {
+        bool: "boolean", int: "integer", float: "float", str: "string", list: "array", dict: "table",
+    }.get(type(value), type(value).__name__)  # fmt: skip
+
+
+def _describe_path(path: tuple[str | int, ...]) -> tuple[str, str | None]:
+    """('rule #2', 'action[1].command') style description of a raw TOML path."""
+    if len(path) >= 2 and path[0] == "rule" and isinstance(path[1], int):
+        rest = path[2:]
+        key = ""
+        for part in rest:
+            if isinstance(part, int):
+                key = f"{key}[{part + 1}]"
+            else:
+                key = f"{key}.{part}" if key else str(part)
+        return f"rule #{path[1] + 1}", key or None
+    if path and isinstance(path[0], str) and path[0] in ("zoom", "engine", "notifiers"):
+        return f"[{path[0]}]", ".".join(str(p) for p in path[1:]) or None
+    return "top level", ".".join(str(p) for p in path) or None
+
+
+__all__ = [
+    "ActionSpec",
+    "Config",
+    "ConfigError",
+    "EngineConfig",
+    "Problem",
+    "RuleSpec",
+    "Subscription",
+    "ThrottleSpec",
+    "ZoomConfig",
+    "expand_paths",
+    "load_config",
+    "read_config",
+]

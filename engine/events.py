@@ -1,0 +1,88 @@
+"""The Event value: one Zoom event as the engine sees it."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+#: Reserved top-level key under which engine metadata is visible to
+#: conditions and templates (`zoomrules.event_id`, `zoomrules.rule`, ...).
+#: Zoom event objects never carry this key.
+META_KEY = "zoomrules"
+
+
+class InvalidEvent(ValueError):
+    """Input that is not a Zoom event object (says what is wrong)."""
+
+
+def canonical_json(body: Any) -> bytes:
+    """Key-sorted compact JSON: the same event always gives the same bytes."""
+    return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+
+
+def event_id(body: dict[str, Any]) -> str:
+    """Stable id of an event: a hash of its canonical content.
+
+    Two deliveries of the same event (a redelivery, two overlapping
+    subscriptions, a replayed file) get the same id, so it serves as an
+    idempotency key for external systems.
+    """
+    return hashlib.sha256(canonical_json(body)).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A validated Zoom event object plus where and when we got it."""
+
+    name: str
+    body: dict[str, Any]
+    id: str
+    received_at: float
+    source: str
+
+    @classmethod
+    def from_body(cls, body: Any, *, source: str, received_at: float | None = None) -> Event:
+        """Validate a decoded event object and wrap it.
+
+        Raises InvalidEvent when `body` is not an object with a string
+        `event` name.
+        """
+        if not isinstance(body, dict):
+            raise InvalidEvent(f"event must be a JSON object, got {type(body).__name__}")
+        name = body.get("event")
+        if not isinstance(name, str) or not name:
+            raise InvalidEvent("event object has no string 'event' name")
+        if META_KEY in body:
+            raise InvalidEvent(f"event object uses the reserved key {META_KEY!r}")
+        return cls(
+            name=name,
+            body=body,
+            id=event_id(body),
+            received_at=time.time() if received_at is None else received_at,
+            source=source,
+        )
+
+    @classmethod
+    def from_json(cls, data: str | bytes, *, source: str) -> Event:
+        """Decode JSON text holding one event object."""
+        try:
+            body = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidEvent(f"invalid JSON: {exc}") from None
+        return cls.from_body(body, source=source)
+
+    def metadata(self) -> dict[str, Any]:
+        """Engine metadata exposed under META_KEY (rule-independent part)."""
+        return {
+            "event_id": self.id,
+            "received_at": self.received_at,
+            "source": self.source,
+        }
+
+    def root(self) -> dict[str, Any]:
+        """The document conditions are evaluated against: the event plus metadata."""
+        return {**self.body, META_KEY: self.metadata()}

@@ -1,0 +1,140 @@
+"""Compiling JMESPath expressions: the one interface the matcher and templates use.
+
+`ExpressionCompiler(functions, evaluator)` turns expression text into a plain
+callable `search(document) -> value`. Two evaluators sit behind it:
+
+- "interpreter": the reference `jmespath` package's tree interpreter;
+- "compiled": `engine.jmespath_compiler`, which turns jmespath's AST into
+  Python closures with identical semantics (the default when available).
+
+Errors: a syntax error or unknown function raises `ExpressionError` at compile
+time; run-time failures raise `jmespath.exceptions.JMESPathError` subclasses,
+as jmespath does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal
+
+import jmespath
+import jmespath.functions
+from jmespath import exceptions
+
+from engine.hookspecs import JMESPathFunction
+
+Search = Callable[[Any], Any]
+Evaluator = Literal["compiled", "interpreter"]
+EVALUATORS: tuple[str, ...] = ("compiled", "interpreter")
+
+
+class ExpressionError(ValueError):
+    """An expression that cannot be compiled (message says why)."""
+
+
+def _functions_class(functions: Iterable[JMESPathFunction]) -> type:
+    """A jmespath `Functions` subclass carrying our extra functions."""
+    namespace: dict[str, Any] = {}
+    for fn in functions:
+
+        def method(self: Any, *args: Any, _impl: Callable[..., Any] = fn.func) -> Any:
+            return _impl(*args)
+
+        method.signature = tuple(fn.signature)  # type: ignore[attr-defined]
+        namespace[f"_func_{fn.name}"] = method
+    # The metaclass builds FUNCTION_TABLE at class creation time.
+    return type(jmespath.functions.Functions)(
+        "ZoomrulesFunctions", (jmespath.functions.Functions,), namespace
+    )
+
+
+def _known_function_names(tree: dict[str, Any]) -> Iterable[str]:
+    """Every function name called anywhere in a parsed AST."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if node.get("type") == "function_expression":
+            yield node["value"]
+        for child in node.get("children", ()):
+            if isinstance(child, dict):
+                stack.append(child)
+
+
+class ExpressionCompiler:
+    """Compiles expression text once; caches by text."""
+
+    def __init__(
+        self,
+        functions: Iterable[JMESPathFunction] = (),
+        evaluator: Evaluator = "compiled",
+    ) -> None:
+        if evaluator not in EVALUATORS:
+            raise ValueError(f"unknown evaluator {evaluator!r}; choose one of {EVALUATORS}")
+        self.functions: dict[str, JMESPathFunction] = {fn.name: fn for fn in functions}
+        self.evaluator: Evaluator = evaluator
+        self._options = jmespath.Options(
+            custom_functions=_functions_class(self.functions.values())()
+        )
+        self._builtin_names = set(jmespath.functions.Functions.FUNCTION_TABLE)
+        self._cache: dict[str, Search] = {}
+
+    def compile(self, text: str) -> Search:
+        """Compile `text`, raising ExpressionError with a readable message."""
+        cached = self._cache.get(text)
+        if cached is not None:
+            return cached
+        try:
+            parsed = jmespath.compile(text)
+        except exceptions.ParseError as exc:
+            raise ExpressionError(_describe_parse_error(exc)) from None
+        except exceptions.JMESPathError as exc:  # lexer errors and friends
+            raise ExpressionError(str(exc)) from None
+        unknown = sorted(
+            set(_known_function_names(parsed.parsed)) - self._builtin_names - set(self.functions)
+        )
+        if unknown:
+            raise ExpressionError(f"unknown function: {', '.join(n + '()' for n in unknown)}")
+        search = self._build(text, parsed)
+        self._cache[text] = search
+        return search
+
+    def _build(self, text: str, parsed: Any) -> Search:
+        if self.evaluator == "compiled":
+            from engine.jmespath_compiler import compile_expression
+
+            try:
+                return compile_expression(text, self.functions)
+            except exceptions.JMESPathError as exc:
+                raise ExpressionError(str(exc)) from None
+        options = self._options
+
+        def search(document: Any) -> Any:
+            return parsed.search(document, options)
+
+        return search
+
+
+def _describe_parse_error(exc: exceptions.ParseError) -> str:
+    msg = getattr(exc, "msg", None) or str(exc).splitlines()[0]
+    pos = getattr(exc, "lex_position", None)
+    token = getattr(exc, "token_value", None)
+    where = f" at column {pos + 1}" if isinstance(pos, int) and pos >= 0 else ""
+    near = f" near {token!r}" if token not in (None, "") else ""
+    return f"invalid JMESPath{where}{near}: {msg}"
+
+
+def is_truthy(value: Any) -> bool:
+    """JMESPath truthiness: false, null, empty string/list/object are false; 0 is true."""
+    if value is None or value is False:
+        return False
+    if isinstance(value, (str, list, dict)):
+        return len(value) > 0
+    return True
+
+
+def merged_functions(*groups: Iterable[JMESPathFunction]) -> Mapping[str, JMESPathFunction]:
+    out: dict[str, JMESPathFunction] = {}
+    for group in groups:
+        for fn in group:
+            out[fn.name] = fn
+    return out

@@ -1,0 +1,139 @@
+"""The plugin interface: pluggy hook specifications and the values they return.
+
+A plugin is any object or module with functions marked `@hookimpl`:
+
+    from engine.hookspecs import hookimpl, ActionType, Param
+
+    async def run(params, ctx):
+        ...
+
+    @hookimpl
+    def zoomrules_action_types():
+        return [ActionType(name="page", run=run, params=[Param("who", str, required=True)])]
+
+Built-in actions in `plugins/` use exactly these hooks.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from engine.events import Event
+    from engine.services import Services
+
+PROJECT = "zoomrules"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+#: JSON types an action parameter may be declared with.
+ParamType = type | tuple[type, ...]
+
+
+@dataclass(frozen=True)
+class Param:
+    """One declared parameter of an action type.
+
+    `type` is checked against the TOML value at load time; a string holding
+    a `{{ template }}` is accepted for any type and checked again after
+    rendering. `raw=True` hands the plugin the compiled Template instead of
+    the rendered value (for plugins that must render with escaping, like
+    `shell = true`).
+    """
+
+    name: str
+    type: ParamType = str
+    required: bool = False
+    default: Any = None
+    help: str = ""
+    choices: tuple[Any, ...] | None = None
+    raw: bool = False
+
+
+class ActionError(Exception):
+    """An action failed; tells the dispatcher whether and when to retry.
+
+    Any other exception from `run` counts as a retryable failure too. The
+    message must never contain secrets.
+    """
+
+    def __init__(
+        self, message: str, *, retryable: bool = True, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        #: Seconds the target asked us to wait (e.g. HTTP Retry-After); the
+        #: dispatcher waits at least this long before the next attempt.
+        self.retry_after = retry_after
+
+
+@dataclass
+class ActionContext:
+    """What an action's `run` gets besides its rendered parameters."""
+
+    event: Event
+    rule: str
+    action_index: int
+    #: 1 for the first try, 2 for the first retry, ...
+    attempt: int
+    #: The template root: the event plus `zoomrules` metadata.
+    root: dict[str, Any]
+    services: Services
+    log: logging.Logger
+    #: Survives between attempts of the same job (e.g. which notification
+    #: targets already succeeded, so a retry only resends the failed ones).
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+#: `run(params, ctx)`: params are rendered; the return value (JSON-able or
+#: None) is exposed to later actions of the same rule as
+#: `zoomrules.results[i]` and `zoomrules.previous`.
+ActionRun = Callable[[Mapping[str, Any], ActionContext], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class ActionType:
+    """An action a rule can name in `[[rule.action]] type = ...`."""
+
+    name: str
+    run: ActionRun
+    params: Sequence[Param] = ()
+    description: str = ""
+    #: Extra load-time check over the raw parameter table; returns messages
+    #: (each naming the parameter) for everything wrong.
+    validate: Callable[[Mapping[str, Any]], list[str]] | None = None
+    plugin: str = field(default="", compare=False)
+
+
+@dataclass(frozen=True)
+class JMESPathFunction:
+    """A function usable in conditions and templates.
+
+    `signature` uses jmespath's own format: one dict per argument,
+    `{"types": ["string", "null", ...]}` (empty list = any type), the last
+    optionally `"variadic": True`. Arguments are type-checked before `func`
+    is called, exactly as for JMESPath's built-in functions.
+    """
+
+    name: str
+    func: Callable[..., Any]
+    signature: Sequence[Mapping[str, Any]]
+    help: str = ""
+    plugin: str = field(default="", compare=False)
+
+
+class ZoomrulesSpec:
+    """Hook specifications of the `zoomrules` pluggy project."""
+
+    @hookspec
+    def zoomrules_action_types(self) -> Sequence[ActionType]:
+        """Return the action types this plugin provides."""
+
+    @hookspec
+    def zoomrules_jmespath_functions(self) -> Sequence[JMESPathFunction]:
+        """Return extra JMESPath functions for conditions and templates."""

@@ -1,0 +1,98 @@
+"""From rule files to a ready matcher: read, discover plugins, compile, check."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+from engine.config import Config, read_config
+from engine.expressions import ExpressionCompiler
+from engine.matcher import Matcher, is_glob
+from engine.problems import ConfigError, Problem, did_you_mean
+from engine.registry import PluginError, Registry, load_registry
+from engine.ruleset import CompiledRule, compile_rules
+from engine.throttle import Throttle
+
+
+@dataclass
+class LoadedRules:
+    """A checked configuration with everything compiled."""
+
+    config: Config
+    registry: Registry
+    compiler: ExpressionCompiler
+    rules: list[CompiledRule]
+    matcher: Matcher
+    throttles: dict[str, Throttle] = field(default_factory=dict)
+    warnings: list[Problem] = field(default_factory=list)
+
+
+def load_rules(
+    paths: Sequence[str | Path],
+    *,
+    env: Mapping[str, str] | None = None,
+    extra_plugins: Iterable[object] = (),
+    entry_points: bool = True,
+) -> LoadedRules:
+    """Load rule files; raises ConfigError listing every problem found."""
+    config, problems = read_config(paths, env)
+    try:
+        registry = load_registry(
+            config.engine.plugins, entry_points=entry_points, extra=extra_plugins
+        )
+    except PluginError as exc:
+        raise ConfigError(
+            [*problems, Problem(None, None, "[engine] plugins", None, str(exc))]
+        ) from None
+    compiler = ExpressionCompiler(registry.functions.values(), config.engine.evaluator)  # type: ignore[arg-type]
+    rules, compile_problems = compile_rules(config, registry, compiler)
+    problems.extend(compile_problems)
+    if problems:
+        raise ConfigError(problems)
+    throttles = {
+        rule.name: Throttle(rule.spec.throttle.limit, rule.spec.throttle.per)
+        for rule in rules
+        if rule.spec.throttle is not None
+    }
+    return LoadedRules(
+        config=config,
+        registry=registry,
+        compiler=compiler,
+        rules=rules,
+        matcher=Matcher(rules),
+        throttles=throttles,
+        warnings=catalogue_warnings(rules),
+    )
+
+
+@cache
+def zoom_event_names() -> frozenset[str]:
+    """Event names in Zoom's catalogue (generated from the shared corpus)."""
+    text = resources.files("engine").joinpath("data/zoom_events.json").read_text()
+    return frozenset(json.loads(text)["events"])
+
+
+def catalogue_warnings(rules: Sequence[CompiledRule]) -> list[Problem]:
+    """An `on` name or glob that matches no known Zoom event is probably a typo."""
+    import fnmatch
+
+    known = zoom_event_names()
+    warnings = []
+    for rule in rules:
+        for pattern in rule.spec.on:
+            if is_glob(pattern):
+                if any(fnmatch.fnmatchcase(name, pattern) for name in known):
+                    continue
+                message = f"glob {pattern!r} matches no event in Zoom's catalogue"
+            elif pattern in known:
+                continue
+            else:
+                message = (
+                    f"{pattern!r} is not an event in Zoom's catalogue{did_you_mean(pattern, known)}"
+                )
+            warnings.append(Problem(rule.spec.file, rule.spec.line, rule.spec.where, "on", message))
+    return warnings

@@ -1,0 +1,137 @@
+"""Deciding which rules fire for an event.
+
+Rules are indexed by exact event name; rules with a glob in `on` sit in a
+separate list. For each event name we compute once (and cache) the enabled
+rules that can apply, in file order, so an event only evaluates the
+conditions of rules that can fire on it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from engine.expressions import is_truthy
+from engine.ruleset import CompiledRule
+
+log = logging.getLogger("zoomrules.matcher")
+
+_GLOB_CHARS = frozenset("*?[")
+#: Bound on the per-name cache; Zoom has a few hundred event names, so this
+#: only matters if someone feeds us random names.
+_CACHE_LIMIT = 4096
+
+SkipReason = Literal["disabled", "event", "condition", "error", "stopped"]
+
+
+def is_glob(pattern: str) -> bool:
+    return not _GLOB_CHARS.isdisjoint(pattern)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Why a rule did or did not fire (for `zoomrules test`)."""
+
+    rule: CompiledRule
+    fired: bool
+    reason: SkipReason | None = None
+    detail: str = ""
+
+
+class Matcher:
+    def __init__(self, rules: Sequence[CompiledRule]) -> None:
+        self.rules = tuple(rules)
+        self._exact: dict[str, list[CompiledRule]] = {}
+        self._globs: list[tuple[CompiledRule, tuple[str, ...]]] = []
+        for rule in self.rules:
+            if not rule.spec.enabled:
+                continue
+            patterns = tuple(p for p in rule.spec.on if is_glob(p))
+            if patterns:
+                self._globs.append((rule, patterns))
+            for name in rule.spec.on:
+                if not is_glob(name):
+                    self._exact.setdefault(name, []).append(rule)
+        self._candidates: dict[str, tuple[CompiledRule, ...]] = {}
+        #: Run-time expression errors per rule name.
+        self.errors: Counter[str] = Counter()
+
+    def candidates(self, event_name: str) -> tuple[CompiledRule, ...]:
+        """Enabled rules whose `on` matches `event_name`, in file order."""
+        found = self._candidates.get(event_name)
+        if found is None:
+            found = self._compute_candidates(event_name)
+            if len(self._candidates) >= _CACHE_LIMIT:
+                self._candidates.clear()
+            self._candidates[event_name] = found
+        return found
+
+    def _compute_candidates(self, event_name: str) -> tuple[CompiledRule, ...]:
+        chosen = {id(rule): rule for rule in self._exact.get(event_name, ())}
+        for rule, patterns in self._globs:
+            if any(fnmatch.fnmatchcase(event_name, p) for p in patterns):
+                chosen[id(rule)] = rule
+        return tuple(sorted(chosen.values(), key=lambda r: r.spec.index))
+
+    def match(self, event_name: str, root: Any) -> list[CompiledRule]:
+        """The rules that fire for one event, in file order, honouring `stop`."""
+        fired: list[CompiledRule] = []
+        for rule in self.candidates(event_name):
+            condition = rule.condition
+            if condition is not None:
+                try:
+                    if not is_truthy(condition(root)):
+                        continue
+                except Exception as exc:  # noqa: BLE001 - one bad rule must not stop the others
+                    self._runtime_error(rule, event_name, exc)
+                    continue
+            fired.append(rule)
+            if rule.spec.stop:
+                break
+        return fired
+
+    def _runtime_error(self, rule: CompiledRule, event_name: str, exc: Exception) -> None:
+        self.errors[rule.name] += 1
+        log.warning(
+            "condition of rule %r failed on %s: %s",
+            rule.name,
+            event_name,
+            exc,
+            extra={"rule": rule.name, "event": event_name, "error_count": self.errors[rule.name]},
+        )
+
+    def explain(self, event_name: str, root: Any) -> list[Decision]:
+        """Every rule with the reason it fires or not (no side effects, no counters)."""
+        decisions = []
+        stopped_by: str | None = None
+        for rule in self.rules:
+            decision = self._decide(rule, event_name, root)
+            if decision.fired and stopped_by is not None:
+                decision = Decision(
+                    rule, False, "stopped", f"rule {stopped_by!r} fired with stop = true"
+                )
+            elif decision.fired and rule.spec.stop:
+                stopped_by = rule.name
+            decisions.append(decision)
+        return decisions
+
+    def _decide(self, rule: CompiledRule, event_name: str, root: Any) -> Decision:
+        if not rule.spec.enabled:
+            return Decision(rule, False, "disabled", "enabled = false")
+        if not any(fnmatch.fnmatchcase(event_name, p) for p in rule.spec.on):
+            return Decision(
+                rule, False, "event", f"{event_name} does not match {list(rule.spec.on)}"
+            )
+        if rule.condition is None:
+            return Decision(rule, True)
+        try:
+            value = rule.condition(root)
+        except Exception as exc:  # noqa: BLE001
+            return Decision(rule, False, "error", f"{type(exc).__name__}: {exc}")
+        if not is_truthy(value):
+            return Decision(rule, False, "condition", f"when = {' '.join((rule.spec.when or '').split())!r} gave {value!r}")
+        return Decision(rule, True)

@@ -1,0 +1,217 @@
+"""Compiling checked rule specs into runnable rules.
+
+Every expression (conditions, throttle keys, templates) is compiled once
+here, and every action's parameters are checked against what its action
+type declares, so `zoomrules check` rejects a bad rule before anything runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from engine.config import COMMON_ACTION_KEYS, ActionSpec, Config, RuleSpec
+from engine.expressions import ExpressionCompiler, ExpressionError, Search
+from engine.hookspecs import ActionType, Param
+from engine.problems import Problem, did_you_mean
+from engine.registry import Registry
+from engine.templates import Renderer, Template, compile_value, has_template, to_text
+
+_JSON_TYPE_NAMES = {
+    str: "string",
+    int: "integer",
+    float: "number",
+    bool: "boolean",
+    list: "list",
+    dict: "table",
+}
+
+
+class ParamTypeError(ValueError):
+    """A templated parameter rendered to a value of the wrong type."""
+
+
+@dataclass(frozen=True)
+class CompiledAction:
+    spec: ActionSpec
+    action_type: ActionType
+    renderers: Mapping[str, Renderer]
+    raw: Mapping[str, Any]
+    #: Parameters whose declared type must be re-checked after rendering.
+    typed_after_render: Mapping[str, Param]
+
+    def render(self, root: Any) -> dict[str, Any]:
+        """Rendered parameters for one firing (raw params passed compiled)."""
+        params = {name: node.render(root) for name, node in self.renderers.items()}
+        for name, param in self.typed_after_render.items():
+            value = params.get(name)
+            if value is not None and not _type_ok(value, param.type):
+                raise ParamTypeError(
+                    f"parameter '{name}' rendered to {to_text(value)!r}, "
+                    f"expected {_type_label(param.type)}"
+                )
+        params.update(self.raw)
+        return params
+
+
+@dataclass(frozen=True)
+class CompiledRule:
+    spec: RuleSpec
+    condition: Search | None
+    throttle_key: Search | None
+    actions: tuple[CompiledAction, ...]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+def compile_rules(
+    config: Config, registry: Registry, compiler: ExpressionCompiler
+) -> tuple[list[CompiledRule], list[Problem]]:
+    problems: list[Problem] = []
+    rules = [_compile_rule(spec, registry, compiler, problems) for spec in config.rules]
+    return rules, problems
+
+
+def _compile_rule(
+    spec: RuleSpec, registry: Registry, compiler: ExpressionCompiler, problems: list[Problem]
+) -> CompiledRule:
+    def report(key: str | None, message: str, line: int | None = None) -> None:
+        problems.append(Problem(spec.file, line or spec.line, spec.where, key, message))
+
+    condition = _compile_expr(spec.when, "when", compiler, report)
+    throttle_key = _compile_expr(
+        spec.throttle.key if spec.throttle else None, "throttle.key", compiler, report
+    )
+    actions = []
+    for action in spec.actions:
+        compiled = _compile_action(action, registry, compiler, report)
+        if compiled is not None:
+            actions.append(compiled)
+    return CompiledRule(spec, condition, throttle_key, tuple(actions))
+
+
+def _compile_expr(
+    text: str | None, key: str, compiler: ExpressionCompiler, report: Any
+) -> Search | None:
+    if not text:
+        return None
+    try:
+        return compiler.compile(text)
+    except ExpressionError as exc:
+        report(key, str(exc))
+        return None
+
+
+def _compile_action(
+    spec: ActionSpec, registry: Registry, compiler: ExpressionCompiler, report: Any
+) -> CompiledAction | None:
+    prefix = f"action[{spec.index + 1}]."
+    if not spec.type:
+        return None  # already reported by the config checker
+    action_type = registry.actions.get(spec.type)
+    if action_type is None:
+        hint = did_you_mean(spec.type, registry.actions)
+        known = ", ".join(sorted(registry.actions))
+        report(
+            f"{prefix}type", f"unknown action type {spec.type!r}{hint}; known: {known}", spec.line
+        )
+        return None
+    declared = {p.name: p for p in action_type.params}
+    ok = True
+    for key in spec.params:
+        if key not in declared:
+            hint = did_you_mean(key, list(declared) + list(COMMON_ACTION_KEYS))
+            report(
+                f"{prefix}{key}",
+                f"unknown parameter for action type {spec.type!r}{hint}",
+                spec.line,
+            )
+            ok = False
+    renderers: dict[str, Renderer] = {}
+    raw: dict[str, Any] = {}
+    typed_after: dict[str, Param] = {}
+    for name, param in declared.items():
+        if name not in spec.params:
+            if param.required:
+                report(
+                    f"{prefix}{name}",
+                    f"missing required parameter of action type {spec.type!r}",
+                    spec.line,
+                )
+                ok = False
+            elif param.default is not None:
+                renderers[name] = compile_value(param.default, compiler)
+            continue
+        value = spec.params[name]
+        problem = _check_param(value, param)
+        if problem:
+            report(f"{prefix}{name}", problem, spec.line)
+            ok = False
+            continue
+        try:
+            if param.raw:
+                raw[name] = compile_raw(value, compiler)
+            else:
+                renderers[name] = compile_value(value, compiler)
+        except ExpressionError as exc:
+            report(f"{prefix}{name}", str(exc), spec.line)
+            ok = False
+            continue
+        if isinstance(value, str) and has_template(value) and not _type_ok(value, param.type):
+            typed_after[name] = param
+    if ok and action_type.validate is not None:
+        for message in action_type.validate(spec.params):
+            report(f"{prefix.rstrip('.')}", message, spec.line)
+            ok = False
+    if not ok:
+        return None
+    return CompiledAction(spec, action_type, renderers, raw, typed_after)
+
+
+def compile_raw(value: Any, compiler: ExpressionCompiler) -> Any:
+    """Raw parameters: every string becomes a Template (even without `{{`),
+    lists and tables keep their shape, so the plugin renders each piece
+    itself (e.g. with shell quoting)."""
+    if isinstance(value, str):
+        return Template(value, compiler)
+    if isinstance(value, list):
+        return [compile_raw(v, compiler) for v in value]
+    if isinstance(value, dict):
+        return {k: compile_raw(v, compiler) for k, v in value.items()}
+    return value
+
+
+def _check_param(value: Any, param: Param) -> str | None:
+    templated = isinstance(value, str) and has_template(value)
+    if not templated and not _type_ok(value, param.type):
+        got = _JSON_TYPE_NAMES.get(type(value), type(value).__name__)
+        return f"must be {_type_label(param.type)}, got {got} {value!r}"
+    if param.choices is not None and not templated and value not in param.choices:
+        options = ", ".join(repr(c) for c in param.choices)
+        return f"must be one of {options}, got {value!r}"
+    return None
+
+
+def _types(expected: type | tuple[type, ...]) -> tuple[type, ...]:
+    return expected if isinstance(expected, tuple) else (expected,)
+
+
+def _type_ok(value: Any, expected: type | tuple[type, ...]) -> bool:
+    types = _types(expected)
+    if isinstance(value, bool):
+        return bool in types
+    if isinstance(value, int) and float in types:
+        return True
+    return isinstance(value, types)
+
+
+def _type_label(expected: type | tuple[type, ...]) -> str:
+    names = [_JSON_TYPE_NAMES.get(t, t.__name__) for t in _types(expected)]
+    return " or ".join(f"a {n}" if n != "integer" else "an integer" for n in names)
+
+
+def event_names_of(rules: Sequence[CompiledRule]) -> set[str]:
+    return {name for rule in rules for name in rule.spec.on}

@@ -1,0 +1,39 @@
+"""Shared resources the daemon hands to every action (the plugin's view of the engine)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import httpx
+
+if TYPE_CHECKING:
+    from engine.config import Config
+
+
+class TokenProvider(Protocol):
+    """What `engine.auth.TokenManager` offers to actions."""
+
+    async def token(self) -> str:
+        """A valid access token (cached, refreshed before expiry)."""
+        ...
+
+    async def refresh(self, stale: str | None = None) -> str:
+        """A new token, unless another caller already replaced `stale`."""
+        ...
+
+
+@dataclass
+class Services:
+    """Long-lived resources of one running engine.
+
+    `tokens` is None when no `[zoom]` credentials are configured (e.g.
+    `zoomrules replay` without a Zoom app); actions that need Zoom must say
+    so clearly. `state` is a scratch space where a plugin keeps per-daemon
+    objects (rate limiters, clients), keyed by its own name.
+    """
+
+    config: Config
+    http: httpx.AsyncClient
+    tokens: TokenProvider | None = None
+    state: dict[str, Any] = field(default_factory=dict)
