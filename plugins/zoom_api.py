@@ -1,0 +1,204 @@
+"""`zoom_api`: call the Zoom REST API with the daemon's OAuth token.
+
+    [[rule.action]]
+    type   = "zoom_api"
+    method = "PUT"
+    path   = "/meetings/{{ payload.object.id }}/status"
+    json   = { action = "end" }
+
+`path` is rendered here, not by the engine, so every interpolated value can be
+percent-encoded as one path segment: an event field holding `../users` or
+`1?x=y` cannot change which endpoint is called. A 401 refreshes the token
+once and repeats the call; rate limits and server errors become retryable
+ActionErrors carrying Zoom's own wait hint.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.parse
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import anyio
+import httpx
+
+from engine.hookspecs import ActionContext, ActionError, ActionType, Param, hookimpl
+from plugins import _http_common as common
+
+NAME = "zoom_api"
+DEFAULT_BASE_URL = "https://api.zoom.us/v2"
+_METHODS = ("GET", "POST", "PATCH", "PUT", "DELETE")
+_LIMITER_KEY = "zoom_api.limiter"
+
+
+class _Template(Protocol):
+    def render(self, root: Any, quote: Any = None) -> Any: ...
+
+
+class TokenBucket:
+    """`count` requests per `per` seconds, bursting up to `count`; shared by every zoom_api job.
+
+    Waiters hold the lock while they sleep, so they are served in arrival
+    order and none can overtake another between sleeping and taking.
+    """
+
+    def __init__(self, count: int, per: float) -> None:
+        self.count = count
+        self.per = per
+        self._tokens = float(count)
+        self._updated = time.monotonic()
+        self._lock = anyio.Lock()
+
+    async def acquire(self) -> None:
+        async with self._lock:
+            self._refill()
+            if self._tokens < 1:
+                await anyio.sleep((1 - self._tokens) * self.per / self.count)
+                self._refill()
+            self._tokens -= 1
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        rate = self.count / self.per
+        self._tokens = min(float(self.count), self._tokens + (now - self._updated) * rate)
+        self._updated = now
+
+
+def limiter_for(services_state: dict[str, Any], rate: Any) -> TokenBucket | None:
+    """The daemon-wide bucket for `config.zoom.api_rate` (rebuilt if the rate changes)."""
+    if rate is None:
+        return None
+    current = services_state.get(_LIMITER_KEY)
+    if isinstance(current, TokenBucket) and (current.count, current.per) == (rate.count, rate.per):
+        return current
+    bucket = TokenBucket(rate.count, rate.per)
+    services_state[_LIMITER_KEY] = bucket
+    return bucket
+
+
+def quote_segment(value: str) -> str:
+    """Percent-encode one interpolated value so it stays inside a single path segment."""
+    quoted = urllib.parse.quote(value, safe="")
+    # quote() leaves dots alone, and HTTP clients collapse `.`/`..` segments.
+    if quoted.strip(".") == "":
+        quoted = quoted.replace(".", "%2E")
+    return quoted
+
+
+def render_path(path: Any, root: Mapping[str, Any]) -> str:
+    """Render `path` (a Template, or plain text when it held no placeholder)."""
+    if isinstance(path, str):
+        text = path
+    else:
+        text = path.render(root, quote=quote_segment)
+        if not isinstance(text, str):
+            text = quote_segment(common.scalar_text(text))
+    return text
+
+
+def build_url(base_url: str, path: str) -> httpx.URL:
+    """Join base and path, refusing anything that would leave the API host."""
+    if "://" in path or path.startswith("//"):
+        raise ActionError("path: must be relative to api_base_url", retryable=False)
+    if "//" in path.split("?", 1)[0].lstrip("/"):
+        raise ActionError(
+            "path: has an empty segment (a template value rendered empty?)", retryable=False
+        )
+    base = httpx.URL(base_url)
+    url = httpx.URL(base_url.rstrip("/") + "/" + path.lstrip("/"))
+    if (url.scheme, url.host, url.port) != (base.scheme, base.host, base.port):
+        raise ActionError("path: must stay on the Zoom API host", retryable=False)
+    return url
+
+
+def validate(params: Mapping[str, Any]) -> list[str]:
+    errors = common.validate_expect(params.get("expect"))
+    path = params.get("path")
+    if isinstance(path, str):
+        literal = path.split("{{", 1)[0]
+        if "://" in path and "://" in literal:
+            errors.append(
+                'path: must be relative to api_base_url (e.g. "/meetings/{{ payload.object.id }}")'
+            )
+        elif not path.startswith(("/", "{{")):
+            errors.append("path: must start with '/' (relative to api_base_url)")
+    return errors
+
+
+async def run(params: Mapping[str, Any], ctx: ActionContext) -> dict[str, Any]:
+    services = ctx.services
+    if services.tokens is None:
+        raise ActionError("zoom_api needs [zoom] credentials", retryable=False)
+    zoom = getattr(services.config, "zoom", None)
+    base_url = getattr(zoom, "api_base_url", None) or DEFAULT_BASE_URL
+    method = str(params.get("method") or "GET").upper()
+    path = render_path(params["path"], ctx.root)
+    url = build_url(base_url, path).copy_merge_params(common.stringify_query(params.get("query")))
+    expect = params.get("expect")
+    # Zoom paths carry ids, not secrets, so the path is fine in messages; the query is not shown.
+    target = f"Zoom API {method} {url.path}"
+    extra = common.log_extra(ctx, NAME, method=method, path=url.path)
+
+    limiter = limiter_for(services.state, getattr(zoom, "api_rate", None))
+    token = await services.tokens.token()
+    response, body = await _call(
+        services.http, method, url, params, token, limiter, target, ctx, extra
+    )
+    if response.status_code == 401:
+        # The token may have been revoked or expired early: one fresh token, one more try.
+        ctx.log.info("%s: 401, refreshing the token once", target, extra=extra)
+        token = await services.tokens.refresh(token)
+        response, body = await _call(
+            services.http, method, url, params, token, limiter, target, ctx, extra
+        )
+    common.check_response(response, body, expect, target)
+    return common.result(response, body)
+
+
+async def _call(
+    client: httpx.AsyncClient,
+    method: str,
+    url: httpx.URL,
+    params: Mapping[str, Any],
+    token: str,
+    limiter: TokenBucket | None,
+    target: str,
+    ctx: ActionContext,
+    extra: Mapping[str, Any],
+) -> tuple[httpx.Response, Any]:
+    if limiter is not None:
+        await limiter.acquire()
+    json_body = params.get("json")
+    request = client.build_request(
+        method,
+        url,
+        headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+        json=json_body if json_body is not None else None,
+    )
+    return await common.send(client, request, target=target, log=ctx.log, extra=extra)
+
+
+@hookimpl
+def zoomrules_action_types() -> list[ActionType]:
+    return [
+        ActionType(
+            name=NAME,
+            run=run,
+            description="Call the Zoom REST API (bearer token from [zoom] credentials).",
+            validate=validate,
+            params=[
+                Param("method", str, default="GET", choices=_METHODS, help="HTTP method"),
+                Param(
+                    "path",
+                    str,
+                    required=True,
+                    raw=True,
+                    help="path under api_base_url; each {{ value }} is encoded as one segment",
+                ),
+                Param("query", dict, help="query parameters (a table)"),
+                Param("json", (dict, list), help="JSON request body"),
+                Param("expect", list, help="accepted status codes (default: any 2xx)"),
+            ],
+        )
+    ]
