@@ -1,0 +1,94 @@
+"""`http`: call any HTTP endpoint (an outbound webhook).
+
+    [[rule.action]]
+    type    = "http"
+    url     = "https://hooks.example.com/zoom"
+    headers = { Authorization = "Bearer ${HOOK_TOKEN}" }
+    json    = { meeting = "{{ payload.object.id }}", topic = "{{ payload.object.topic }}" }
+
+Retries follow the same rules as `zoom_api` (they share `_http_common`):
+429/503 with Retry-After, other 5xx and network errors are retryable, any
+other unexpected status is not. Only the scheme, host and port of the URL
+ever appear in logs and errors: webhook URLs often carry their secret in the
+path or query.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from engine.hookspecs import ActionContext, ActionError, ActionType, Param, hookimpl
+from plugins import _http_common as common
+
+NAME = "http"
+
+
+def validate(params: Mapping[str, Any]) -> list[str]:
+    errors = common.validate_expect(params.get("expect"))
+    if params.get("json") is not None and params.get("body") is not None:
+        errors.append("json, body: give one of them, not both")
+    url = params.get("url")
+    if isinstance(url, str) and not url.lower().startswith(("{{", "http://", "https://")):
+        errors.append("url: must start with http:// or https://")
+    headers = params.get("headers")
+    if isinstance(headers, dict):
+        errors.extend(
+            f"headers.{name}: must be a string"
+            for name, value in headers.items()
+            if not isinstance(value, str)
+        )
+    return errors
+
+
+def build_request(client: httpx.AsyncClient, params: Mapping[str, Any]) -> httpx.Request:
+    try:
+        url = httpx.URL(str(params["url"]))
+    except httpx.InvalidURL:
+        raise ActionError("url: not a valid URL", retryable=False) from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ActionError("url: must be an absolute http:// or https:// URL", retryable=False)
+    url = url.copy_merge_params(common.stringify_query(params.get("query")))
+    headers = {str(k): common.scalar_text(v) for k, v in (params.get("headers") or {}).items()}
+    body = params.get("body")
+    json_body = params.get("json")
+    return client.build_request(
+        str(params.get("method") or "POST").upper(),
+        url,
+        headers=headers,
+        json=json_body,
+        content=None if body is None else common.scalar_text(body).encode(),
+    )
+
+
+async def run(params: Mapping[str, Any], ctx: ActionContext) -> dict[str, Any]:
+    client = ctx.services.http
+    request = build_request(client, params)
+    target = f"{request.method} {common.redact_url(request.url)}"
+    extra = common.log_extra(ctx, NAME, method=request.method)
+    response, body = await common.send(client, request, target=target, log=ctx.log, extra=extra)
+    common.check_response(response, body, params.get("expect"), target)
+    return common.result(response, body)
+
+
+@hookimpl
+def zoomrules_action_types() -> list[ActionType]:
+    return [
+        ActionType(
+            name=NAME,
+            run=run,
+            description="Send an HTTP request (outbound webhook).",
+            validate=validate,
+            params=[
+                Param("url", str, required=True, help="absolute http(s) URL"),
+                Param("method", str, default="POST", choices=common.METHODS, help="HTTP method"),
+                Param("headers", dict, help="request headers (a table)"),
+                Param("query", dict, help="query parameters (a table)"),
+                Param("json", (dict, list), help="JSON request body"),
+                Param("body", str, help="raw request body (text)"),
+                Param("expect", list, help="accepted status codes (default: any 2xx)"),
+            ],
+        )
+    ]

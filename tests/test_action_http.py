@@ -1,0 +1,236 @@
+"""The `http` action against a scripted HTTP server on loopback."""
+
+from __future__ import annotations
+
+import json
+import logging
+import types
+from collections import deque
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+import httpx
+import pytest
+
+from engine.events import Event
+from engine.expressions import ExpressionCompiler
+from engine.hookspecs import ActionContext, ActionError, ActionType
+from engine.services import Services
+from engine.templates import compile_value
+from plugins import http
+
+EXAMPLES = json.loads(Path("/work/shared/zoom/events/meetings.json").read_text())["events"]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@dataclass
+class Received:
+    method: str
+    target: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class Reply:
+    status: int
+    body: bytes = b"{}"
+    headers: dict[str, str] = field(default_factory=lambda: {"Content-Type": "application/json"})
+
+
+@dataclass
+class Server:
+    """Minimal HTTP/1.1 server: answers scripted replies in order (then 200 `{}`)."""
+
+    port: int = 0
+    received: list[Received] = field(default_factory=list)
+    replies: deque[Reply] = field(default_factory=deque)
+
+    async def handle(self, stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += await stream.receive()
+            head, body = data.split(b"\r\n\r\n", 1)
+            request_line, *header_lines = head.decode().split("\r\n")
+            headers = {k.lower(): v.strip() for k, v in (h.split(":", 1) for h in header_lines)}
+            while len(body) < int(headers.get("content-length", "0")):
+                body += await stream.receive()
+            method, target, _ = request_line.split(" ")
+            self.received.append(Received(method, target, headers, body))
+            reply = self.replies.popleft() if self.replies else Reply(200)
+            extra = "".join(f"{k}: {v}\r\n" for k, v in reply.headers.items())
+            await stream.send(
+                f"HTTP/1.1 {reply.status} X\r\n{extra}Content-Length: {len(reply.body)}\r\n"
+                f"Connection: close\r\n\r\n".encode()
+                + reply.body
+            )
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Server]:
+    srv = Server()
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    srv.port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, srv.handle)
+        yield srv
+        tg.cancel_scope.cancel()
+
+
+@pytest.fixture
+async def services() -> AsyncIterator[Services]:
+    async with httpx.AsyncClient(timeout=5) as client:
+        yield Services(config=types.SimpleNamespace(notifiers={}, zoom=None), http=client)
+
+
+def _action_type() -> ActionType:
+    (action,) = http.zoomrules_action_types()
+    return action
+
+
+def render(params: Mapping[str, Any], root: Mapping[str, Any]) -> dict[str, Any]:
+    compiler = ExpressionCompiler()
+    action = _action_type()
+    assert action.validate is not None
+    assert action.validate(params) == []
+    out: dict[str, Any] = {}
+    for param in action.params:
+        if param.name in params:
+            out[param.name] = compile_value(params[param.name], compiler).render(root)
+        elif param.default is not None:
+            out[param.name] = param.default
+    return out
+
+
+async def call(services: Services, params: Mapping[str, Any], attempt: int = 1) -> dict[str, Any]:
+    ev = Event.from_body(EXAMPLES["meeting.participant_joined"]["example"], source="test")
+    root = ev.root()
+    ctx = ActionContext(
+        event=ev,
+        rule="test-rule",
+        action_index=1,
+        attempt=attempt,
+        root=root,
+        services=services,
+        log=logging.getLogger("test.http"),
+    )
+    result: dict[str, Any] = await http.run(render(params, root), ctx)
+    return result
+
+
+@pytest.mark.anyio
+async def test_post_json_with_headers(server: Server, services: Services) -> None:
+    server.replies.append(Reply(201, b'{"ok": true, "id": 7}'))
+    result = await call(
+        services,
+        {
+            "url": f"http://127.0.0.1:{server.port}/hook?src=zoom",
+            "headers": {"Authorization": "Bearer s3cret", "X-Meeting": "{{ payload.object.id }}"},
+            "query": {"event": "{{ event }}"},
+            "json": {
+                "who": "{{ payload.object.participant.user_name }}",
+                "duration": "{{ payload.object.duration }}",
+            },
+        },
+    )
+    assert result == {
+        "status": 201,
+        "body": {"ok": True, "id": 7},
+        "headers": {"content-type": "application/json"},
+    }
+    (req,) = server.received
+    assert req.method == "POST"
+    assert req.target == "/hook?src=zoom&event=meeting.participant_joined"
+    assert req.headers["authorization"] == "Bearer s3cret"
+    assert req.headers["x-meeting"] == "85746065432"
+    assert req.headers["content-type"] == "application/json"
+    assert json.loads(req.body) == {"who": "Riley Park", "duration": 60}
+
+
+@pytest.mark.anyio
+async def test_raw_body_and_method(server: Server, services: Services) -> None:
+    server.replies.append(Reply(200, b"accepted", {"Content-Type": "text/plain"}))
+    result = await call(
+        services,
+        {
+            "url": f"http://127.0.0.1:{server.port}/raw",
+            "method": "PUT",
+            "headers": {"Content-Type": "text/plain"},
+            "body": "{{ payload.object.participant.email }} joined",
+        },
+    )
+    assert result["body"] == "accepted"
+    (req,) = server.received
+    assert (req.method, req.body) == ("PUT", b"riley.park@example.com joined")
+
+
+@pytest.mark.anyio
+async def test_500_then_200(server: Server, services: Services) -> None:
+    """What the engine's retry loop sees: a retryable failure, then success."""
+    server.replies.extend([Reply(500, b'{"message": "boom"}'), Reply(200)])
+    url = f"http://user:pw@127.0.0.1:{server.port}/secret-path-token?key=secret"
+    with pytest.raises(ActionError) as first:
+        await call(services, {"url": url, "json": {"a": 1}}, attempt=1)
+    assert first.value.retryable and "500" in str(first.value) and "boom" in str(first.value)
+    for secret in ("pw", "secret-path-token", "key=secret"):
+        assert secret not in str(first.value)
+    result = await call(services, {"url": url, "json": {"a": 1}}, attempt=2)
+    assert result["status"] == 200
+    assert len(server.received) == 2
+
+
+@pytest.mark.anyio
+async def test_429_retry_after(server: Server, services: Services) -> None:
+    server.replies.append(Reply(429, b"slow down", {"Retry-After": "7"}))
+    with pytest.raises(ActionError) as info:
+        await call(services, {"url": f"http://127.0.0.1:{server.port}/"})
+    assert info.value.retryable and info.value.retry_after == 7.0
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("status", [400, 403, 404, 410, 422])
+async def test_4xx_is_permanent(server: Server, services: Services, status: int) -> None:
+    server.replies.append(Reply(status, b'{"error": "nope"}'))
+    with pytest.raises(ActionError) as info:
+        await call(services, {"url": f"http://127.0.0.1:{server.port}/"})
+    assert not info.value.retryable
+    assert str(status) in str(info.value) and "nope" in str(info.value)
+
+
+@pytest.mark.anyio
+async def test_expect(server: Server, services: Services) -> None:
+    server.replies.extend([Reply(200), Reply(202)])
+    with pytest.raises(ActionError) as info:
+        await call(services, {"url": f"http://127.0.0.1:{server.port}/", "expect": [202]})
+    assert not info.value.retryable
+    result = await call(services, {"url": f"http://127.0.0.1:{server.port}/", "expect": [202]})
+    assert result["status"] == 202
+
+
+@pytest.mark.anyio
+async def test_connection_refused_is_retryable(services: Services) -> None:
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    await listener.aclose()
+    with pytest.raises(ActionError) as info:
+        await call(services, {"url": f"http://127.0.0.1:{port}/"})
+    assert info.value.retryable
+
+
+def test_validate() -> None:
+    validate = _action_type().validate
+    assert validate is not None
+    assert validate({"url": "https://example.com", "json": {}, "body": "x"})
+    assert validate({"url": "ftp://example.com"})
+    assert validate({"url": "https://example.com", "headers": {"X": 1}})
+    assert validate({"url": "https://example.com", "expect": [42]})
+    assert validate({"url": "{{ payload.object.join_url }}"}) == []
