@@ -70,6 +70,11 @@ def setup_logging(level: str, fmt: str) -> None:
     from engine.redact import configure_logging
 
     configure_logging(level, fmt)
+    if level != "debug":
+        # Per-request lines from the HTTP client and the simulator's servers
+        # drown the daemon's own messages; they stay available at debug.
+        for noisy in ("httpx", "websockets.server", "uvicorn.error", "uvicorn.access"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

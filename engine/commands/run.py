@@ -1,0 +1,34 @@
+"""`zoomrules run`: the daemon."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import anyio
+
+from engine.cli import EXIT_FAILURE, EXIT_INVALID, EXIT_OK, config_paths
+from engine.commands import Command
+from engine.commands.common import load_or_report
+from engine.daemon import Daemon, DaemonError
+
+log = logging.getLogger("zoomrules")
+
+
+def handle(args: argparse.Namespace) -> int:
+    loaded = load_or_report(args)
+    if loaded is None:
+        return EXIT_INVALID
+    for warning in loaded.warnings:
+        log.warning("%s", warning)
+    daemon = Daemon(config_paths(args), loaded)
+    try:
+        anyio.run(daemon.run)
+    except DaemonError as exc:
+        print(f"zoomrules: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+COMMAND = Command("run", "run the rules daemon against Zoom", handle)

@@ -1,0 +1,167 @@
+"""The rules daemon: Zoom WebSocket listeners feeding the pipeline, plus signals.
+
+Shutdown (SIGTERM/SIGINT): stop reading from Zoom first, then give jobs in
+flight `[engine] shutdown_grace` to finish, then cancel what is left.
+SIGHUP: reload the rule files; an invalid file keeps the old rules and logs
+every problem. The WebSocket connections stay up across a reload.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import anyio
+from anyio.abc import TaskGroup
+
+from engine.auth import AuthError, TokenManager
+from engine.config import Subscription
+from engine.listener import ZoomListener
+from engine.loader import LoadedRules, load_rules
+from engine.pipeline import Pipeline
+from engine.problems import ConfigError
+from engine.runtime import open_services, running_pipeline
+from engine.services import Services
+
+log = logging.getLogger("zoomrules.daemon")
+
+
+class DaemonError(Exception):
+    """The daemon cannot go on (bad credentials, no subscription)."""
+
+
+def _credentials(sub: Subscription) -> tuple[str, str, str, str | None]:
+    return (sub.oauth_url, sub.client_id, sub.client_secret, sub.account_id)
+
+
+class Daemon:
+    def __init__(
+        self,
+        paths: Sequence[str | Path],
+        loaded: LoadedRules,
+        *,
+        env: Mapping[str, str] | None = None,
+        handle_signals: bool = True,
+    ) -> None:
+        self.paths = list(paths)
+        self.loaded = loaded
+        self.env = env
+        self.handle_signals = handle_signals
+        self.pipeline: Pipeline | None = None
+        self.listeners: list[ZoomListener] = []
+        self.reloads = 0
+        self.failed_reloads = 0
+        self._stop = anyio.Event()
+        self._ready = anyio.Event()
+
+    # -- control (also used by tests and `demo`) ------------------------------
+
+    def stop(self) -> None:
+        """Begin a graceful shutdown."""
+        self._stop.set()
+
+    async def wait_ready(self) -> None:
+        await self._ready.wait()
+
+    async def reload(self) -> bool:
+        """Re-read the rule files; keep the old rules if the new ones are invalid."""
+        try:
+            fresh = await anyio.to_thread.run_sync(lambda: load_rules(self.paths, env=self.env))
+        except ConfigError as exc:
+            self.failed_reloads += 1
+            log.error("reload failed; keeping the previous rules (%d problems)", len(exc.problems))
+            for problem in exc.problems:
+                log.error("  %s", problem)
+            return False
+        old_zoom, new_zoom = self.loaded.config.zoom, fresh.config.zoom
+        if old_zoom != new_zoom:
+            log.warning("[zoom] settings changed; connections keep the old ones until a restart")
+        assert self.pipeline is not None
+        self.pipeline.replace_rules(fresh)
+        self.loaded = fresh
+        self.reloads += 1
+        log.info("reloaded %d rules from %s", len(fresh.rules), ", ".join(map(str, fresh.config.files)))
+        return True
+
+    # -- running --------------------------------------------------------------
+
+    async def run(self) -> None:
+        config = self.loaded.config
+        if config.zoom is None or not config.zoom.subscriptions:
+            raise DaemonError("no [zoom] section with an endpoint and credentials: nothing to listen to")
+        async with open_services(config) as services:
+            async with running_pipeline(self.loaded, services) as pipeline:
+                self.pipeline = pipeline
+                async with anyio.create_task_group() as tg:
+                    if self.handle_signals:
+                        tg.start_soon(self._signals)
+                    failure = await self._listen(services, pipeline)
+                    tg.cancel_scope.cancel()
+                if failure is not None:
+                    raise DaemonError(str(failure))
+                log.info("stopped reading from Zoom; waiting for %d job(s) in flight", pipeline.dispatcher.in_flight)
+        log.info("zoomrules stopped")
+
+    async def _listen(self, services: Services, pipeline: Pipeline) -> AuthError | None:
+        """Run every listener until stop() or a fatal auth error."""
+        zoom = self.loaded.config.zoom
+        assert zoom is not None
+        managers: dict[tuple[str, str, str, str | None], TokenManager] = {}
+        if services.tokens is not None and isinstance(services.tokens, TokenManager):
+            managers[_credentials(zoom.default)] = services.tokens
+        failure: AuthError | None = None
+
+        async def listen(listener: ZoomListener, scope: TaskGroup) -> None:
+            nonlocal failure
+            try:
+                await listener.run()
+            except AuthError as exc:
+                failure = exc
+                log.critical("%s", exc)
+                scope.cancel_scope.cancel()
+
+        async with anyio.create_task_group() as tg:
+            for sub in zoom.subscriptions:
+                key = _credentials(sub)
+                if key not in managers:
+                    managers[key] = TokenManager(
+                        oauth_url=sub.oauth_url,
+                        client_id=sub.client_id,
+                        client_secret=sub.client_secret,
+                        account_id=sub.account_id,
+                        http=services.http,
+                    )
+                listener = ZoomListener(
+                    name=sub.name,
+                    endpoint=sub.endpoint,
+                    tokens=managers[key],
+                    on_event=pipeline.handle,
+                    heartbeat_interval=zoom.heartbeat_interval,
+                    max_frame_size=zoom.max_frame_size,
+                )
+                self.listeners.append(listener)
+                tg.start_soon(listen, listener, tg)
+            log.info(
+                "zoomrules running: %d rules, %d subscription(s)",
+                len(self.loaded.rules),
+                len(zoom.subscriptions),
+            )
+            self._ready.set()
+            tg.start_soon(self._cancel_on_stop, tg)
+        return failure
+
+    async def _cancel_on_stop(self, tg: TaskGroup) -> None:
+        await self._stop.wait()
+        tg.cancel_scope.cancel()
+
+    async def _signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    log.info("SIGHUP: reloading rules")
+                    await self.reload()
+                else:
+                    log.info("%s: shutting down", signal.Signals(signum).name)
+                    self.stop()
