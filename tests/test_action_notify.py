@@ -1,0 +1,272 @@
+"""The `notify` action: Apprise json:// and form:// to a local HTTP receiver, mailto:// to aiosmtpd."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import json
+import logging
+import types
+import urllib.parse
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+import httpx
+import pytest
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from engine.events import Event
+from engine.expressions import ExpressionCompiler
+from engine.hookspecs import ActionContext, ActionError, ActionType
+from engine.services import Services
+from engine.templates import compile_value
+from plugins import notify
+
+EXAMPLES = json.loads(Path("/work/shared/zoom/events/meetings.json").read_text())["events"]
+TITLE = "VIP joined {{ payload.object.topic }}"
+BODY = "{{ payload.object.participant.user_name }} at {{ payload.object.participant.join_time }}"
+WANT_TITLE = "VIP joined Weekly project sync"
+WANT_BODY = "Riley Park at 2026-02-05T17:02:00Z"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@dataclass
+class Received:
+    path: str
+    content_type: str
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def form(self) -> dict[str, str]:
+        return dict(urllib.parse.parse_qsl(self.body.decode()))
+
+
+@dataclass
+class Receiver:
+    """HTTP receiver: records requests; paths in `failing` answer 500."""
+
+    port: int = 0
+    received: list[Received] = field(default_factory=list)
+    failing: set[str] = field(default_factory=set)
+
+    def paths(self) -> list[str]:
+        return sorted(r.path for r in self.received)
+
+    async def handle(self, stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += await stream.receive()
+            head, body = data.split(b"\r\n\r\n", 1)
+            request_line, *header_lines = head.decode().split("\r\n")
+            headers = {k.lower(): v.strip() for k, v in (h.split(":", 1) for h in header_lines)}
+            while len(body) < int(headers.get("content-length", "0")):
+                body += await stream.receive()
+            path = request_line.split(" ")[1]
+            self.received.append(Received(path, headers.get("content-type", ""), body))
+            status = "500 Internal Server Error" if path in self.failing else "200 OK"
+            await stream.send(
+                f"HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode()
+            )
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    srv = Receiver()
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    srv.port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, srv.handle)
+        yield srv
+        tg.cancel_scope.cancel()
+
+
+class MailSink:
+    """aiosmtpd handler keeping every message."""
+
+    def __init__(self) -> None:
+        self.messages: list[email.message.EmailMessage] = []
+        self.envelopes: list[tuple[str, list[str]]] = []
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        assert isinstance(envelope.content, bytes)
+        message = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        self.messages.append(message)  # type: ignore[arg-type]
+        self.envelopes.append((str(envelope.mail_from), list(envelope.rcpt_tos)))
+        return "250 OK"
+
+
+@pytest.fixture
+async def smtp() -> AsyncIterator[tuple[MailSink, int]]:
+    sink = MailSink()
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: SMTP(sink), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield sink, port
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def services_with(notifiers: Mapping[str, tuple[str, ...]] | None = None) -> Services:
+    config = types.SimpleNamespace(notifiers=dict(notifiers or {}), zoom=None)
+    return Services(config=config, http=httpx.AsyncClient())
+
+
+def _action_type() -> ActionType:
+    (action,) = notify.zoomrules_action_types()
+    return action
+
+
+def render(params: Mapping[str, Any], root: Mapping[str, Any]) -> dict[str, Any]:
+    compiler = ExpressionCompiler()
+    action = _action_type()
+    assert action.validate is not None
+    assert action.validate(params) == []
+    out: dict[str, Any] = {}
+    for param in action.params:
+        if param.name in params:
+            out[param.name] = compile_value(params[param.name], compiler).render(root)
+        elif param.default is not None:
+            out[param.name] = param.default
+    return out
+
+
+def context(
+    services: Services, attempt: int = 1, state: dict[str, Any] | None = None
+) -> ActionContext:
+    ev = Event.from_body(EXAMPLES["meeting.participant_joined"]["example"], source="test")
+    return ActionContext(
+        event=ev,
+        rule="vip-joined",
+        action_index=0,
+        attempt=attempt,
+        root=ev.root(),
+        services=services,
+        log=logging.getLogger("test.notify"),
+        state={} if state is None else state,
+    )
+
+
+async def send(
+    services: Services, params: Mapping[str, Any], ctx: ActionContext | None = None
+) -> Any:
+    ctx = ctx or context(services)
+    return await notify.run(render(params, ctx.root), ctx)
+
+
+@pytest.mark.anyio
+async def test_json_and_form(receiver: Receiver) -> None:
+    base = f"127.0.0.1:{receiver.port}"
+    result = await send(
+        services_with(),
+        {"to": [f"json://{base}/json", f"form://{base}/form"], "title": TITLE, "body": BODY},
+    )
+    assert (
+        sorted(result["sent"]) == sorted([f"json://{base}/json", f"form://{base}/form"])
+        or len(result["sent"]) == 2
+    )
+    by_path = {r.path: r for r in receiver.received}
+    sent_json = by_path["/json"].json()
+    assert (sent_json["title"], sent_json["message"]) == (WANT_TITLE, WANT_BODY)
+    sent_form = by_path["/form"].form()
+    assert (sent_form["title"], sent_form["message"]) == (WANT_TITLE, WANT_BODY)
+
+
+@pytest.mark.anyio
+async def test_mailto_plain_smtp(smtp: tuple[MailSink, int]) -> None:
+    sink, port = smtp
+    url = f"mailto://127.0.0.1:{port}?to=ops@example.com&from=zoomrules@example.com&mode=insecure"
+    await send(services_with({"oncall": (url,)}), {"to": "oncall", "title": TITLE, "body": BODY})
+    (message,) = sink.messages
+    assert message["Subject"] == WANT_TITLE
+    assert message.get_content().strip() == WANT_BODY
+    assert sink.envelopes == [("zoomrules@example.com", ["ops@example.com"])]
+
+
+@pytest.mark.anyio
+async def test_partial_failure_reports_target_and_retry_resends_only_failed(
+    receiver: Receiver,
+) -> None:
+    base = f"127.0.0.1:{receiver.port}"
+    services = services_with({"team": (f"json://{base}/a", f"form://{base}/b")})
+    failing_url = f"json://bot:hunter2@{base}/c"
+    receiver.failing.add("/c")
+    params = {"to": ["team", failing_url], "title": TITLE, "body": BODY}
+    ctx = context(services)
+
+    with pytest.raises(ActionError) as info:
+        await send(services, params, ctx)
+    message = str(info.value)
+    assert info.value.retryable
+    assert "1 of 3" in message
+    assert f"json://bot:****@{base}/c" in message
+    assert "hunter2" not in message
+    assert f"{base}/a" not in message and f"{base}/b" not in message
+    assert receiver.paths() == ["/a", "/b", "/c"]
+
+    receiver.failing.clear()
+    retry = context(services, attempt=2, state=ctx.state)
+    result = await send(services, params, retry)
+    assert receiver.paths() == ["/a", "/b", "/c", "/c"]  # only the failed target again
+    assert len(result["sent"]) == 1 and len(result["already_sent"]) == 2
+    assert "hunter2" not in json.dumps(result) and "hunter2" not in json.dumps(ctx.state)
+
+
+@pytest.mark.anyio
+async def test_apprise_config_with_tag(receiver: Receiver, tmp_path: Path) -> None:
+    base = f"127.0.0.1:{receiver.port}"
+    config = tmp_path / "apprise.txt"
+    config.write_text(f"ops=json://{base}/ops\ndev=json://{base}/dev\n")  # noqa: ASYNC240
+    await send(
+        services_with(),
+        {"apprise_config": str(config), "tag": "ops", "title": TITLE, "body": BODY},
+    )
+    assert receiver.paths() == ["/ops"]
+
+
+@pytest.mark.anyio
+async def test_attachment(receiver: Receiver, tmp_path: Path) -> None:
+    attachment = tmp_path / "minutes.txt"
+    attachment.write_text("minutes")  # noqa: ASYNC240
+    await send(
+        services_with(),
+        {
+            "to": f"json://127.0.0.1:{receiver.port}/att",
+            "body": BODY,
+            "attach": [str(attachment)],
+        },
+    )
+    (sent,) = [r.json() for r in receiver.received]
+    assert [a["filename"] for a in sent["attachments"]] == ["minutes.txt"]
+
+
+@pytest.mark.anyio
+async def test_unknown_notifier_is_permanent() -> None:
+    with pytest.raises(ActionError) as info:
+        await send(services_with({"oncall": ()}), {"to": "pager", "body": "x"})
+    assert not info.value.retryable
+    assert "'pager'" in str(info.value)
+
+
+def test_validate() -> None:
+    validate = _action_type().validate
+    assert validate is not None
+    assert validate({"to": "oncall", "body": "x"}) == []
+    assert validate({"to": ["json://example.com/hook"], "body": "x"}) == []
+    assert validate({"to": "{{ payload.object.host_email }}", "body": "x"}) == []
+    assert validate({"body": "x"})  # nowhere to send
+    bad = validate({"to": ["nosuchscheme://user:topsecret@host/x"], "body": "x"})
+    assert bad and "topsecret" not in " ".join(bad)
