@@ -206,8 +206,15 @@ _STANDARD_ATTRS = frozenset(
 )
 
 
+_PLAIN = (str, int, float, bool, type(None), list, tuple, dict)
+
+
 def _extra_fields(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS}
+    # Plain values only: libraries pass live objects as extras (websockets
+    # attaches its connection) whose reprs are noise in every line.
+    return {
+        k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS and isinstance(v, _PLAIN)
+    }
 
 
 class TextFormatter(logging.Formatter):

@@ -32,12 +32,12 @@ async def _token(sim: Simulator, http: httpx.AsyncClient, **params: str) -> http
 
 
 async def test_oauth_issues_tokens_for_both_grants() -> None:
-    async with Simulator(
-        client_id=CLIENT_ID, client_secret=CLIENT_SECRET, token_lifetime=120
-    ) as sim:
-        async with httpx.AsyncClient() as http:
-            r1 = await _token(sim, http)
-            r2 = await _token(sim, http, grant_type="account_credentials", account_id="acc")
+    async with (
+        Simulator(client_id=CLIENT_ID, client_secret=CLIENT_SECRET, token_lifetime=120) as sim,
+        httpx.AsyncClient() as http,
+    ):
+        r1 = await _token(sim, http)
+        r2 = await _token(sim, http, grant_type="account_credentials", account_id="acc")
     assert r1.status_code == r2.status_code == 200
     body = r1.json()
     assert body["token_type"] == "bearer" and body["expires_in"] == 120
@@ -45,14 +45,14 @@ async def test_oauth_issues_tokens_for_both_grants() -> None:
 
 
 async def test_oauth_rejects_wrong_credentials_and_can_fail_on_purpose() -> None:
-    async with Simulator(client_id=CLIENT_ID, client_secret=CLIENT_SECRET) as sim:
-        async with httpx.AsyncClient() as http:
-            bad = await http.post(
-                sim.oauth_url, params={"grant_type": "client_credentials"}, auth=(CLIENT_ID, "nope")
-            )
-            sim.fail_oauth(2)
-            failed = [await _token(sim, http) for _ in range(2)]
-            ok = await _token(sim, http)
+    sim = Simulator(client_id=CLIENT_ID, client_secret=CLIENT_SECRET)
+    async with sim, httpx.AsyncClient() as http:
+        bad = await http.post(
+            sim.oauth_url, params={"grant_type": "client_credentials"}, auth=(CLIENT_ID, "nope")
+        )
+        sim.fail_oauth(2)
+        failed = [await _token(sim, http) for _ in range(2)]
+        ok = await _token(sim, http)
     assert bad.status_code == 401
     assert bad.json() == {"reason": "Invalid client_id or client_secret", "error": "invalid_client"}
     assert [r.status_code for r in failed] == [500, 500]
@@ -106,21 +106,20 @@ async def test_rest_api_scripted_statuses_in_sequence() -> None:
 
 
 async def test_websocket_connect_heartbeat_and_events() -> None:
-    async with Simulator() as sim:
-        async with connect(_ws_url(sim, sim.issue_token())) as ws:
-            build = orjson.loads(await ws.recv())
-            assert build["module"] == "build_connection" and build["success"] is True
-            await ws.send('{"module":"heartbeat"}')
-            assert orjson.loads(await ws.recv()) == {
-                "module": "heartbeat",
-                "success": True,
-                "content": "live",
-                "header": {},
-            }
-            await sim.wait_connected()
-            assert await sim.send_events([{"event": "a"}, {"event": "b"}]) == 2
-            assert await sim.send_event({"event": "c"}, as_object=True) == 1
-            frames = [orjson.loads(await ws.recv()) for _ in range(3)]
+    async with Simulator() as sim, connect(_ws_url(sim, sim.issue_token())) as ws:
+        build = orjson.loads(await ws.recv())
+        assert build["module"] == "build_connection" and build["success"] is True
+        await ws.send('{"module":"heartbeat"}')
+        assert orjson.loads(await ws.recv()) == {
+            "module": "heartbeat",
+            "success": True,
+            "content": "live",
+            "header": {},
+        }
+        await sim.wait_connected()
+        assert await sim.send_events([{"event": "a"}, {"event": "b"}]) == 2
+        assert await sim.send_event({"event": "c"}, as_object=True) == 1
+        frames = [orjson.loads(await ws.recv()) for _ in range(3)]
     assert orjson.loads(frames[0]["content"]) == {"event": "a"}
     assert frames[2]["content"] == {"event": "c"}
     assert sim.heartbeats_received == 1
@@ -131,11 +130,10 @@ async def test_websocket_connect_heartbeat_and_events() -> None:
     [(None, "token is empty"), ("not-a-token", "token is invalid")],
 )
 async def test_websocket_refuses_bad_tokens(token: str | None, content: str) -> None:
-    async with Simulator() as sim:
-        async with connect(_ws_url(sim, token)) as ws:
-            frame = orjson.loads(await ws.recv())
-            with pytest.raises(ConnectionClosed):
-                await ws.recv()
+    async with Simulator() as sim, connect(_ws_url(sim, token)) as ws:
+        frame = orjson.loads(await ws.recv())
+        with pytest.raises(ConnectionClosed):
+            await ws.recv()
     assert frame == {
         "module": "build_connection",
         "success": False,
@@ -176,24 +174,22 @@ async def test_new_connection_replaces_the_old_one() -> None:
 
 @pytest.mark.parametrize("code", [1000, 1001, 4000])
 async def test_drop_with_close_code(code: int) -> None:
-    async with Simulator() as sim:
-        async with connect(_ws_url(sim, sim.issue_token())) as ws:
+    async with Simulator() as sim, connect(_ws_url(sim, sim.issue_token())) as ws:
+        await ws.recv()
+        await sim.wait_connected()
+        assert await sim.drop(code, "bye")
+        with pytest.raises(ConnectionClosed) as info:
             await ws.recv()
-            await sim.wait_connected()
-            assert await sim.drop(code, "bye")
-            with pytest.raises(ConnectionClosed) as info:
-                await ws.recv()
     assert info.value.rcvd is not None and info.value.rcvd.code == code
 
 
 async def test_drop_with_reset_gives_1006() -> None:
-    async with Simulator() as sim:
-        async with connect(_ws_url(sim, sim.issue_token())) as ws:
+    async with Simulator() as sim, connect(_ws_url(sim, sim.issue_token())) as ws:
+        await ws.recv()
+        await sim.wait_connected()
+        await sim.drop(reset=True)
+        with pytest.raises(ConnectionClosed) as info:
             await ws.recv()
-            await sim.wait_connected()
-            await sim.drop(reset=True)
-            with pytest.raises(ConnectionClosed) as info:
-                await ws.recv()
     assert info.value.rcvd is None and info.value.sent is None  # no close frame: 1006
 
 
