@@ -89,6 +89,8 @@ class ActionSpec:
     continue_on_error: bool
     index: int
     line: int | None
+    #: Parameters whose `${VAR}` was missing (already reported; not checked again).
+    unresolved: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -104,10 +106,13 @@ class RuleSpec:
     file: Path | None
     index: int  # position among all rules, file order
     line: int | None
+    #: Line of each key as shown in messages ("when", "action[1].body", ...).
+    lines: Mapping[str, int] = field(default_factory=dict, compare=False)
 
     @property
     def where(self) -> str:
-        return f"rule '{self.name}'"
+        # A rule without a name is shown by its position ("rule #2").
+        return f"rule {self.name}" if self.name.startswith("#") else f"rule '{self.name}'"
 
 
 @dataclass(frozen=True)
@@ -220,6 +225,7 @@ class _Builder:
             return
         smap = SourceMap.scan(text)
         top = _Ctx(path, smap, "top level", ())
+        self._raw = data
         data = self.interpolate(data, top, ())
         self.check_top(data, top)
 
@@ -245,7 +251,7 @@ class _Builder:
             if value is None or (value == "" and default is not None):
                 if default is not None:
                     return default
-                where = _describe_path(path)
+                where = _describe_path(path, getattr(self, "_raw", None))
                 self.env_failed.add((ctx.file, path))
                 self.problems.append(
                     Problem(
@@ -479,6 +485,7 @@ class _Builder:
             file=top.file,
             index=position,
             line=top.smap.line_of(("rule", index)),
+            lines=_key_lines(raw, top.smap, ("rule", index)),
         )
         self.rules.append(rule)
 
@@ -529,6 +536,14 @@ class _Builder:
                     continue_on_error=get.bool("continue_on_error", False),
                     index=index,
                     line=ctx.smap.line_of(sub.path),
+                    unresolved=frozenset(
+                        key
+                        for key in params
+                        if any(
+                            file == ctx.file and failed[: len(sub.path) + 1] == sub.path + (key,)
+                            for file, failed in self.env_failed
+                        )
+                    ),
                 )
             )
         return tuple(out)
@@ -555,6 +570,30 @@ def _with_action_defaults(rule: RuleSpec, engine: EngineConfig) -> RuleSpec:
         for action in rule.actions
     )
     return replace(rule, actions=actions)
+
+
+def _key_lines(
+    raw: Mapping[str, Any], smap: SourceMap, path: tuple[str | int, ...]
+) -> dict[str, int]:
+    """Lines of a rule's keys, named as in messages ("throttle.key", "action[2].body")."""
+    lines: dict[str, int] = {}
+
+    def add(shown: str, key_path: tuple[str | int, ...]) -> None:
+        line = smap.line_of(key_path)
+        if line is not None:
+            lines[shown] = line
+
+    for key, value in raw.items():
+        add(key, path + (key,))
+        if key == "throttle" and isinstance(value, dict):
+            for sub in value:
+                add(f"throttle.{sub}", path + (key, sub))
+        if key == "action" and isinstance(value, list):
+            for index, action in enumerate(value):
+                if isinstance(action, dict):
+                    for sub in action:
+                        add(f"action[{index + 1}].{sub}", path + (key, index, sub))
+    return lines
 
 
 def _positive_duration(value: Any) -> float:
@@ -641,8 +680,10 @@ def _type_name(value: Any) -> str:
     }.get(type(value), type(value).__name__)  # fmt: skip
 
 
-def _describe_path(path: tuple[str | int, ...]) -> tuple[str, str | None]:
-    """('rule #2', 'action[1].command') style description of a raw TOML path."""
+def _describe_path(
+    path: tuple[str | int, ...], raw: Mapping[str, Any] | None = None
+) -> tuple[str, str | None]:
+    """("rule 'x'" or 'rule #2', 'action[1].command') style description of a raw TOML path."""
     if len(path) >= 2 and path[0] == "rule" and isinstance(path[1], int):
         rest = path[2:]
         key = ""
@@ -651,7 +692,13 @@ def _describe_path(path: tuple[str | int, ...]) -> tuple[str, str | None]:
                 key = f"{key}[{part + 1}]"
             else:
                 key = f"{key}.{part}" if key else str(part)
-        return f"rule #{path[1] + 1}", key or None
+        label = f"rule #{path[1] + 1}"
+        rules = raw.get("rule") if raw is not None else None
+        if isinstance(rules, list) and path[1] < len(rules) and isinstance(rules[path[1]], dict):
+            name = rules[path[1]].get("name")
+            if isinstance(name, str) and name.strip():
+                label = f"rule '{name}'"
+        return label, key or None
     if path and isinstance(path[0], str) and path[0] in ("zoom", "engine", "notifiers"):
         return f"[{path[0]}]", ".".join(str(p) for p in path[1:]) or None
     return "top level", ".".join(str(p) for p in path) or None

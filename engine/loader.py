@@ -51,6 +51,7 @@ def load_rules(
     compiler = ExpressionCompiler(registry.functions.values(), config.engine.evaluator)  # type: ignore[arg-type]
     rules, compile_problems = compile_rules(config, registry, compiler)
     problems.extend(compile_problems)
+    problems.sort(key=lambda p: (str(p.file), p.line or 0))
     if problems:
         raise ConfigError(problems)
     throttles = {

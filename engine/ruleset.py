@@ -79,7 +79,8 @@ def _compile_rule(
     spec: RuleSpec, registry: Registry, compiler: ExpressionCompiler, problems: list[Problem]
 ) -> CompiledRule:
     def report(key: str | None, message: str, line: int | None = None) -> None:
-        problems.append(Problem(spec.file, line or spec.line, spec.where, key, message))
+        exact = spec.lines.get(key) if key else None
+        problems.append(Problem(spec.file, exact or line or spec.line, spec.where, key, message))
 
     condition = _compile_expr(spec.when, "when", compiler, report)
     throttle_key = _compile_expr(
@@ -146,6 +147,9 @@ def _compile_action(
                 renderers[name] = compile_value(param.default, compiler)
             continue
         value = spec.params[name]
+        if name in spec.unresolved:
+            ok = False  # its missing ${VAR} is already reported
+            continue
         problem = _check_param(value, param)
         if problem:
             report(f"{prefix}{name}", problem, spec.line)
