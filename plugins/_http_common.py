@@ -211,7 +211,7 @@ async def send(
     logged because it may carry secrets.
     """
     try:
-        response = await client.send(request)
+        response = await client.send(request, follow_redirects=False)
     except httpx.TimeoutException as exc:
         raise ActionError(f"{target}: timed out ({type(exc).__name__})", retryable=True) from None
     except httpx.TransportError as exc:
