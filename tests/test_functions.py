@@ -141,3 +141,58 @@ def test_unknown_function_is_a_compile_error(compiler: ExpressionCompiler) -> No
 def test_functions_unavailable_without_registration() -> None:
     with pytest.raises(ExpressionError, match=r"unknown function: lower\(\)"):
         ExpressionCompiler((), "interpreter").compile("lower(email)")
+
+
+def _documented_conditions() -> list[str]:
+    """Every one-line `when = "..."` in docs/jmespath.md, as TOML reads it."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "docs" / "jmespath.md").read_text()
+    out = []
+    for line in text.splitlines():
+        match = re.match(r'^when = ("[^"].*")(\s+#.*)?$', line.strip())
+        if match:
+            out.append(tomllib.loads(f"when = {match.group(1)}")["when"])
+    return out
+
+
+def test_documented_conditions_compile(compiler: ExpressionCompiler) -> None:
+    conditions = _documented_conditions()
+    assert len(conditions) > 20
+    for condition in conditions:
+        compiler.compile(condition)
+
+
+@pytest.mark.parametrize(
+    ("name", "expr", "expected"),
+    [
+        (
+            "meeting.participant_joined",
+            "email_domain(payload.object.participant.email)",
+            "example.com",
+        ),
+        (
+            "recording.completed",
+            "length(payload.object.recording_files[?file_size > `40000000`]) > `0`",
+            True,
+        ),
+        (
+            "recording.completed",
+            "max(payload.object.recording_files[*].file_size) > `500000000`",
+            False,
+        ),
+        ("team_chat.channel_message_posted", "length(payload.object.files || `[]`) > `0`", True),
+        ("phone.callee_missed", "starts_with(payload.object.caller.phone_number, '+1415')", True),
+        (
+            "meeting.participant_joined",
+            "to_epoch(payload.object.participant.join_time) > to_epoch(payload.object.start_time)",
+            True,
+        ),
+    ],
+)
+def test_documented_examples_on_real_events(
+    compiler: ExpressionCompiler, name: str, expr: str, expected: Any
+) -> None:
+    assert search(compiler, expr, example(name)) == expected
