@@ -25,6 +25,9 @@ _GLOB_CHARS = frozenset("*?[")
 #: only matters if someone feeds us random names.
 _CACHE_LIMIT = 4096
 
+#: How many condition failures per rule are logged before sampling starts.
+_LOGGED_ERRORS = 5
+
 SkipReason = Literal["disabled", "event", "condition", "error", "stopped"]
 
 
@@ -84,7 +87,10 @@ class Matcher:
             condition = rule.condition
             if condition is not None:
                 try:
-                    if not is_truthy(condition(root)):
+                    value = condition(root)
+                    # JMESPath truthiness inlined (hot loop): like Python's,
+                    # except that 0 is true.
+                    if not value and not (value == 0 and value is not False):
                         continue
                 except Exception as exc:  # noqa: BLE001 - one bad rule must not stop the others
                     self._runtime_error(rule, event_name, exc)
@@ -95,14 +101,18 @@ class Matcher:
         return fired
 
     def _runtime_error(self, rule: CompiledRule, event_name: str, exc: Exception) -> None:
-        self.errors[rule.name] += 1
-        log.warning(
-            "condition of rule %r failed on %s: %s",
-            rule.name,
-            event_name,
-            exc,
-            extra={"rule": rule.name, "event": event_name, "error_count": self.errors[rule.name]},
-        )
+        count = self.errors[rule.name] = self.errors[rule.name] + 1
+        # A condition that fails on every event of some shape would flood the
+        # log; the first failures and then every 1000th are enough to see it.
+        if count <= _LOGGED_ERRORS or count % 1000 == 0:
+            log.warning(
+                "condition of rule %r failed on %s (%d failures so far): %s",
+                rule.name,
+                event_name,
+                count,
+                exc,
+                extra={"rule": rule.name, "event": event_name, "error_count": count},
+            )
 
     def explain(self, event_name: str, root: Any) -> list[Decision]:
         """Every rule with the reason it fires or not (no side effects, no counters)."""
@@ -133,5 +143,10 @@ class Matcher:
         except Exception as exc:  # noqa: BLE001
             return Decision(rule, False, "error", f"{type(exc).__name__}: {exc}")
         if not is_truthy(value):
-            return Decision(rule, False, "condition", f"when = {' '.join((rule.spec.when or '').split())!r} gave {value!r}")
+            return Decision(
+                rule,
+                False,
+                "condition",
+                f"when = {' '.join((rule.spec.when or '').split())!r} gave {value!r}",
+            )
         return Decision(rule, True)
