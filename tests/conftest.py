@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-CORPUS_DIR = Path("/work/shared/zoom/events")
+CORPUS_DIR = ROOT.parent / "shared" / "zoom" / "events"
 EXAMPLE_RULES = ROOT / "rules.example.toml"
 
 #: What `[zoom]` in rules.example.toml reads from the environment.

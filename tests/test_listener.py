@@ -31,7 +31,7 @@ def anyio_backend() -> str:
 pytestmark = pytest.mark.anyio
 
 CLIENT_ID, CLIENT_SECRET = "listener-client-id", "listener-client-secret"
-EVENTS = Path("/work/shared/zoom/events/meetings.json")
+EVENTS = Path(__file__).resolve().parents[2] / "shared" / "zoom" / "events" / "meetings.json"
 
 
 @functools.cache
