@@ -102,3 +102,10 @@ async def daemon_process(
             with anyio.CancelScope(shield=True):
                 await process.wait()
             await process.aclose()
+
+
+async def poll_until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+    """Wait for a condition set by another process (a file it writes): no event to await."""
+    with anyio.fail_after(timeout):
+        while not predicate():  # noqa: ASYNC110 - the writer is another process
+            await anyio.sleep(0.02)

@@ -10,11 +10,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 
 from engine.simulator import Simulator
-from tests.daemon_process import ZOOMRULES, daemon_process, simulator_env
+from tests.daemon_process import ZOOMRULES, daemon_process, poll_until, simulator_env
 
 pytestmark = pytest.mark.anyio
 
@@ -58,9 +57,7 @@ def lines(path: Path) -> list[dict[str, Any]]:
 
 
 async def wait_lines(path: Path, count: int, timeout: float = 20.0) -> list[dict[str, Any]]:
-    with anyio.fail_after(timeout):
-        while len(lines(path)) < count:
-            await anyio.sleep(0.02)  # polling a file the daemon writes
+    await poll_until(lambda: len(lines(path)) >= count, timeout)
     return lines(path)
 
 
@@ -137,9 +134,7 @@ on = ["meeting.ended"]
         async with daemon_process(["run", "-c", str(rules)], env) as daemon:
             await sim.wait_connected(timeout=20)
             await sim.send_event(example("meeting.ended"))
-            with anyio.fail_after(20):
-                while not started.exists():
-                    await anyio.sleep(0.02)
+            await poll_until(started.exists)
             daemon.send_signal(signal.SIGTERM)
             await daemon.wait_log("shutting down")
             await sim.wait_disconnected(timeout=20)  # stops reading from Zoom first
