@@ -104,6 +104,16 @@ def _index(value: Any, index: int) -> Any:
         return None
 
 
+def _fields(value: Any, keys: tuple[str, ...]) -> Any:
+    """A run of visit_field steps, exactly."""
+    for key in keys:
+        try:
+            value = value.get(key)
+        except AttributeError:
+            value = None
+    return value
+
+
 _MISSING = object()
 
 
@@ -145,6 +155,9 @@ def _ne(left: Any, right: Any) -> bool:
 
 _RUNTIME: dict[str, Any] = {
     "_field": _field,
+    "_fields": _fields,
+    # Never mutated: the stand-in for a missing object inside a `.get` chain.
+    "_E": {},
     "_index": _index,
     "_values": _values,
     "_MISSING": _MISSING,
@@ -160,7 +173,6 @@ _RUNTIME: dict[str, Any] = {
     # Classes whose jmespath truthiness / `not` equals Python's.
     "_PLAIN": frozenset({_NoneType, bool, str, list, dict}),
     "_CMP": frozenset({int, float, str}),
-    "_SLD": frozenset({str, list, dict}),
 }
 
 # jmespath checks argument types by class *name*; these are the classes we
@@ -307,9 +319,34 @@ class _Generator:
         return var
 
     def _chain(self, node: Node, cur: str) -> str:
-        for child in node["children"]:
-            cur = self.node(child, cur)
+        children = node["children"]
+        i = 0
+        while i < len(children):
+            j = i
+            while j < len(children) and children[j]["type"] == "field":
+                j += 1
+            if j - i >= 2:
+                cur = self._field_run([child["value"] for child in children[i:j]], cur)
+                i = j
+            else:
+                cur = self.node(children[i], cur)
+                i += 1
         return cur
+
+    def _field_run(self, keys: list[str], cur: str) -> str:
+        """`a.b.c` as one `.get` chain. A missing key yields the empty dict
+        `_E`, whose `.get` answers None in turn, exactly as jmespath's None
+        does; a null or non-object on the way raises, and the exact
+        step-by-step path takes over (no type checks on the hot path)."""
+        out = self._tmp()
+        chain = "".join(f".get({k!r}, _E)" for k in keys[:-1]) + f".get({keys[-1]!r})"
+        self._emit("try:")
+        with self._block():
+            self._emit(f"{out} = {cur}{chain}")
+        self._emit("except (AttributeError, TypeError):")
+        with self._block():
+            self._emit(f"{out} = _fields({cur}, {tuple(keys)!r})")
+        return out
 
     _n_subexpression = _chain
     _n_index_expression = _chain
@@ -318,7 +355,8 @@ class _Generator:
     def _n_field(self, node: Node, cur: str) -> str:
         key = repr(node["value"])
         return self._assign(
-            f"{cur}.get({key}) if {cur}.__class__ is dict else _field({cur}, {key})"
+            f"{cur}.get({key}) if {cur}.__class__ is dict "
+            f"else None if {cur} is None else _field({cur}, {key})"
         )
 
     def _n_index(self, node: Node, cur: str) -> str:
@@ -558,7 +596,8 @@ def _inline_builtin(name: str, args: list[str], slow: str) -> str | None:
     """Inline Python for the hot built-ins (arity already checked)."""
     if name == "length":
         (a,) = args
-        return f"len({a}) if {a}.__class__ in _SLD else {slow}"
+        exact = f"{a}.__class__ is str or {a}.__class__ is list or {a}.__class__ is dict"
+        return f"len({a}) if ({exact}) else {slow}"
     if name == "contains":
         a, b = args
         # `in` on a str with a non-str needle raises TypeError, as in jmespath.

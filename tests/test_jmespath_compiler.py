@@ -246,6 +246,7 @@ def _extend(inner: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
         pair.map(lambda p: f"[{p[0]}, {p[1]}]"),
         pair.map(lambda p: f'{{k: {p[0]}, "k 2": {p[1]}}}'),
         pair.map(lambda p: f"{p[0]} | {p[1]}"),
+        pair.map(lambda p: f"{p[0]}.{p[1]}"),  # often a syntax error, on purpose
         st.builds(
             lambda name, args: f"{name}({', '.join(args)})",
             st.sampled_from(FUNCTION_NAMES),
@@ -254,11 +255,30 @@ def _extend(inner: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
     )
 
 
-EXPRESSIONS = st.recursive(
-    st.one_of(IDENTIFIERS, LITERALS, st.just("@"), st.just("*"), st.just("[*]")),
+ZOOM_PATHS = st.sampled_from(
+    [
+        "event",
+        "event_ts",
+        "payload.account_id",
+        "payload.object.id",
+        "payload.object.topic",
+        "payload.object.participant",
+        "payload.object.participant.email",
+        "payload.object.participant.user_name",
+        "payload.object.participants",
+        "payload.object.start_time",
+        "payload.object.duration",
+        "payload.operator",
+    ]
+)
+# Junk made of JMESPath's own characters: mostly syntax errors, some valid.
+GARBAGE = st.text(alphabet="ab.[]*?&|!@`'(),{}:=<>- 01", max_size=12)
+TREES = st.recursive(
+    st.one_of(IDENTIFIERS, ZOOM_PATHS, LITERALS, st.sampled_from(["@", "*", "[*]"])),
     _extend,
     max_leaves=8,
 )
+EXPRESSIONS = st.one_of(TREES, TREES, TREES, GARBAGE)  # one draw in four is junk
 
 
 def _zoom_examples() -> list[Any]:
