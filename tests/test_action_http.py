@@ -23,7 +23,11 @@ from engine.services import Services
 from engine.templates import compile_value
 from plugins import http
 
-EXAMPLES = json.loads(Path(__file__).resolve().parents[2] / "shared" / "zoom" / "events" / "meetings.json".read_text())["events"]
+EXAMPLES = json.loads(
+    (
+        Path(__file__).resolve().parents[2] / "shared" / "zoom" / "events" / "meetings.json"
+    ).read_text()
+)["events"]
 
 
 @pytest.fixture

@@ -27,7 +27,11 @@ from engine.services import Services
 from engine.templates import compile_value
 from plugins import notify
 
-EXAMPLES = json.loads(Path(__file__).resolve().parents[2] / "shared" / "zoom" / "events" / "meetings.json".read_text())["events"]
+EXAMPLES = json.loads(
+    (
+        Path(__file__).resolve().parents[2] / "shared" / "zoom" / "events" / "meetings.json"
+    ).read_text()
+)["events"]
 TITLE = "VIP joined {{ payload.object.topic }}"
 BODY = "{{ payload.object.participant.user_name }} at {{ payload.object.participant.join_time }}"
 WANT_TITLE = "VIP joined Weekly project sync"

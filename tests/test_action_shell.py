@@ -26,7 +26,11 @@ from engine.services import Services
 from engine.templates import compile_value
 from plugins import shell
 
-EXAMPLES = json.loads(Path(__file__).resolve().parents[2] / "shared" / "zoom" / "events" / "meetings.json".read_text())["events"]
+EXAMPLES = json.loads(
+    (
+        Path(__file__).resolve().parents[2] / "shared" / "zoom" / "events" / "meetings.json"
+    ).read_text()
+)["events"]
 PY = sys.executable
 #: Prints its arguments as a JSON list: what the program really received.
 ARGV_DUMP = "import json, sys; print(json.dumps(sys.argv[1:]))"

@@ -28,7 +28,11 @@ from engine.simulator import SimResponse, Simulator
 from engine.templates import compile_value
 from plugins import zoom_api
 
-EXAMPLES = json.loads(Path(__file__).resolve().parents[2] / "shared" / "zoom" / "events" / "meetings.json".read_text())["events"]
+EXAMPLES = json.loads(
+    (
+        Path(__file__).resolve().parents[2] / "shared" / "zoom" / "events" / "meetings.json"
+    ).read_text()
+)["events"]
 MEETING_ID = EXAMPLES["meeting.started"]["example"]["payload"]["object"]["id"]
 
 
