@@ -37,9 +37,17 @@ If the generated source cannot be compiled (Python limits such as more than
 expression falls back to jmespath's tree interpreter with the same functions,
 which is correct by definition, only slower.
 
-Benchmark (CPython 3.11, see the report in the commit log of this file):
-compiled is ~25-60x faster than `jmespath.compile(x).search` on typical
-rule conditions.
+Runs of plain fields (`payload.object.participant.email`) compile to one
+`v.get(k1, _E).get(k2, _E).get(k3)` chain: a missing key yields the empty
+dict `_E`, whose `.get` then answers None just as jmespath's None does, so
+the hot path needs no type checks; a null or non-object on the way raises
+AttributeError and the exact step-by-step helper takes over.
+
+Measured on CPython 3.11 (shared, noisy 2-core box) against
+`jmespath.compile(x).search`: `payload.object.participant.email == 'a@b.c'`
+~0.3-0.65 us vs 13-29 us (20-65x); `ends_with(...)` 0.6 us vs 16 us (~27x);
+`length(payload.object.participants[?status == 'joined']) > `3`` on 10
+participants 2.4 us vs 79 us (~33x).
 """
 
 from __future__ import annotations
@@ -47,7 +55,7 @@ from __future__ import annotations
 import collections
 import itertools
 import operator
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jmespath.functions
@@ -576,8 +584,6 @@ class _Generator:
             return call
         return f"{call} if {' and '.join(checks)} else {slow}"
 
-    # -- blocks ------------------------------------------------------------
-
 
 class _Block:
     """`with gen._block():` indents the statements emitted inside."""
@@ -632,13 +638,6 @@ def _is_boolean_node(node: Node, custom: Mapping[str, JMESPathFunction]) -> bool
         and node["value"] in _BOOL_BUILTINS
         and node["value"] not in custom
     )
-
-
-def _walk(node: Node) -> Iterator[Node]:
-    yield node
-    for child in node.get("children", ()):
-        if isinstance(child, dict):
-            yield from _walk(child)
 
 
 # ---------------------------------------------------------------------------

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import collections
 import copy
 import json
 import re
@@ -363,6 +364,14 @@ QUIRKS = [
     ("`1` > `0.5`", None),
     ("to_number('1e3')", None),
     ("*.b", {"x": {"b": 1}, "y": {"c": 2}}),
+    # The `.get` chain for field runs, and its exact fallback.
+    ("a.b.c", {"a": {"b": None}}),
+    ("a.b.c", {"a": "x"}),
+    ("a.b.c", {"a": {"b": [{"c": 1}]}}),
+    ("a.b.c", {"a": {"b": {"c": False}}}),
+    ("a.b.c", {"a": {}}),
+    ("a.b.c", collections.OrderedDict(a=collections.OrderedDict(b={"c": 1}))),
+    ("a.b", [1]),
 ]
 
 
