@@ -238,11 +238,11 @@ class ZoomListener:
             self._malformed("oversized", f"frame larger than {self.max_frame_size} bytes")
         code = rcvd.code if rcvd is not None else (sent.code if sent is not None else 1006)
         self.stats.last_close_code = code
-        # Server-initiated: it sent the first close frame, or the TCP
-        # connection just died under us (no close frame either way).
-        session.closed_by_server = (
-            rcvd is not None and (sent is None or bool(exc.rcvd_then_sent))
-        ) or (rcvd is None and sent is None)
+        # Server-initiated: it sent the first close frame. A TCP connection
+        # that just died (no close frame either way) is a network fault, not
+        # another client taking the subscription over, so it does not count
+        # towards the "kicked" warning.
+        session.closed_by_server = rcvd is not None and (sent is None or bool(exc.rcvd_then_sent))
         reason = f" {rcvd.reason!r}" if rcvd is not None and rcvd.reason else ""
         session.reason = session.reason or f"closed with code {code}{reason}"
 
