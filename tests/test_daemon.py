@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from daemon_process import ZOOMRULES, daemon_process, poll_until, simulator_env
 
 from engine.simulator import Simulator
-from tests.daemon_process import ZOOMRULES, daemon_process, poll_until, simulator_env
 
 pytestmark = pytest.mark.anyio
 
