@@ -17,7 +17,8 @@ import anyio
 from anyio.abc import TaskGroup
 
 from engine.auth import AuthError, TokenManager
-from engine.config import Subscription
+from engine.config import Config, Subscription
+from engine.journal import JournalError
 from engine.listener import ZoomListener
 from engine.loader import LoadedRules, load_rules
 from engine.pipeline import Pipeline
@@ -82,7 +83,9 @@ class Daemon:
         self.pipeline.replace_rules(fresh)
         self.loaded = fresh
         self.reloads += 1
-        log.info("reloaded %d rules from %s", len(fresh.rules), ", ".join(map(str, fresh.config.files)))
+        log.info(
+            "reloaded %d rules from %s", len(fresh.rules), ", ".join(map(str, fresh.config.files))
+        )
         return True
 
     # -- running --------------------------------------------------------------
@@ -90,19 +93,33 @@ class Daemon:
     async def run(self) -> None:
         config = self.loaded.config
         if config.zoom is None or not config.zoom.subscriptions:
-            raise DaemonError("no [zoom] section with an endpoint and credentials: nothing to listen to")
-        async with open_services(config) as services:
-            async with running_pipeline(self.loaded, services) as pipeline:
-                self.pipeline = pipeline
-                async with anyio.create_task_group() as tg:
-                    if self.handle_signals:
-                        tg.start_soon(self._signals)
-                    failure = await self._listen(services, pipeline)
-                    tg.cancel_scope.cancel()
-                if failure is not None:
-                    raise DaemonError(str(failure))
-                log.info("stopped reading from Zoom; waiting for %d job(s) in flight", pipeline.dispatcher.in_flight)
+            raise DaemonError(
+                "no [zoom] section with an endpoint and credentials: nothing to listen to"
+            )
+        try:
+            await self._run(config)
+        except JournalError as exc:
+            raise DaemonError(str(exc)) from None
         log.info("zoomrules stopped")
+
+    async def _run(self, config: Config) -> None:
+        journal = config.engine.journal
+        async with (
+            open_services(config) as services,
+            running_pipeline(self.loaded, services, journal=journal) as pipeline,
+        ):
+            self.pipeline = pipeline
+            async with anyio.create_task_group() as tg:
+                if self.handle_signals:
+                    tg.start_soon(self._signals)
+                failure = await self._listen(services, pipeline)
+                tg.cancel_scope.cancel()
+            if failure is not None:
+                raise DaemonError(str(failure))
+            log.info(
+                "stopped reading from Zoom; waiting for %d job(s) in flight",
+                pipeline.dispatcher.in_flight,
+            )
 
     async def _listen(self, services: Services, pipeline: Pipeline) -> AuthError | None:
         """Run every listener until stop() or a fatal auth error."""
@@ -137,7 +154,9 @@ class Daemon:
                     name=sub.name,
                     endpoint=sub.endpoint,
                     tokens=managers[key],
-                    on_event=pipeline.handle,
+                    # Through the journal when it is on: reading the socket
+                    # never waits for actions.
+                    on_event=pipeline.accept,
                     heartbeat_interval=zoom.heartbeat_interval,
                     max_frame_size=zoom.max_frame_size,
                 )

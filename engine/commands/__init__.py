@@ -17,9 +17,11 @@ class Command:
 
 
 def _all() -> list[Command]:
-    from engine.commands import check, plugins, replay, test
+    from engine.commands import check, dlq, journal, plugins, replay, test
 
-    commands = [check.COMMAND, test.COMMAND, replay.COMMAND, plugins.COMMAND]
+    commands = [
+        check.COMMAND, test.COMMAND, replay.COMMAND, plugins.COMMAND, dlq.COMMAND, journal.COMMAND,
+    ]  # fmt: skip
     try:
         from engine.commands import demo, run
     except ImportError:  # pragma: no cover - while the daemon modules are absent

@@ -1,0 +1,106 @@
+"""`zoomrules journal stats`: what the journal holds and how big it is."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import orjson
+
+from engine.cli import EXIT_FAILURE, EXIT_INVALID, EXIT_OK, config_paths
+from engine.commands import Command
+from engine.config import read_config
+from engine.journal import JOB_STATES, JournalDB, JournalError
+
+
+def add_state_dir_options(parser: argparse.ArgumentParser) -> None:
+    """-c and --state-dir, accepted after the sub-subcommand too (`dlq list -c x`)."""
+    parser.add_argument(
+        "-c", "--config", action="append", metavar="PATH", default=argparse.SUPPRESS,
+        help="rule file or directory (for [engine] state_dir; default ./rules.toml)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--state-dir", type=Path, default=argparse.SUPPRESS,
+        help="the daemon's state directory (overrides the rule files)",
+    )  # fmt: skip
+
+
+def state_dir(args: argparse.Namespace) -> Path | None:
+    """`--state-dir`, else `[engine] state_dir` (ZOOMRULES_STATE_DIR wins) of the rule files."""
+    explicit = getattr(args, "state_dir", None)
+    if explicit is not None:
+        return Path(explicit)
+    paths = config_paths(args)
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        print(
+            f"zoomrules: {missing[0]}: no such rule file; give -c RULES.toml or --state-dir DIR",
+            file=sys.stderr,
+        )
+        return None
+    # Only [engine] matters here: a missing credential must not stop an operator
+    # from looking at the journal.
+    config, _ = read_config(paths)
+    return config.engine.state_dir
+
+
+def open_existing(args: argparse.Namespace) -> JournalDB | None:
+    directory = state_dir(args)
+    if directory is None:
+        return None
+    try:
+        return JournalDB.open(directory, create=False)
+    except JournalError as exc:
+        print(f"zoomrules: {exc}", file=sys.stderr)
+        return None
+
+
+def _size(count: int) -> str:
+    size = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{count} B"  # pragma: no cover
+
+
+def print_stats(stats: dict) -> None:
+    print(f"journal:  {stats['path']} (schema {stats['schema_version']})")
+    print(f"size:     {_size(stats['bytes'])} (db {_size(stats['files']['db'])}, "
+          f"wal {_size(stats['files']['-wal'])})")  # fmt: skip
+    oldest = stats["oldest_event_at"]
+    age = f", oldest {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(oldest))}" if oldest else ""
+    print(f"events:   {stats['events']} ({stats['events_unmatched']} not yet matched{age})")
+    print(f"          {stats['duplicates_dropped']} duplicate deliveries dropped")
+    jobs = stats["jobs"]
+    print("jobs:     " + ", ".join(f"{jobs[state]} {state}" for state in JOB_STATES))
+
+
+def handle(args: argparse.Namespace) -> int:
+    if getattr(args, "journal_command", None) != "stats":
+        print("zoomrules: journal: give a command: stats", file=sys.stderr)
+        return EXIT_INVALID
+    db = open_existing(args)
+    if db is None:
+        return EXIT_FAILURE
+    try:
+        stats = db.stats()
+    finally:
+        db.close()
+    if args.json:
+        print(orjson.dumps(stats, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print_stats(stats)
+    return EXIT_OK
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="journal_command", metavar="COMMAND")
+    stats = sub.add_parser("stats", help="counts of events and jobs by state, and file size")
+    add_state_dir_options(stats)
+    stats.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+COMMAND = Command("journal", "inspect the daemon's journal (stats)", handle, add_arguments)

@@ -1,0 +1,829 @@
+"""The journal: durable state in one SQLite database (WAL) under `[engine] state_dir`.
+
+Zoom never redelivers what a WebSocket client missed, so once an event has
+been read from the socket this file is the only copy. It holds:
+
+- `events`: every event read (body, id, when), `matched` once its jobs exist;
+- `jobs`: one row per (event, rule) firing: `pending` until its actions end,
+  then `done`, `failed` (a `continue_on_error` action failed) or `dead`
+  (an action failed for good: a dead letter); `retry` marks a dead letter
+  re-queued by `zoomrules dlq retry`. `next_action` is where a resumed job
+  starts (actions before it already succeeded).
+
+`JournalDB` is the synchronous store (used directly by the `dlq` and
+`journal` commands); `Journal` wraps it for the daemon: ONE connection, used
+by one writer task that batches every operation queued while the previous
+commit ran (group commit), so the journal does not cap throughput.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import sqlite3
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from engine.config import EngineConfig
+from engine.events import Event
+
+log = logging.getLogger("zoomrules.journal")
+
+DB_NAME = "journal.db"
+LOCK_NAME = "journal.lock"
+#: The schema this code writes; `MIGRATIONS[n]` brings a database from n-1 to n.
+SCHEMA_VERSION = 2
+#: States of a job row.
+PENDING, RETRY, DONE, FAILED, DEAD = "pending", "retry", "done", "failed", "dead"
+JOB_STATES = (PENDING, RETRY, DONE, FAILED, DEAD)
+#: How long another process's write may block ours (dlq commands, replay).
+BUSY_TIMEOUT_MS = 10_000
+
+
+class JournalError(Exception):
+    """The journal cannot be used; the message says why and how to recover."""
+
+
+class JournalBusy(JournalError):
+    """Another process (a running daemon) holds the journal."""
+
+
+# --------------------------------------------------------------------------
+# schema and migrations
+
+
+def _v1(conn: sqlite3.Connection) -> None:
+    # Statement by statement: executescript() would commit the migration's
+    # transaction half-way.
+    _script(
+        conn,
+        """
+        CREATE TABLE events (
+            seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+            event_id    TEXT    NOT NULL,
+            name        TEXT    NOT NULL,
+            source      TEXT    NOT NULL,
+            received_at REAL    NOT NULL,
+            body        BLOB    NOT NULL,
+            matched     INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX events_by_event_id ON events(event_id);
+        CREATE INDEX events_unmatched ON events(seq) WHERE matched = 0;
+        CREATE TABLE jobs (
+            id          INTEGER PRIMARY KEY AUTOINCREMENT,
+            event_seq   INTEGER NOT NULL REFERENCES events(seq),
+            rule        TEXT    NOT NULL,
+            state       TEXT    NOT NULL,
+            next_action INTEGER NOT NULL DEFAULT 0,
+            attempts    INTEGER NOT NULL DEFAULT 0,
+            last_error  TEXT,
+            created_at  REAL    NOT NULL,
+            updated_at  REAL    NOT NULL
+        );
+        CREATE INDEX jobs_by_state ON jobs(state, updated_at);
+        CREATE INDEX jobs_by_event ON jobs(event_seq);
+        """,
+    )
+
+
+def _script(conn: sqlite3.Connection, script: str) -> None:
+    for statement in script.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+def _v2(conn: sqlite3.Connection) -> None:
+    # v2: count failed continue_on_error actions (so a finished job can be
+    # told apart as `failed`) and duplicate deliveries of each event.
+    conn.execute("ALTER TABLE jobs ADD COLUMN errors INTEGER NOT NULL DEFAULT 0")
+    conn.execute("ALTER TABLE events ADD COLUMN duplicates INTEGER NOT NULL DEFAULT 0")
+
+
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1, 2: _v2}
+
+
+def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
+    """Apply the missing migrations, each in its own transaction; returns the old version."""
+    current = conn.execute("PRAGMA user_version").fetchone()[0]
+    for version in range(current + 1, target + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            MIGRATIONS[version](conn)
+            conn.execute(f"PRAGMA user_version = {version}")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        if current:
+            log.info("journal: migrated the schema from version %d to %d", version - 1, version)
+    return current
+
+
+# --------------------------------------------------------------------------
+# rows
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    seq: int
+    event: Event
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """A job as stored, with its event."""
+
+    id: int
+    event_seq: int
+    rule: str
+    state: str
+    next_action: int
+    attempts: int
+    errors: int
+    last_error: str | None
+    created_at: float
+    updated_at: float
+    event: Event
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "rule": self.rule,
+            "state": self.state,
+            "next_action": self.next_action,
+            "attempts": self.attempts,
+            "errors": self.errors,
+            "last_error": self.last_error,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "event_id": self.event.id,
+            "event": self.event.name,
+            "received_at": self.event.received_at,
+            "source": self.event.source,
+        }
+
+
+@dataclass(frozen=True)
+class ActionOutcome:
+    """What the dispatcher reports after one action of a journaled job."""
+
+    job_id: int
+    index: int
+    last_index: int
+    error: str | None
+    attempts: int
+    continue_on_error: bool
+
+
+_JOB_COLUMNS = (
+    "j.id, j.event_seq, j.rule, j.state, j.next_action, j.attempts, j.errors, j.last_error, "
+    "j.created_at, j.updated_at, e.event_id, e.name, e.source, e.received_at, e.body"
+)
+
+
+def _event(row: Sequence[Any]) -> Event:
+    event_id, name, source, received_at, body = row
+    return Event(
+        name=name, body=orjson.loads(body), id=event_id, received_at=received_at, source=source
+    )
+
+
+def _job(row: Sequence[Any]) -> JobRow:
+    return JobRow(*row[:10], event=_event(row[10:]))  # type: ignore[misc]
+
+
+# --------------------------------------------------------------------------
+# opening: directory, permissions, corruption, schema version
+
+
+def _recovery(db: Path) -> str:
+    return (
+        f"To recover: stop zoomrules, move the damaged file aside "
+        f"(mv {db} {db}.broken; also any {db.name}-wal and {db.name}-shm next to it) and start "
+        f"again with an empty journal. Pending jobs and dead letters in the old file are not "
+        f"run; `sqlite3 {db}.broken .recover | sqlite3 {db}` may salvage them."
+    )
+
+
+def ensure_state_dir(state_dir: Path) -> None:
+    """Create `state_dir` owner-only (0700); raise JournalError if it is unusable."""
+    hint = (
+        f"Fix: create it for the daemon's user (install -d -m 0700 -o USER {state_dir}) or point "
+        f"[engine] state_dir / ZOOMRULES_STATE_DIR at a writable directory."
+    )
+    try:
+        if not state_dir.is_dir():
+            state_dir.mkdir(mode=0o700, parents=True)
+            state_dir.chmod(0o700)  # mkdir's mode is filtered by the umask
+    except OSError as exc:
+        raise JournalError(
+            f"cannot create the state directory {state_dir}: {exc.strerror}. {hint}"
+        ) from None
+    if not os.access(state_dir, os.W_OK | os.X_OK):
+        raise JournalError(f"the state directory {state_dir} is not writable. {hint}")
+
+
+def _create_private(path: Path) -> None:
+    """Create `path` as 0600 before SQLite does (it would use the umask)."""
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    os.close(fd)
+    path.chmod(0o600)
+
+
+class JournalDB:
+    """The journal's tables on one sqlite3 connection (synchronous).
+
+    Not thread-safe by itself: `Journal` makes sure one thread at a time uses it.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self.conn = conn
+        self.path = path
+        self.last_seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+
+    @classmethod
+    def open(cls, state_dir: Path, *, create: bool = True) -> JournalDB:
+        """Open (and create or migrate) the journal in `state_dir`."""
+        if create:
+            ensure_state_dir(state_dir)
+        db = state_dir / DB_NAME
+        if not db.exists():
+            if not create:
+                raise JournalError(
+                    f"no journal at {db} (the daemon has not run with this state_dir)"
+                )
+            try:
+                _create_private(db)
+            except OSError as exc:
+                raise JournalError(f"cannot create the journal {db}: {exc.strerror}") from None
+        try:
+            conn = sqlite3.connect(
+                db, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+            )
+        except sqlite3.Error as exc:
+            raise JournalError(f"cannot open the journal {db}: {exc}. {_recovery(db)}") from None
+        try:
+            return cls._prepare(conn, db)
+        except BaseException:
+            conn.close()
+            raise
+
+    @classmethod
+    def _prepare(cls, conn: sqlite3.Connection, db: Path) -> JournalDB:
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise JournalError(
+                    f"the journal {db} has schema version {version}, written by a newer zoomrules "
+                    f"(this one knows versions up to {SCHEMA_VERSION}). Fix: run the newer "
+                    f"zoomrules again, or restore a backup taken before the upgrade."
+                )
+            if version and conn.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                raise sqlite3.DatabaseError("integrity check failed")
+            # WAL: readers (dlq, journal stats) never block the daemon's writer.
+            # synchronous=NORMAL: a commit survives the process being killed
+            # (SIGKILL, OOM); only an OS crash or power loss can lose the last
+            # few milliseconds of commits.
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            migrate(conn)
+        except sqlite3.OperationalError as exc:
+            if "readonly" in str(exc) or "unable to open" in str(exc):
+                raise JournalError(
+                    f"the journal {db} is not writable ({exc}). Fix: give the daemon's user "
+                    f"ownership of {db.parent} and its files (chown -R USER {db.parent})."
+                ) from None
+            raise JournalError(f"cannot use the journal {db}: {exc}. {_recovery(db)}") from None
+        except sqlite3.DatabaseError as exc:
+            raise JournalError(
+                f"the journal {db} is damaged or not a zoomrules journal ({exc}). {_recovery(db)}"
+            ) from None
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                Path(f"{db}{suffix}").chmod(0o600)
+        return cls(conn, db)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    # -- events ---------------------------------------------------------------
+
+    def append_event(self, event: Event, dedup_window: float) -> tuple[int, int] | None:
+        """Store `event`; None if the same event was stored within `dedup_window`.
+
+        Returns (seq of the previously stored event, seq of this one): the
+        consumer uses the pair to know that no stored event lies between.
+        """
+        conn = self.conn
+        seen = conn.execute(
+            "SELECT seq, received_at FROM events WHERE event_id = ? ORDER BY seq DESC LIMIT 1",
+            (event.id,),
+        ).fetchone()
+        if seen is not None and event.received_at - seen[1] < dedup_window:
+            conn.execute("UPDATE events SET duplicates = duplicates + 1 WHERE seq = ?", (seen[0],))
+            return None
+        cursor = conn.execute(
+            "INSERT INTO events (event_id, name, source, received_at, body) VALUES (?, ?, ?, ?, ?)",
+            (event.id, event.name, event.source, event.received_at, orjson.dumps(event.body)),
+        )
+        seq = cursor.lastrowid
+        assert seq is not None
+        previous, self.last_seq = self.last_seq, seq
+        return previous, seq
+
+    def seen_recently(self, event_id: str, now: float, window: float) -> bool:
+        row = self.conn.execute(
+            "SELECT 1 FROM events WHERE event_id = ? AND received_at > ? LIMIT 1",
+            (event_id, now - window),
+        ).fetchone()
+        return row is not None
+
+    def record_seen(self, event: Event) -> None:
+        """Store an event handled outside the daemon (replay) as already matched."""
+        self.conn.execute(
+            "INSERT INTO events (event_id, name, source, received_at, body, matched) "
+            "VALUES (?, ?, ?, ?, ?, 1)",
+            (event.id, event.name, event.source, event.received_at, orjson.dumps(event.body)),
+        )
+
+    def unmatched(self, after_seq: int, limit: int) -> list[StoredEvent]:
+        rows = self.conn.execute(
+            "SELECT seq, event_id, name, source, received_at, body FROM events "
+            "WHERE matched = 0 AND seq > ? ORDER BY seq LIMIT ?",
+            (after_seq, limit),
+        ).fetchall()
+        return [StoredEvent(row[0], _event(row[1:])) for row in rows]
+
+    def count_unmatched(self) -> int:
+        return self.conn.execute("SELECT COUNT(*) FROM events WHERE matched = 0").fetchone()[0]
+
+    # -- jobs -----------------------------------------------------------------
+
+    def record_jobs(self, firings: Sequence[tuple[int, Sequence[str]]], now: float) -> list[int]:
+        """Mark events matched and add their jobs as pending; returns the job ids in order."""
+        conn = self.conn
+        ids: list[int] = []
+        for seq, rules in firings:
+            conn.execute("UPDATE events SET matched = 1 WHERE seq = ?", (seq,))
+            for rule in rules:
+                cursor = conn.execute(
+                    "INSERT INTO jobs (event_seq, rule, state, created_at, updated_at) "
+                    "VALUES (?, ?, 'pending', ?, ?)",
+                    (seq, rule, now, now),
+                )
+                assert cursor.lastrowid is not None
+                ids.append(cursor.lastrowid)
+        return ids
+
+    def action_finished(self, outcome: ActionOutcome, now: float) -> None:
+        failed = outcome.error is not None
+        dead = failed and not outcome.continue_on_error
+        last = outcome.index >= outcome.last_index
+        self.conn.execute(
+            """
+            UPDATE jobs SET
+                errors = errors + :counted,
+                next_action = :next,
+                attempts = :attempts,
+                last_error = COALESCE(:error, last_error),
+                updated_at = :now,
+                state = CASE
+                    WHEN :dead THEN 'dead'
+                    WHEN NOT :last THEN 'pending'
+                    WHEN errors + :counted > 0 THEN 'failed'
+                    ELSE 'done' END
+            WHERE id = :id
+            """,
+            {
+                "counted": int(failed and not dead),
+                "next": outcome.index if dead else outcome.index + 1,
+                "attempts": outcome.attempts,
+                "error": outcome.error,
+                "now": now,
+                "dead": dead,
+                "last": last,
+                "id": outcome.job_id,
+            },
+        )
+
+    def mark_dead(self, job_id: int, error: str, now: float) -> None:
+        self.conn.execute(
+            "UPDATE jobs SET state = 'dead', last_error = ?, updated_at = ? WHERE id = ?",
+            (error, now, job_id),
+        )
+
+    def jobs(
+        self,
+        states: Sequence[str],
+        *,
+        after_id: int = 0,
+        max_id: int | None = None,
+        limit: int = 1000,
+        ids: Sequence[int] | None = None,
+    ) -> list[JobRow]:
+        where = [f"j.state IN ({','.join('?' * len(states))})", "j.id > ?"]
+        args: list[Any] = [*states, after_id]
+        if max_id is not None:
+            where.append("j.id <= ?")
+            args.append(max_id)
+        if ids is not None:
+            where.append(f"j.id IN ({','.join('?' * len(ids))})")
+            args.extend(ids)
+        rows = self.conn.execute(
+            f"SELECT {_JOB_COLUMNS} FROM jobs j JOIN events e ON e.seq = j.event_seq "
+            f"WHERE {' AND '.join(where)} ORDER BY j.id LIMIT ?",
+            (*args, limit),
+        ).fetchall()
+        return [_job(row) for row in rows]
+
+    def job(self, job_id: int) -> JobRow | None:
+        found = self.jobs(JOB_STATES, ids=[job_id], limit=1)
+        return found[0] if found else None
+
+    def max_job_id(self) -> int:
+        return self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM jobs").fetchone()[0]
+
+    def set_state(
+        self, ids: Sequence[int], state: str, from_states: Sequence[str], now: float
+    ) -> int:
+        """Move the jobs `ids` that are in one of `from_states` to `state`; returns how many."""
+        if not ids:
+            return 0
+        cursor = self.conn.execute(
+            f"UPDATE jobs SET state = ?, updated_at = ? WHERE id IN ({','.join('?' * len(ids))}) "
+            f"AND state IN ({','.join('?' * len(from_states))})",
+            (state, now, *ids, *from_states),
+        )
+        return cursor.rowcount
+
+    def claim_retries(self, now: float, limit: int = 1000) -> list[JobRow]:
+        """Jobs re-queued by `dlq retry`, moved to pending for this process to run."""
+        rows = self.jobs([RETRY], limit=limit)
+        self.set_state([row.id for row in rows], PENDING, [RETRY], now)
+        return rows
+
+    def delete_jobs(self, ids: Sequence[int], states: Sequence[str]) -> int:
+        if not ids:
+            return 0
+        cursor = self.conn.execute(
+            f"DELETE FROM jobs WHERE id IN ({','.join('?' * len(ids))}) "
+            f"AND state IN ({','.join('?' * len(states))})",
+            (*ids, *states),
+        )
+        return cursor.rowcount
+
+    def dead_before(self, cutoff: float) -> list[int]:
+        rows = self.conn.execute(
+            "SELECT id FROM jobs WHERE state = 'dead' AND updated_at < ?", (cutoff,)
+        ).fetchall()
+        return [row[0] for row in rows]
+
+    # -- retention and stats --------------------------------------------------
+
+    def purge_expired(
+        self, now: float, retention: float, keep_events: float, chunk: int = 5000
+    ) -> int:
+        """Delete one chunk of finished jobs and old events; returns rows deleted."""
+        conn = self.conn
+        cutoff = now - retention
+        jobs = conn.execute(
+            "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE state IN ('done', 'failed') "
+            "AND updated_at < ? LIMIT ?)",
+            (cutoff, chunk),
+        ).rowcount
+        # Events stay while a job still needs them (pending, dead letters) and
+        # for the dedup window, whichever is longer.
+        events = conn.execute(
+            "DELETE FROM events WHERE seq IN (SELECT seq FROM events e WHERE matched = 1 "
+            "AND received_at < ? AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.event_seq = e.seq) "
+            "LIMIT ?)",
+            (now - max(retention, keep_events), chunk),
+        ).rowcount
+        return jobs + events
+
+    def stats(self) -> dict[str, Any]:
+        conn = self.conn
+        counts = dict.fromkeys(JOB_STATES, 0)
+        counts.update(conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
+        events, unmatched, duplicates, oldest = conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(matched = 0), 0), COALESCE(SUM(duplicates), 0), "
+            "MIN(received_at) FROM events"
+        ).fetchone()
+        sizes = {
+            suffix or "db": _size(Path(f"{self.path}{suffix}")) for suffix in ("", "-wal", "-shm")
+        }
+        return {
+            "path": str(self.path),
+            "schema_version": SCHEMA_VERSION,
+            "events": events,
+            "events_unmatched": unmatched,
+            "duplicates_dropped": duplicates,
+            "oldest_event_at": oldest,
+            "jobs": counts,
+            "bytes": sum(sizes.values()),
+            "files": sizes,
+        }
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+# --------------------------------------------------------------------------
+# the daemon's lock
+
+
+@contextlib.contextmanager
+def exclusive_lock(state_dir: Path, *, wait: bool = False) -> Iterator[bool]:
+    """Hold the journal's lock file; yields False (without waiting) if another process has it.
+
+    The running daemon holds it for its lifetime; the kernel releases it if
+    the daemon dies, so a crash never leaves a stale lock behind.
+    """
+    path = state_dir / LOCK_NAME
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+            yield False
+            return
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield True
+    finally:
+        os.close(fd)
+
+
+def lock_holder(state_dir: Path) -> str:
+    try:
+        return (state_dir / LOCK_NAME).read_text().strip() or "?"
+    except OSError:
+        return "?"
+
+
+# --------------------------------------------------------------------------
+# the async side: one writer task, group commit
+
+
+@dataclass
+class _Op:
+    """One journal operation queued for the writer."""
+
+    fn: Callable[[JournalDB], Any]
+    #: Run on the event loop after the commit, with fn's result.
+    after: Callable[[Any], None] | None = None
+    done: anyio.Event | None = None
+    result: Any = None
+    error: BaseException | None = None
+
+
+@dataclass
+class JournalCounters:
+    appended: int = 0
+    duplicates: int = 0
+    commits: int = 0
+    ops: int = 0
+    write_errors: int = 0
+
+
+@dataclass(frozen=True)
+class HotEvent:
+    previous: int
+    seq: int
+    event: Event
+
+
+class Journal:
+    """The daemon's journal: async operations on one connection, group-committed.
+
+    Appends return as soon as the event is queued (the queue is bounded, so
+    a slow disk slows the reader instead of growing memory); the event is
+    handed to the consumer only after its commit. Just-committed events are
+    also kept in a bounded in-memory window (`take_hot`), so a consumer that
+    keeps up does not read them back from disk.
+    """
+
+    def __init__(
+        self,
+        db: JournalDB,
+        config: EngineConfig,
+        *,
+        queue_size: int = 4096,
+        max_batch: int = 1024,
+        commit_delay: float = 0.002,
+        hot_window: int = 2048,
+    ) -> None:
+        self.db = db
+        self.config = config
+        self.max_batch = max_batch
+        self.commit_delay = commit_delay
+        self.counters = JournalCounters()
+        self._send: MemoryObjectSendStream[_Op]
+        self._receive: MemoryObjectReceiveStream[_Op]
+        self._send, self._receive = anyio.create_memory_object_stream[_Op](queue_size)
+        self._limiter = anyio.CapacityLimiter(1)
+        self._hot: deque[HotEvent] = deque()
+        self._hot_window = hot_window
+        self._new_events = False
+        #: Set (and replaced) after each commit that stored new events.
+        self.changed = anyio.Event()
+
+    # -- writer ----------------------------------------------------------------
+
+    async def run(self, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """The writer: returns once `close()` was called and every queued op is committed."""
+        task_status.started()
+        async with self._receive:
+            while True:
+                batch = await self._collect()
+                if not batch:
+                    return
+                # Shielded: a cancelled daemon still commits what it already took.
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(self._apply, batch, limiter=self._limiter)
+                    self._finish(batch)
+
+    async def _collect(self) -> list[_Op]:
+        try:
+            batch = [await self._receive.receive()]
+        except anyio.EndOfStream:
+            return []
+        deadline = anyio.current_time() + self.commit_delay
+        while len(batch) < self.max_batch:
+            if batch[-1].done is not None:
+                deadline = 0.0  # someone waits for this commit: no extra delay
+            try:
+                batch.append(self._receive.receive_nowait())
+                continue
+            except anyio.WouldBlock:
+                pass
+            except anyio.EndOfStream:
+                break
+            remaining = deadline - anyio.current_time()
+            if remaining <= 0:
+                break
+            with anyio.move_on_after(remaining):
+                try:
+                    batch.append(await self._receive.receive())
+                except anyio.EndOfStream:
+                    break
+        return batch
+
+    def _apply(self, batch: list[_Op]) -> None:
+        """One transaction for the whole batch (in the worker thread)."""
+        try:
+            with self.db.transaction():
+                for op in batch:
+                    op.result = op.fn(self.db)
+            return
+        except Exception:  # noqa: BLE001 - isolate the failing op below
+            log.warning("journal: a batch of %d failed; retrying one by one", len(batch))
+        for op in batch:
+            op.result = None
+            try:
+                with self.db.transaction():
+                    op.result = op.fn(self.db)
+            except Exception as exc:  # noqa: BLE001 - handed to whoever waits for it
+                op.error = exc
+
+    def _finish(self, batch: list[_Op]) -> None:
+        self.counters.commits += 1
+        self.counters.ops += len(batch)
+        for op in batch:
+            if op.error is not None:
+                self.counters.write_errors += 1
+                if op.done is None:
+                    log.error("journal: write failed: %s", op.error)
+            elif op.after is not None:
+                op.after(op.result)
+            if op.done is not None:
+                op.done.set()
+        if self._new_events:
+            self._new_events = False
+            changed, self.changed = self.changed, anyio.Event()
+            changed.set()
+
+    async def close(self) -> None:
+        """No more operations: the writer commits what is queued, then ends."""
+        await self._send.aclose()
+
+    async def _submit(
+        self, fn: Callable[[JournalDB], Any], after: Callable[[Any], None] | None = None
+    ) -> None:
+        await self._send.send(_Op(fn, after))
+
+    async def call(self, fn: Callable[[JournalDB], Any]) -> Any:
+        """Run `fn` in the next batch and wait for its commit; returns its result."""
+        op = _Op(fn, done=anyio.Event())
+        await self._send.send(op)
+        assert op.done is not None
+        await op.done.wait()
+        if op.error is not None:
+            raise op.error
+        return op.result
+
+    # -- operations --------------------------------------------------------------
+
+    async def append(self, event: Event) -> None:
+        """Queue `event` for the journal (waits only while the queue is full)."""
+        window = self.config.dedup_window
+        await self._submit(
+            lambda db: db.append_event(event, window), lambda r: self._appended(event, r)
+        )
+
+    def _appended(self, event: Event, result: tuple[int, int] | None) -> None:
+        if result is None:
+            self.counters.duplicates += 1
+            log.info("duplicate of event %s (%s) dropped", event.id, event.name)
+            return
+        self.counters.appended += 1
+        self._new_events = True
+        # Beyond the window the consumer reads events back from the journal.
+        if len(self._hot) < self._hot_window:
+            self._hot.append(HotEvent(result[0], result[1], event))
+
+    def take_hot(self, after_seq: int, limit: int) -> list[StoredEvent]:
+        """Committed events directly following `after_seq`, from memory."""
+        hot = self._hot
+        while hot and hot[0].seq <= after_seq:
+            hot.popleft()  # already read back from disk
+        out: list[StoredEvent] = []
+        while hot and len(out) < limit and hot[0].previous == after_seq:
+            item = hot.popleft()
+            out.append(StoredEvent(item.seq, item.event))
+            after_seq = item.seq
+        return out
+
+    async def unmatched(self, after_seq: int, limit: int) -> list[StoredEvent]:
+        result: list[StoredEvent] = await self.call(lambda db: db.unmatched(after_seq, limit))
+        return result
+
+    async def record_jobs(self, firings: Sequence[tuple[int, Sequence[str]]]) -> list[int]:
+        now = time.time()
+        ids: list[int] = await self.call(lambda db: db.record_jobs(firings, now))
+        return ids
+
+    async def action_finished(self, outcome: ActionOutcome) -> None:
+        now = time.time()
+        await self._submit(lambda db: db.action_finished(outcome, now))
+
+    async def mark_dead(self, job_id: int, error: str) -> None:
+        now = time.time()
+        await self._submit(lambda db: db.mark_dead(job_id, error, now))
+
+
+@asynccontextmanager
+async def open_journal(config: EngineConfig, **options: Any) -> AsyncIterator[Journal]:
+    """Lock, open and run the journal for the block; flushes everything on exit.
+
+    Raises JournalError (with the recovery step) when it cannot be used.
+    """
+    state_dir = config.state_dir
+    ensure_state_dir(state_dir)
+    with exclusive_lock(state_dir) as locked:
+        if not locked:
+            raise JournalBusy(
+                f"another zoomrules process (pid {lock_holder(state_dir)}) is using the journal in "
+                f"{state_dir}; two daemons must not share a state directory"
+            )
+        db = await anyio.to_thread.run_sync(lambda: JournalDB.open(state_dir))
+        try:
+            journal = Journal(db, config, **options)
+            async with anyio.create_task_group() as tg:
+                await tg.start(journal.run)
+                try:
+                    yield journal
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await journal.close()
+        finally:
+            db.close()

@@ -1,0 +1,222 @@
+"""Feeding the pipeline from the journal: listener -> journal -> consumer -> dispatcher.
+
+The listener only appends to the journal (fast, bounded), so a slow action
+target never stops the WebSocket from being read: events wait on disk, not
+in memory. One consumer task takes committed events in order (from a small
+in-memory window, or read back from disk when it fell behind), matches
+them, records their jobs as pending and then submits them to the
+dispatcher, whose concurrency bound is what makes the consumer wait.
+
+On start, jobs left pending by a previous run are resumed first (each
+starting at its first unfinished action), then events journaled but never
+matched. Jobs re-queued by `zoomrules dlq retry` are picked up by polling.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+import anyio
+from anyio.abc import TaskStatus
+
+from engine.dispatch import ActionFailed, Job
+from engine.events import Event
+from engine.journal import PENDING, RETRY, ActionOutcome, JobRow, Journal, JournalDB, StoredEvent
+from engine.pipeline import Pipeline
+from engine.ruleset import CompiledRule
+
+log = logging.getLogger("zoomrules.journal")
+
+
+class JournalFeed:
+    def __init__(
+        self,
+        journal: Journal,
+        pipeline: Pipeline,
+        *,
+        batch: int = 256,
+        retry_poll: float = 1.0,
+        retention_every: float | None = None,
+    ) -> None:
+        self.journal = journal
+        self.pipeline = pipeline
+        self.batch = batch
+        self.retry_poll = retry_poll
+        retention = journal.config.retention
+        self.retention_every = retention_every or min(max(retention / 10, 1.0), 3600.0)
+        self.resumed = 0
+        self.retried = 0
+        self.purged = 0
+        self._last_seq = 0
+        self._waiting = False
+        self._went_waiting = anyio.Event()
+
+    # -- the three ends: listener, dispatcher, lifecycle ----------------------
+
+    async def accept(self, event: Event) -> None:
+        """The listener's callback: journal the event (never waits for actions)."""
+        await self.journal.append(event)
+
+    async def observer(
+        self, job: Job, index: int, error: ActionFailed | None, attempts: int
+    ) -> None:
+        """The dispatcher's callback after each action: record progress."""
+        if job.id is None:
+            return
+        spec = job.rule.actions[index].spec
+        outcome = ActionOutcome(
+            job_id=job.id,
+            index=index,
+            last_index=len(job.rule.actions) - 1,
+            error=None if error is None else str(error),
+            attempts=attempts,
+            continue_on_error=spec.continue_on_error,
+        )
+        if error is not None and not spec.continue_on_error:
+            log.error(
+                "job %d (rule %r, event %s) is a dead letter: see `zoomrules dlq show %d`",
+                job.id, job.rule.name, job.event.id, job.id,
+                extra={"rule": job.rule.name, "event_id": job.event.id, "job_id": job.id},
+            )  # fmt: skip
+        await self.journal.action_finished(outcome)
+
+    async def run(self, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Resume, then consume forever (until cancelled), with retention and retry polling."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._retention_loop)
+            task_status.started()
+            await self._resume()
+            tg.start_soon(self._retry_loop)
+            await self._consume()
+
+    async def wait_drained(self) -> None:
+        """Wait until every journaled event is matched and no job is running."""
+        dispatcher = self.pipeline.dispatcher
+        while True:
+            await dispatcher.wait_idle()
+            if self._waiting and not dispatcher.in_flight:
+                return
+            await self._went_waiting.wait()
+
+    # -- consuming ----------------------------------------------------------
+
+    async def _consume(self) -> None:
+        while True:
+            signal = self.journal.changed
+            batch = self.journal.take_hot(self._last_seq, self.batch)
+            if not batch:
+                batch = await self.journal.unmatched(self._last_seq, self.batch)
+            if not batch:
+                await self._idle_until(signal)
+                continue
+            self._last_seq = batch[-1].seq
+            await self._process(batch)
+
+    async def _idle_until(self, signal: anyio.Event) -> None:
+        self._waiting = True
+        went, self._went_waiting = self._went_waiting, anyio.Event()
+        went.set()
+        try:
+            await signal.wait()
+        finally:
+            self._waiting = False
+
+    async def _process(self, batch: Sequence[StoredEvent]) -> None:
+        fired = [(stored, self.pipeline.select(stored.event)) for stored in batch]
+        # The jobs are durable before any of their actions starts.
+        ids = iter(
+            await self.journal.record_jobs(
+                [(stored.seq, [rule.name for rule in rules]) for stored, rules in fired]
+            )
+        )
+        for stored, rules in fired:
+            for rule in rules:
+                await self.pipeline.dispatcher.submit(Job(stored.event, rule, id=next(ids)))
+
+    # -- resuming and retrying ---------------------------------------------------
+
+    async def _resume(self) -> None:
+        """Run the jobs an earlier run left unfinished (at-least-once)."""
+        now = time.time()
+        max_id: int = await self.journal.call(lambda db: _requeue_retries(db, now))
+        after = 0
+        while True:
+            rows: list[JobRow] = await self.journal.call(
+                lambda db, after=after: db.jobs(
+                    [PENDING], after_id=after, max_id=max_id, limit=self.batch
+                )
+            )
+            if not rows:
+                break
+            after = rows[-1].id
+            self.resumed += await self.run_rows(rows)
+        if self.resumed:
+            log.info("resumed %d unfinished job(s) from the journal", self.resumed)
+
+    async def _retry_loop(self) -> None:
+        while True:
+            await anyio.sleep(self.retry_poll)
+            now = time.time()
+            rows: list[JobRow] = await self.journal.call(
+                lambda db, now=now: db.claim_retries(now, self.batch)
+            )
+            if rows:
+                log.info("dlq retry: running %d re-queued job(s)", len(rows))
+                self.retried += await self.run_rows(rows)
+
+    async def run_rows(self, rows: Sequence[JobRow]) -> int:
+        """Submit stored jobs with the current rules; returns how many were submitted."""
+        rules = {rule.name: rule for rule in self.pipeline.rules.rules}
+        submitted = 0
+        for row in rows:
+            rule = rules.get(row.rule)
+            problem = _unrunnable(row, rule)
+            if problem is not None:
+                log.error("job %d: %s", row.id, problem)
+                await self.journal.mark_dead(row.id, problem)
+                continue
+            assert rule is not None
+            await self.pipeline.dispatcher.submit(
+                Job(row.event, rule, start_at=row.next_action, id=row.id)
+            )
+            submitted += 1
+        return submitted
+
+    # -- retention ------------------------------------------------------------------
+
+    async def _retention_loop(self) -> None:
+        config = self.journal.config
+        while True:
+            while True:
+                now = time.time()
+                deleted: int = await self.journal.call(
+                    lambda db, now=now: db.purge_expired(now, config.retention, config.dedup_window)
+                )
+                self.purged += deleted
+                if not deleted:
+                    break
+            await anyio.sleep(self.retention_every)
+
+
+def _requeue_retries(db: JournalDB, now: float) -> int:
+    """Jobs re-queued while no daemon ran become plain pending; returns the max job id."""
+    db.conn.execute(
+        "UPDATE jobs SET state = ?, updated_at = ? WHERE state = ?", (PENDING, now, RETRY)
+    )
+    return db.max_job_id()
+
+
+def _unrunnable(row: JobRow, rule: CompiledRule | None) -> str | None:
+    if rule is None:
+        return (
+            f"rule {row.rule!r} is no longer in the loaded rules; add it back and run "
+            f"`zoomrules dlq retry {row.id}`, or `zoomrules dlq purge {row.id}`"
+        )
+    if row.next_action >= len(rule.actions):
+        return (
+            f"rule {row.rule!r} now has {len(rule.actions)} action(s) but the job stopped at "
+            f"action {row.next_action + 1}; the rule changed since"
+        )
+    return None

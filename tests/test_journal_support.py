@@ -1,0 +1,268 @@
+"""Helpers for the journal, crash and backpressure tests (no tests of its own).
+
+- `Target`: an HTTP endpoint in the test process that counts requests by
+  their idempotency header, can answer slowly, stall, or fail;
+- `DaemonProcess`: `zoomrules run` as a real subprocess against a Simulator;
+- `JournalView`: read-only looks into the journal database from outside.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.abc import SocketAttribute, SocketStream
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from engine.simulator import Simulator
+from tests.conftest import ROOT, example, write_rules
+
+IDEMPOTENCY_HEADER = "x-idempotency-key"
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float, what: str = "") -> None:
+    """Poll a condition that has no event to wait on (another process's state)."""
+    with anyio.fail_after(timeout):
+        while not predicate():  # noqa: ASYNC110 - another process's state: nothing to wait on
+            await anyio.sleep(0.02)
+
+
+class Target:
+    """An action target: counts (path, idempotency key) of every request it gets."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.status = 200
+        self.counts: Counter[tuple[str, str]] = Counter()
+        #: (path, key) -> monotonic time its first response was sent.
+        self.completed: dict[tuple[str, str], float] = {}
+        self.received = 0
+        self._open = anyio.Event()
+        self._open.set()
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stall(self) -> None:
+        """Hold every request (from now on) until `release()`."""
+        self._open = anyio.Event()
+
+    def release(self) -> None:
+        self._open.set()
+
+    async def _answer(self, path: str, key: str) -> bytes:
+        self.received += 1
+        await self._open.wait()
+        if self.delay:
+            await anyio.sleep(self.delay)
+        if self.status >= 400:
+            return _response(self.status, b"down")
+        self.counts[(path, key)] += 1
+        self.completed.setdefault((path, key), time.monotonic())
+        return _response(200, b"{}")
+
+    async def _serve_client(self, client: SocketStream) -> None:
+        """A minimal HTTP/1.1 keep-alive server (uvicorn is too slow for a burst)."""
+        buffered = BufferedByteReceiveStream(client)
+        async with client:
+            with contextlib.suppress(
+                anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, OSError
+            ):
+                while True:
+                    head = (await buffered.receive_until(b"\r\n\r\n", 65536)).decode()
+                    request_line, *lines = head.split("\r\n")
+                    headers = {
+                        name.strip().lower(): value.strip()
+                        for name, _, value in (line.partition(":") for line in lines)
+                    }
+                    length = int(headers.get("content-length", "0"))
+                    if length:
+                        await buffered.receive_exactly(length)
+                    path = request_line.split(" ")[1]
+                    await client.send(await self._answer(path, headers.get(IDEMPOTENCY_HEADER, "")))
+
+    @asynccontextmanager
+    async def serve(self) -> AsyncIterator[Target]:
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+        self.port = listener.extra(SocketAttribute.local_port)
+        async with listener, anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, self._serve_client)
+            try:
+                yield self
+            finally:
+                self.release()
+                tg.cancel_scope.cancel()
+
+
+def _response(status: int, body: bytes) -> bytes:
+    return (
+        f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+def meeting_events(
+    count: int, name: str = "meeting.started", start: int = 0
+) -> list[dict[str, Any]]:
+    """`count` distinct events of Zoom's documented shape."""
+    base = example(name)
+    out = []
+    for i in range(start, start + count):
+        body = {**base, "event_ts": 1626230691572 + i}
+        obj = {**base["payload"]["object"], "uuid": f"uuid-{i}", "id": str(10_000_000 + i)}
+        body["payload"] = {**base["payload"], "object": obj}
+        out.append(body)
+    return out
+
+
+def rules_text(
+    target: str,
+    *,
+    paths: tuple[str, ...] = ("a",),
+    heartbeat: str = "30s",
+    engine: str = "",
+    action: str = "",
+    when: str = "",
+) -> str:
+    actions = "".join(
+        f"""
+  [[rule.action]]
+  type = "http"
+  url = "{target}/{path}"
+  headers = {{ {IDEMPOTENCY_HEADER} = "{{{{ zoomrules.event_id }}}}" }}
+  json = {{ id = "{{{{ payload.object.id }}}}" }}
+  {action}
+"""
+        for path in paths
+    )
+    return f"""
+version = 1
+
+[zoom]
+client_id     = "${{ZOOM_CLIENT_ID}}"
+client_secret = "${{ZOOM_CLIENT_SECRET}}"
+endpoint      = "${{ZOOM_WS_ENDPOINT}}"
+heartbeat_interval = "{heartbeat}"
+
+[engine]
+state_dir = "/nonexistent/overridden/by/ZOOMRULES_STATE_DIR"
+retry_backoff = "10ms"
+retry_backoff_cap = "50ms"
+{engine}
+
+[[rule]]
+name = "started"
+on   = ["meeting.started"]
+{f"when = {when!r}" if when else ""}
+{actions}
+"""
+
+
+def daemon_env(sim: Simulator, state_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ZOOM", "PYTHON"))}
+    env.update(
+        ZOOM_CLIENT_ID=sim.client_id,
+        ZOOM_CLIENT_SECRET=sim.client_secret,
+        ZOOM_OAUTH_URL=sim.oauth_url,
+        ZOOM_WS_ENDPOINT=sim.ws_endpoint,
+        ZOOM_API_BASE_URL=sim.api_base_url,
+        ZOOMRULES_STATE_DIR=str(state_dir),
+    )
+    return env
+
+
+class DaemonProcess:
+    """`zoomrules run -c rules.toml` in a subprocess; output goes to a log file."""
+
+    def __init__(self, rules: Path, env: dict[str, str], log: Path) -> None:
+        self.rules, self.env, self.log = rules, env, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, *extra: str) -> DaemonProcess:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "engine.cli", "run", "-c", str(self.rules), *extra],
+                env=self.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    async def stop(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return await self.wait(timeout)
+
+    async def wait(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        proc = self.proc
+        await wait_until(lambda: proc.poll() is not None, timeout)
+        assert proc.returncode is not None
+        return proc.returncode
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def ensure_dead(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+class JournalView:
+    """Read-only queries on a journal another process writes (WAL allows it)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / "journal.db"
+
+    def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        if not self.path.exists():
+            return []
+        with contextlib.closing(sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)) as conn:
+            try:
+                return conn.execute(sql, args).fetchall()
+            except sqlite3.OperationalError:
+                return []  # not created yet
+
+    def scalar(self, sql: str, *args: Any) -> Any:
+        rows = self.query(sql, *args)
+        return rows[0][0] if rows else 0
+
+    def events(self) -> int:
+        return int(self.scalar("SELECT COUNT(*) FROM events"))
+
+    def jobs(self, state: str) -> int:
+        return int(self.scalar("SELECT COUNT(*) FROM jobs WHERE state = ?", state))
+
+
+__all__ = [
+    "DaemonProcess",
+    "JournalView",
+    "Target",
+    "daemon_env",
+    "meeting_events",
+    "rules_text",
+    "wait_until",
+    "write_rules",
+]
