@@ -86,9 +86,13 @@ def _to_epoch(value: str) -> float:
 
 
 def _email_domain(address: Any) -> str | None:
-    if not isinstance(address, str) or "@" not in address:
+    # Hot inside filters over participant lists: one scan, no split list.
+    if not isinstance(address, str):
         return None
-    domain = address.rsplit("@", 1)[1].strip().lower()
+    at = address.rfind("@")
+    if at < 0:
+        return None
+    domain = address[at + 1 :].strip().lower()
     return domain or None
 
 
