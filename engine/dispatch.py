@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import logging
 import random
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-from anyio.abc import TaskGroup, TaskStatus
+from anyio.abc import TaskStatus
 
 from engine.events import META_KEY, Event
 from engine.hookspecs import ActionContext, ActionError
@@ -87,47 +87,76 @@ class Dispatcher:
         self.backoff_cap = backoff_cap
         self.observer = observer
         self.stats = DispatchStats()
-        self._slots = anyio.Semaphore(max_concurrency)
-        self._tg: TaskGroup | None = None
+        self.max_concurrency = max_concurrency
+        # A fixed pool of workers pulls jobs from a short queue: cheaper than
+        # a task per job, and `submit` waits while `max_concurrency` jobs are
+        # queued or running, which is the backpressure the source feels.
+        self._queue: deque[Job] = deque()
+        self._outstanding = 0  # queued + running
+        self._idle_workers = 0
+        self._work = anyio.Event()
+        self._space = anyio.Event()
         self._idle = anyio.Event()
         self._idle.set()
-        self._running = 0
+        self._started = False
 
     async def run(self, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Own the jobs' task group; returns when cancelled and every job is gone."""
+        """Run the workers; returns when cancelled (jobs in flight are cancelled)."""
         async with anyio.create_task_group() as tg:
-            self._tg = tg
+            for _ in range(self.max_concurrency):
+                tg.start_soon(self._worker)
+            self._started = True
             task_status.started()
-            await anyio.sleep_forever()
+        self._started = False
 
     @property
     def in_flight(self) -> int:
-        return self._running
+        """Jobs queued or running."""
+        return self._outstanding
 
     async def submit(self, job: Job) -> None:
-        """Start `job` once a concurrency slot is free (waits otherwise)."""
-        if self._tg is None:
+        """Queue `job`; waits while `max_concurrency` jobs are queued or running."""
+        if not self._started:
             raise RuntimeError("Dispatcher.run() is not running")
-        await self._slots.acquire()
-        self._running += 1
-        self._idle = anyio.Event() if self._idle.is_set() else self._idle
+        while self._outstanding >= self.max_concurrency:
+            if self._space.is_set():
+                self._space = anyio.Event()
+            await self._space.wait()
+        self._outstanding += 1
+        if self._idle.is_set():
+            self._idle = anyio.Event()
         self.stats.jobs_started += 1
         self.stats.fired_by_rule[job.rule.name] += 1
-        self._tg.start_soon(self._run_job_in_slot, job)
+        self._queue.append(job)
+        if self._idle_workers:
+            self._work.set()
 
     async def wait_idle(self) -> None:
-        """Wait until no job is running."""
-        while self._running:
+        """Wait until no job is queued or running."""
+        while self._outstanding:
             await self._idle.wait()
 
-    async def _run_job_in_slot(self, job: Job) -> None:
-        try:
-            await self.run_job(job)
-        finally:
-            self._running -= 1
-            self._slots.release()
-            if not self._running:
-                self._idle.set()
+    async def _next_job(self) -> Job:
+        while not self._queue:
+            if self._work.is_set():
+                self._work = anyio.Event()
+            self._idle_workers += 1
+            try:
+                await self._work.wait()
+            finally:
+                self._idle_workers -= 1
+        return self._queue.popleft()
+
+    async def _worker(self) -> None:
+        while True:
+            job = await self._next_job()
+            try:
+                await self.run_job(job)
+            finally:
+                self._outstanding -= 1
+                self._space.set()
+                if not self._outstanding:
+                    self._idle.set()
 
     async def run_job(self, job: Job) -> bool:
         """Run the rule's actions in order; True when every action succeeded."""
