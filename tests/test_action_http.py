@@ -15,12 +15,11 @@ import anyio
 import anyio.abc
 import httpx
 import pytest
+from action_harness import action_type, render
 
 from engine.events import Event
-from engine.expressions import ExpressionCompiler
-from engine.hookspecs import ActionContext, ActionError, ActionType
+from engine.hookspecs import ActionContext, ActionError
 from engine.services import Services
-from engine.templates import compile_value
 from plugins import http
 
 EXAMPLES = json.loads(
@@ -96,25 +95,6 @@ async def services() -> AsyncIterator[Services]:
         yield Services(config=types.SimpleNamespace(notifiers={}, zoom=None), http=client)
 
 
-def _action_type() -> ActionType:
-    (action,) = http.zoomrules_action_types()
-    return action
-
-
-def render(params: Mapping[str, Any], root: Mapping[str, Any]) -> dict[str, Any]:
-    compiler = ExpressionCompiler()
-    action = _action_type()
-    assert action.validate is not None
-    assert action.validate(params) == []
-    out: dict[str, Any] = {}
-    for param in action.params:
-        if param.name in params:
-            out[param.name] = compile_value(params[param.name], compiler).render(root)
-        elif param.default is not None:
-            out[param.name] = param.default
-    return out
-
-
 async def call(services: Services, params: Mapping[str, Any], attempt: int = 1) -> dict[str, Any]:
     ev = Event.from_body(EXAMPLES["meeting.participant_joined"]["example"], source="test")
     root = ev.root()
@@ -127,7 +107,7 @@ async def call(services: Services, params: Mapping[str, Any], attempt: int = 1) 
         services=services,
         log=logging.getLogger("test.http"),
     )
-    result: dict[str, Any] = await http.run(render(params, root), ctx)
+    result: dict[str, Any] = await http.run(render(http, params, root), ctx)
     return result
 
 
@@ -231,7 +211,7 @@ async def test_connection_refused_is_retryable(services: Services) -> None:
 
 
 def test_validate() -> None:
-    validate = _action_type().validate
+    validate = action_type(http).validate
     assert validate is not None
     assert validate({"url": "https://example.com", "json": {}, "body": "x"})
     assert validate({"url": "ftp://example.com"})

@@ -18,13 +18,12 @@ import anyio
 import anyio.abc
 import httpx
 import pytest
+from action_harness import action_type, render
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from engine.events import Event
-from engine.expressions import ExpressionCompiler
-from engine.hookspecs import ActionContext, ActionError, ActionType
+from engine.hookspecs import ActionContext, ActionError
 from engine.services import Services
-from engine.templates import compile_value
 from plugins import notify
 
 EXAMPLES = json.loads(
@@ -129,25 +128,6 @@ def services_with(notifiers: Mapping[str, tuple[str, ...]] | None = None) -> Ser
     return Services(config=config, http=httpx.AsyncClient())
 
 
-def _action_type() -> ActionType:
-    (action,) = notify.zoomrules_action_types()
-    return action
-
-
-def render(params: Mapping[str, Any], root: Mapping[str, Any]) -> dict[str, Any]:
-    compiler = ExpressionCompiler()
-    action = _action_type()
-    assert action.validate is not None
-    assert action.validate(params) == []
-    out: dict[str, Any] = {}
-    for param in action.params:
-        if param.name in params:
-            out[param.name] = compile_value(params[param.name], compiler).render(root)
-        elif param.default is not None:
-            out[param.name] = param.default
-    return out
-
-
 def context(
     services: Services, attempt: int = 1, state: dict[str, Any] | None = None
 ) -> ActionContext:
@@ -168,7 +148,7 @@ async def send(
     services: Services, params: Mapping[str, Any], ctx: ActionContext | None = None
 ) -> Any:
     ctx = ctx or context(services)
-    return await notify.run(render(params, ctx.root), ctx)
+    return await notify.run(render(notify, params, ctx.root), ctx)
 
 
 @pytest.mark.anyio
@@ -263,7 +243,7 @@ async def test_unknown_notifier_is_permanent() -> None:
 
 
 def test_validate() -> None:
-    validate = _action_type().validate
+    validate = action_type(notify).validate
     assert validate is not None
     assert validate({"to": "oncall", "body": "x"}) == []
     assert validate({"to": ["json://example.com/hook"], "body": "x"}) == []

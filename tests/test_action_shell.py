@@ -17,13 +17,11 @@ import anyio
 import httpx
 import psutil
 import pytest
+from action_harness import action_type, render
 
 from engine.events import Event
-from engine.expressions import ExpressionCompiler
-from engine.hookspecs import ActionContext, ActionError, ActionType
-from engine.ruleset import compile_raw
+from engine.hookspecs import ActionContext, ActionError
 from engine.services import Services
-from engine.templates import compile_value
 from plugins import shell
 
 EXAMPLES = json.loads(
@@ -65,30 +63,6 @@ async def services() -> AsyncIterator[Services]:
         yield Services(config=types.SimpleNamespace(notifiers={}, zoom=None), http=client)
 
 
-def _action_type() -> ActionType:
-    (action,) = shell.zoomrules_action_types()
-    return action
-
-
-def render(params: Mapping[str, Any], root: Mapping[str, Any]) -> dict[str, Any]:
-    """What the engine hands `run`: raw params compiled, the others rendered, defaults filled."""
-    compiler = ExpressionCompiler()
-    action = _action_type()
-    assert action.validate is not None
-    assert action.validate(params) == []
-    out: dict[str, Any] = {}
-    for param in action.params:
-        if param.name in params:
-            value = params[param.name]
-            if param.raw:
-                out[param.name] = compile_raw(value, compiler)
-            else:
-                out[param.name] = compile_value(value, compiler).render(root)
-        elif param.default is not None:
-            out[param.name] = param.default
-    return out
-
-
 def meeting_event(**object_fields: Any) -> Event:
     body = copy.deepcopy(EXAMPLES["meeting.started"]["example"])
     body["payload"]["object"].update(object_fields)
@@ -109,7 +83,7 @@ async def run_shell(
         services=services,
         log=logging.getLogger("test.shell"),
     )
-    result: dict[str, Any] = await shell.run(render(params, root), ctx)
+    result: dict[str, Any] = await shell.run(render(shell, params, root), ctx)
     return result
 
 
@@ -320,7 +294,7 @@ async def test_output_is_truncated(services: Services) -> None:
 
 
 def test_validate() -> None:
-    validate = _action_type().validate
+    validate = action_type(shell).validate
     assert validate is not None
     assert validate({"command": ["echo", "hi"]}) == []
     assert validate({"command": "echo hi", "shell": True}) == []

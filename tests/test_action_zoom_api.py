@@ -17,15 +17,13 @@ import anyio
 import anyio.abc
 import httpx
 import pytest
+from action_harness import action_type, render
 
 from engine.auth import TokenManager
 from engine.events import Event
-from engine.expressions import ExpressionCompiler
-from engine.hookspecs import ActionContext, ActionError, ActionType
-from engine.ruleset import compile_raw
+from engine.hookspecs import ActionContext, ActionError
 from engine.services import Services
 from engine.simulator import SimResponse, Simulator
-from engine.templates import compile_value
 from plugins import zoom_api
 
 EXAMPLES = json.loads(
@@ -90,30 +88,6 @@ async def env() -> AsyncIterator[Env]:
         yield Env(sim, services, tokens)
 
 
-def _action_type() -> ActionType:
-    (action,) = zoom_api.zoomrules_action_types()
-    return action
-
-
-def render(params: Mapping[str, Any], root: Mapping[str, Any]) -> dict[str, Any]:
-    """What the engine hands `run`: raw params compiled, the others rendered, defaults filled."""
-    compiler = ExpressionCompiler()
-    action = _action_type()
-    assert action.validate is not None
-    assert action.validate(params) == []
-    out: dict[str, Any] = {}
-    for param in action.params:
-        if param.name in params:
-            value = params[param.name]
-            if param.raw:
-                out[param.name] = compile_raw(value, compiler)
-            else:
-                out[param.name] = compile_value(value, compiler).render(root)
-        elif param.default is not None:
-            out[param.name] = param.default
-    return out
-
-
 def event(name: str = "meeting.started", **object_fields: Any) -> Event:
     body = copy.deepcopy(EXAMPLES[name]["example"])
     body["payload"]["object"].update(object_fields)
@@ -134,7 +108,7 @@ async def call(
         services=services,
         log=logging.getLogger("test.zoom_api"),
     )
-    result: dict[str, Any] = await zoom_api.run(render(params, root), ctx)
+    result: dict[str, Any] = await zoom_api.run(render(zoom_api, params, root), ctx)
     return result
 
 
@@ -408,7 +382,7 @@ async def test_empty_segment_is_refused(raw_server: RawServer) -> None:
 
 
 def test_validate() -> None:
-    validate = _action_type().validate
+    validate = action_type(zoom_api).validate
     assert validate is not None
     assert validate({"path": "/meetings/{{ payload.object.id }}"}) == []
     assert validate({"path": "https://evil.example.com/x"})
