@@ -19,7 +19,7 @@ from typing import Any
 
 from engine.durations import Rate, parse_duration, parse_rate, parse_size
 from engine.problems import ConfigError, Problem, did_you_mean
-from engine.sourcemap import SourceMap
+from engine.sourcemap import Locator, SourceMap
 
 DEFAULT_OAUTH_URL = "https://zoom.us/oauth/token"
 DEFAULT_API_BASE_URL = "https://api.zoom.us/v2"
@@ -88,9 +88,13 @@ class ActionSpec:
     retries: int | None  # None: [engine] action_retries
     continue_on_error: bool
     index: int
-    line: int | None
     #: Parameters whose `${VAR}` was missing (already reported; not checked again).
     unresolved: frozenset[str] = frozenset()
+    locator: Locator | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def line(self) -> int | None:
+        return self.locator.line() if self.locator else None
 
 
 @dataclass(frozen=True)
@@ -105,9 +109,15 @@ class RuleSpec:
     actions: tuple[ActionSpec, ...]
     file: Path | None
     index: int  # position among all rules, file order
-    line: int | None
-    #: Line of each key as shown in messages ("when", "action[1].body", ...).
-    lines: Mapping[str, int] = field(default_factory=dict, compare=False)
+    locator: Locator | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def line(self) -> int | None:
+        return self.locator.line() if self.locator else None
+
+    def key_line(self, key: str) -> int | None:
+        """Line of a key as messages name it ("when", "action[1].body", ...)."""
+        return self.locator.line(key) if self.locator else None
 
     @property
     def where(self) -> str:
@@ -484,8 +494,7 @@ class _Builder:
             actions=self.actions(raw.get("action"), ctx),
             file=top.file,
             index=position,
-            line=top.smap.line_of(("rule", index)),
-            lines=_key_lines(raw, top.smap, ("rule", index)),
+            locator=Locator(top.smap, ("rule", index)),
         )
         self.rules.append(rule)
 
@@ -535,7 +544,7 @@ class _Builder:
                     retries=get.int("retries", None, minimum=0),  # type: ignore[arg-type]
                     continue_on_error=get.bool("continue_on_error", False),
                     index=index,
-                    line=ctx.smap.line_of(sub.path),
+                    locator=Locator(ctx.smap, sub.path),
                     unresolved=frozenset(
                         key
                         for key in params
@@ -570,30 +579,6 @@ def _with_action_defaults(rule: RuleSpec, engine: EngineConfig) -> RuleSpec:
         for action in rule.actions
     )
     return replace(rule, actions=actions)
-
-
-def _key_lines(
-    raw: Mapping[str, Any], smap: SourceMap, path: tuple[str | int, ...]
-) -> dict[str, int]:
-    """Lines of a rule's keys, named as in messages ("throttle.key", "action[2].body")."""
-    lines: dict[str, int] = {}
-
-    def add(shown: str, key_path: tuple[str | int, ...]) -> None:
-        line = smap.line_of(key_path)
-        if line is not None:
-            lines[shown] = line
-
-    for key, value in raw.items():
-        add(key, path + (key,))
-        if key == "throttle" and isinstance(value, dict):
-            for sub in value:
-                add(f"throttle.{sub}", path + (key, sub))
-        if key == "action" and isinstance(value, list):
-            for index, action in enumerate(value):
-                if isinstance(action, dict):
-                    for sub in action:
-                        add(f"action[{index + 1}].{sub}", path + (key, index, sub))
-    return lines
 
 
 def _positive_duration(value: Any) -> float:

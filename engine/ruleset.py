@@ -79,7 +79,7 @@ def _compile_rule(
     spec: RuleSpec, registry: Registry, compiler: ExpressionCompiler, problems: list[Problem]
 ) -> CompiledRule:
     def report(key: str | None, message: str, line: int | None = None) -> None:
-        exact = spec.lines.get(key) if key else None
+        exact = spec.key_line(key) if key else None
         problems.append(Problem(spec.file, exact or line or spec.line, spec.where, key, message))
 
     condition = _compile_expr(spec.when, "when", compiler, report)

@@ -10,7 +10,6 @@ strings and arrays are skipped over well enough for that purpose.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 
 _HEADER = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_.\-\"' ]+?)\s*\]\]?\s*(?:#.*)?$")
 _KEY = re.compile(r"^\s*([A-Za-z0-9_\-]+(?:\s*\.\s*[A-Za-z0-9_\-]+)*|\"[^\"]*\")\s*=")
@@ -22,13 +21,30 @@ def _split_dotted(name: str) -> list[str]:
     return [part.strip().strip("\"'") for part in name.split(".")]
 
 
-@dataclass
 class SourceMap:
-    lines: dict[Path_, int] = field(default_factory=dict)
+    """Lines of one file's tables and keys, scanned only when first asked.
+
+    A valid file never needs a line number, so loading one does not pay
+    for the scan.
+    """
+
+    def __init__(self, text: str) -> None:
+        self._text: str | None = text
+        self._lines: dict[Path_, int] = {}
 
     @classmethod
     def scan(cls, text: str) -> SourceMap:
-        smap = cls()
+        return cls(text)
+
+    @property
+    def lines(self) -> dict[Path_, int]:
+        if self._text is not None:
+            self._scan(self._text)
+            self._text = None
+        return self._lines
+
+    def _scan(self, text: str) -> None:
+        lines = self._lines
         current: Path_ = ()
         array_counts: dict[Path_, int] = {}
         in_multiline: str | None = None
@@ -39,17 +55,16 @@ class SourceMap:
                 continue
             header = _HEADER.match(line)
             if header:
-                current = smap._enter_table(header, array_counts, current)
-                smap.lines.setdefault(current, lineno)
+                current = self._enter_table(header, array_counts, current)
+                lines.setdefault(current, lineno)
                 continue
             key = _KEY.match(line)
             if key:
                 path = current + tuple(_split_dotted(key.group(1)))
-                smap.lines.setdefault(path, lineno)
+                lines.setdefault(path, lineno)
                 for quote in ('"""', "'''"):
                     if line.count(quote) % 2 == 1:
                         in_multiline = quote
-        return smap
 
     def _enter_table(
         self, header: re.Match[str], array_counts: dict[Path_, int], current: Path_
@@ -76,3 +91,33 @@ class SourceMap:
             if line is not None:
                 return line
         return None
+
+
+_SHOWN_PART = re.compile(r"^([^\[\]]+)(?:\[(\d+)\])?$")
+
+
+class Locator:
+    """Where one table (a rule, an action) is; lines are looked up on demand.
+
+    Keys are given as messages show them: "when", "throttle.key",
+    "action[2].body" (1-based indices).
+    """
+
+    __slots__ = ("smap", "path")
+
+    def __init__(self, smap: SourceMap, path: Path_) -> None:
+        self.smap = smap
+        self.path = path
+
+    def line(self, key: str | None = None) -> int | None:
+        if not key:
+            return self.smap.line_of(self.path)
+        path: Path_ = self.path
+        for part in key.split("."):
+            match = _SHOWN_PART.match(part)
+            if match is None:
+                break
+            path = path + (match.group(1),)
+            if match.group(2) is not None:
+                path = path + (int(match.group(2)) - 1,)
+        return self.smap.line_of(path)

@@ -29,7 +29,7 @@ def compile_params(plugin: ModuleType, params: Mapping[str, Any]) -> CompiledAct
     compiler = ExpressionCompiler(registry.functions.values())
     spec = ActionSpec(
         type=action_type(plugin).name, params=dict(params), timeout=30.0, retries=0,
-        continue_on_error=False, index=0, line=None,
+        continue_on_error=False, index=0,
     )  # fmt: skip
     problems: list[str] = []
     compiled = _compile_action(
