@@ -6,9 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from engine.simulator import Simulator
-from tests.test_journal_support import (
+from test_journal_support import (
     DaemonProcess,
     JournalView,
     Target,
@@ -18,6 +16,8 @@ from tests.test_journal_support import (
     wait_until,
     write_rules,
 )
+
+from engine.simulator import Simulator
 
 BURST = 5000
 #: Events of the burst whose uuid ends in 0 match: 500 jobs of two slow actions.

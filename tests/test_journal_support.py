@@ -24,9 +24,9 @@ from typing import Any
 import anyio
 from anyio.abc import SocketAttribute, SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
+from conftest import ROOT, example, write_rules
 
 from engine.simulator import Simulator
-from tests.conftest import ROOT, example, write_rules
 
 IDEMPOTENCY_HEADER = "x-idempotency-key"
 
