@@ -102,9 +102,13 @@ def _values(rng: random.Random) -> dict[str, Any]:
 
 
 def rules_toml(
-    rule_count: int, names: list[str], *, glob_share: float = 0.05, seed: int = 7
+    rule_count: int, names: list[str], *, glob_share: float = 0.05, seed: int = 7, unique: bool = False
 ) -> str:
-    """A rule file of `rule_count` rules spread over `names`."""
+    """A rule file of `rule_count` rules spread over `names`.
+
+    `unique` makes every condition text different (as in a real large rule
+    file), so nothing is saved by the compiler's per-text cache.
+    """
     rng = random.Random(seed)
     examples = corpus()
     globs = sorted({n.split(".")[0] + ".*" for n in names})
@@ -116,6 +120,8 @@ def rules_toml(
             on = names[index % len(names)]
             shapes = [c for c, need in CONDITIONS if need is None or _has(examples[on], need)]
         when = rng.choice(shapes).format(**_values(rng))
+        if unique:
+            when = f"({when}) && event_ts != `{index}`"
         out.append(
             f'[[rule]]\nname = "r{index}"\non = ["{on}"]\nwhen = """{when}"""\n'
             f'  [[rule.action]]\n  type = "noop"\n  note = "{{{{ payload.object.topic }}}}"\n'

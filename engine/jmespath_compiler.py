@@ -209,9 +209,25 @@ _BOOL_BUILTINS = frozenset({"contains", "starts_with", "ends_with"})
 
 def _functions_instance(functions: Mapping[str, JMESPathFunction]) -> jmespath.functions.Functions:
     """A jmespath `Functions` instance with the custom functions, built exactly
-    like `engine.expressions._functions_class` (a custom name overrides a builtin)."""
+    like `engine.expressions._functions_class` (a custom name overrides a builtin).
+
+    Built once per set of functions: creating the class walks every method,
+    which would otherwise dominate compiling a large rule file.
+    """
     if not functions:
         return _DEFAULT_FUNCTIONS
+    key = tuple((name, id(fn)) for name, fn in functions.items())
+    cached = _INSTANCES.get(key)
+    if cached is not None and cached[0] == list(functions.values()):
+        return cached[1]
+    instance = _build_functions_instance(functions)
+    _INSTANCES[key] = (list(functions.values()), instance)
+    return instance
+
+
+def _build_functions_instance(
+    functions: Mapping[str, JMESPathFunction],
+) -> jmespath.functions.Functions:
     namespace: dict[str, Any] = {}
     for name, fn in functions.items():
 
@@ -227,6 +243,13 @@ def _functions_instance(functions: Mapping[str, JMESPathFunction]) -> jmespath.f
 
 
 _DEFAULT_FUNCTIONS = jmespath.functions.Functions()
+#: (name, id(function)) tuples -> (the functions, kept alive so ids stay valid; instance)
+_INSTANCES: dict[
+    tuple[tuple[str, int], ...], tuple[list[JMESPathFunction], jmespath.functions.Functions]
+] = {}
+#: Generated source -> compiled code object (bounded).
+_CODE_CACHE: dict[str, Any] = {}
+_CODE_CACHE_SIZE = 4096
 
 
 def _arity_ok(signature: Sequence[Mapping[str, Any]], count: int) -> bool:
@@ -280,13 +303,15 @@ class _Generator:
         return name
 
     def _literal(self, value: Any) -> str:
-        """A Python expression for a JSON literal: inline when safe, else a constant."""
+        """A Python expression for a JSON literal.
+
+        Only null/true/false are inlined; every other literal is a named
+        constant, so expressions that differ only in their literal values
+        (most of a large rule file) generate the same source and share one
+        compiled code object (see `_CODE_CACHE`).
+        """
         if value is None or value is True or value is False:
             return repr(value)
-        if type(value) is str:
-            return repr(value)
-        if type(value) is int:
-            return f"({value!r})"  # parenthesised: `(1).__class__`, `(-1) < x`
         return self._const(value)
 
     def _block(self) -> _Block:
@@ -306,7 +331,14 @@ class _Generator:
     def build(self, node: Node, text: str) -> Search:
         main = self.function(node)
         source = "\n\n".join(self._defs)
-        code = compile(source, f"<jmespath {text[:60]!r}>", "exec")
+        code = _CODE_CACHE.get(source)
+        if code is None:
+            # Python's compile() is the expensive step of loading a big rule
+            # file; the same shape with other literals reuses the code.
+            code = compile(source, f"<jmespath {text[:60]!r}>", "exec")
+            if len(_CODE_CACHE) >= _CODE_CACHE_SIZE:
+                _CODE_CACHE.clear()
+            _CODE_CACHE[source] = code
         exec(code, self._namespace)
         for const, fname, child in self._exprefs:
             self._namespace[const] = _Expression(child, self._namespace[fname])
