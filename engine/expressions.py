@@ -100,10 +100,10 @@ class ExpressionCompiler:
 
     def _build(self, text: str, parsed: Any) -> Search:
         if self.evaluator == "compiled":
-            from engine.jmespath_compiler import compile_expression
+            from engine.jmespath_compiler import compile_parsed
 
             try:
-                return compile_expression(text, self.functions)
+                return compile_parsed(parsed, text, self.functions)
             except exceptions.JMESPathError as exc:
                 raise ExpressionError(str(exc)) from None
         options = self._options

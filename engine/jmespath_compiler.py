@@ -686,7 +686,14 @@ def compile_expression(
     `functions` are extra functions (name -> JMESPathFunction); a name equal
     to a built-in overrides it, as in `engine.expressions`.
     """
-    parsed = Parser().parse(text)
+    return compile_parsed(Parser().parse(text), text, functions)
+
+
+def compile_parsed(
+    parsed: Any, text: str, functions: Mapping[str, JMESPathFunction] = {}
+) -> Callable[[Any], Any]:
+    """`compile_expression` for an expression jmespath has already parsed
+    (`jmespath.compile(text)`), so a caller that parses anyway does not pay twice."""
     try:
         return _Generator(functions).build(parsed.parsed, text)
     except (SyntaxError, RecursionError, MemoryError):
