@@ -36,11 +36,11 @@ async def test_sigkill_mid_burst_loses_nothing_and_repeats_nothing_finished(
         rules_text(
             "TARGET",
             paths=("a", "b"),
-            engine='max_concurrency = 32\nshutdown_grace = "2s"',
+            engine='max_concurrency = 16\nshutdown_grace = "2s"',
             when="ends_with(payload.object.uuid, '0')",
         ),
     )
-    async with Simulator() as sim, Target(delay=0.02).serve() as target:
+    async with Simulator() as sim, Target(delay=0.05).serve() as target:
         rules.write_text(rules.read_text().replace("TARGET", target.url))
         daemon = DaemonProcess(rules, daemon_env(sim, state), tmp_path / "daemon.log")
         view = JournalView(state)
@@ -51,12 +51,18 @@ async def test_sigkill_mid_burst_loses_nothing_and_repeats_nothing_finished(
             matched = [body for body in burst if body["payload"]["object"]["uuid"].endswith("0")]
             assert len(matched) == MATCHED
             noise = meeting_events(UNMATCHED, name="meeting.ended", start=BURST)
+            # Hold the actions until the burst is journaled, so that the
+            # kill below lands with most of them still to run.
+            target.stall()
             assert await sim.send_events(burst + noise) == BURST + UNMATCHED
 
             # Kill once everything read is journaled and the actions are
             # well under way, but far from finished.
             await wait_until(lambda: view.events() == BURST + UNMATCHED, 30)
+            target.release()
             await wait_until(lambda: sum(target.counts.values()) >= MATCHED // 2, 30)
+            # ...and some have been complete for over a second (the "settled" ones below).
+            await wait_until(lambda: time.monotonic() - min(target.completed.values()) > 1.5, 30)
             daemon.kill()
             killed_at = time.monotonic()
             done_before_kill = sum(target.counts.values())
