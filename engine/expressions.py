@@ -14,7 +14,7 @@ as jmespath does.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import jmespath
@@ -130,11 +130,3 @@ def is_truthy(value: Any) -> bool:
     if isinstance(value, (str, list, dict)):
         return len(value) > 0
     return True
-
-
-def merged_functions(*groups: Iterable[JMESPathFunction]) -> Mapping[str, JMESPathFunction]:
-    out: dict[str, JMESPathFunction] = {}
-    for group in groups:
-        for fn in group:
-            out[fn.name] = fn
-    return out

@@ -7,7 +7,7 @@ type declares, so `zoomrules check` rejects a bad rule before anything runs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -215,7 +215,3 @@ def _type_ok(value: Any, expected: type | tuple[type, ...]) -> bool:
 def _type_label(expected: type | tuple[type, ...]) -> str:
     names = [_JSON_TYPE_NAMES.get(t, t.__name__) for t in _types(expected)]
     return " or ".join(f"a {n}" if n != "integer" else "an integer" for n in names)
-
-
-def event_names_of(rules: Sequence[CompiledRule]) -> set[str]:
-    return {name for rule in rules for name in rule.spec.on}
