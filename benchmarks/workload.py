@@ -102,23 +102,31 @@ def _values(rng: random.Random) -> dict[str, Any]:
 
 
 def rules_toml(
-    rule_count: int, names: list[str], *, glob_share: float = 0.05, seed: int = 7, unique: bool = False
+    rule_count: int,
+    names: list[str],
+    *,
+    glob_share: float = 0.05,
+    seed: int = 7,
+    unique: bool = False,
+    filters: bool = True,
 ) -> str:
     """A rule file of `rule_count` rules spread over `names`.
 
     `unique` makes every condition text different (as in a real large rule
-    file), so nothing is saved by the compiler's per-text cache.
+    file), so nothing is saved by the compiler's per-text cache. `filters`
+    False leaves out the shapes that filter lists (`[?...]`).
     """
+    conditions = [(c, need) for c, need in CONDITIONS if filters or "[?" not in c]
     rng = random.Random(seed)
     examples = corpus()
     globs = sorted({n.split(".")[0] + ".*" for n in names})
     out: list[str] = []
     for index in range(rule_count):
         if rng.random() < glob_share:
-            on, shapes = rng.choice(globs), [c for c, need in CONDITIONS if need is None]
+            on, shapes = rng.choice(globs), [c for c, need in conditions if need is None]
         else:
             on = names[index % len(names)]
-            shapes = [c for c, need in CONDITIONS if need is None or _has(examples[on], need)]
+            shapes = [c for c, need in conditions if need is None or _has(examples[on], need)]
         when = rng.choice(shapes).format(**_values(rng))
         if unique:
             when = f"({when}) && event_ts != `{index}`"
