@@ -212,6 +212,11 @@ def _type_ok(value: Any, expected: type | tuple[type, ...]) -> bool:
     return isinstance(value, types)
 
 
+def param_type_names(expected: type | tuple[type, ...]) -> list[str]:
+    """How a declared parameter type reads in messages and `zoomrules plugins`."""
+    return [_JSON_TYPE_NAMES.get(t, t.__name__) for t in _types(expected)]
+
+
 def _type_label(expected: type | tuple[type, ...]) -> str:
-    names = [_JSON_TYPE_NAMES.get(t, t.__name__) for t in _types(expected)]
+    names = param_type_names(expected)
     return " or ".join(f"a {n}" if n != "integer" else "an integer" for n in names)

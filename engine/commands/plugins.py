@@ -12,19 +12,11 @@ from engine.commands import Command
 from engine.config import read_config
 from engine.hookspecs import Param
 from engine.registry import PluginError, load_registry
+from engine.ruleset import param_type_names
 
 
 def _type_name(param: Param) -> str:
-    types = param.type if isinstance(param.type, tuple) else (param.type,)
-    names = {
-        str: "string",
-        int: "integer",
-        float: "number",
-        bool: "boolean",
-        list: "list",
-        dict: "table",
-    }
-    return "|".join(names.get(t, t.__name__) for t in types)
+    return "|".join(param_type_names(param.type))
 
 
 def handle(args: argparse.Namespace) -> int:
