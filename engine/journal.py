@@ -31,7 +31,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import orjson
@@ -41,6 +41,7 @@ from engine.config import EngineConfig
 from engine.events import Event
 
 log = logging.getLogger("zoomrules.journal")
+T = TypeVar("T")
 
 DB_NAME = "journal.db"
 LOCK_NAME = "journal.lock"
@@ -205,23 +206,43 @@ def _job(row: Sequence[Any]) -> JobRow:
     return JobRow(*row[:10], event=_event(row[10:]))  # type: ignore[misc]
 
 
-#: Ids per `IN (...)` lookup (well under SQLite's bound-parameter limit).
-_IN_CHUNK = 500
+#: Rows per multi-row statement. One statement is one sqlite3_step: the
+#: writer thread releases and re-takes the GIL once per step, and each
+#: re-take can wait for the busy event loop (executemany steps per row).
+_CHUNK = 128
 
+#: Progress of a chunk of jobs (v: one row per job, see `_finished_args`).
 _ACTION_FINISHED = """
+    WITH v(counted, next, attempts, error, now, dead, last, id) AS (VALUES {values})
     UPDATE jobs SET
-        errors = errors + ?1,
-        next_action = ?2,
-        attempts = ?3,
-        last_error = COALESCE(?4, last_error),
-        updated_at = ?5,
+        errors = errors + v.counted,
+        next_action = v.next,
+        attempts = v.attempts,
+        last_error = COALESCE(v.error, last_error),
+        updated_at = v.now,
         state = CASE
-            WHEN ?6 THEN 'dead'
-            WHEN NOT ?7 THEN 'pending'
-            WHEN errors + ?1 > 0 THEN 'failed'
+            WHEN v.dead THEN 'dead'
+            WHEN NOT v.last THEN 'pending'
+            WHEN errors + v.counted > 0 THEN 'failed'
             ELSE 'done' END
-    WHERE id = ?8
+    FROM v WHERE jobs.id = v.id
 """
+
+
+def _chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
+    """`items` in chunks of _CHUNK, then powers of two: few distinct statement
+    texts, so sqlite3's statement cache keeps them prepared."""
+    start = 0
+    size = _CHUNK
+    while start < len(items):
+        while size > len(items) - start:
+            size //= 2
+        yield items[start : start + size]
+        start += size
+
+
+def _values(rows: int, row: str) -> str:
+    return ", ".join([row] * rows)
 
 
 def _finished_args(outcome: ActionOutcome, now: float) -> tuple[Any, ...]:
@@ -420,9 +441,7 @@ class JournalDB:
     def _latest_seen(self, ids: set[str]) -> dict[str, tuple[int, float]]:
         """event_id -> (seq, received_at) of its latest stored row, for the `ids` stored."""
         latest: dict[str, tuple[int, float]] = {}
-        pending = list(ids)
-        for start in range(0, len(pending), _IN_CHUNK):
-            chunk = pending[start : start + _IN_CHUNK]
+        for chunk in _chunks(list(ids)):
             # A bare column next to MAX() comes from the row holding the max.
             for event_id, seq, received_at in self.conn.execute(
                 "SELECT event_id, MAX(seq), received_at FROM events "
@@ -436,10 +455,12 @@ class JournalDB:
         """Insert `rows`; returns the seq of the first (the others follow it)."""
         if not rows:
             return 0
-        self.conn.executemany(
-            "INSERT INTO events (event_id, name, source, received_at, body) VALUES (?, ?, ?, ?, ?)",
-            rows,
-        )
+        for chunk in _chunks(rows):
+            self.conn.execute(
+                "INSERT INTO events (event_id, name, source, received_at, body) VALUES "
+                + _values(len(chunk), "(?, ?, ?, ?, ?)"),
+                [value for row in chunk for value in row],
+            )
         return self._last_rowid() - len(rows) + 1
 
     def _last_rowid(self) -> int:
@@ -482,17 +503,19 @@ class JournalDB:
         executemany inserts are consecutive.
         """
         conn = self.conn
-        conn.executemany(
-            "UPDATE events SET matched = 1 WHERE seq = ?", [(seq,) for seq, _ in firings]
-        )
-        rows = [(seq, rule, now, now) for seq, rules in firings for rule in rules]
+        for chunk in _chunks([seq for seq, _ in firings]):
+            conn.execute(
+                f"UPDATE events SET matched = 1 WHERE seq IN ({','.join('?' * len(chunk))})", chunk
+            )
+        rows = [(seq, rule) for seq, rules in firings for rule in rules]
         if not rows:
             return []
-        conn.executemany(
-            "INSERT INTO jobs (event_seq, rule, state, created_at, updated_at) "
-            "VALUES (?, ?, 'pending', ?, ?)",
-            rows,
-        )
+        for chunk in _chunks(rows):
+            conn.execute(
+                "INSERT INTO jobs (event_seq, rule, state, created_at, updated_at) VALUES "
+                + _values(len(chunk), "(?, ?, 'pending', ?, ?)"),
+                [value for seq, rule in chunk for value in (seq, rule, now, now)],
+            )
         last = self._last_rowid()
         return list(range(last - len(rows) + 1, last + 1))
 
@@ -500,8 +523,27 @@ class JournalDB:
         self.actions_finished([(outcome, now)])
 
     def actions_finished(self, outcomes: Sequence[tuple[ActionOutcome, float]]) -> None:
-        """Record each (outcome, when) in order, as one executemany."""
-        self.conn.executemany(_ACTION_FINISHED, [_finished_args(o, now) for o, now in outcomes])
+        """Record each (outcome, when) in order, a chunk of jobs per statement.
+
+        A job appears at most once per chunk: UPDATE ... FROM would apply
+        only one of two rows for the same job, in no defined order.
+        """
+        chunk: list[tuple[Any, ...]] = []
+        ids: set[int] = set()
+        for outcome, now in outcomes:
+            if outcome.job_id in ids or len(chunk) == _CHUNK:
+                self._update_jobs(chunk)
+                chunk, ids = [], set()
+            chunk.append(_finished_args(outcome, now))
+            ids.add(outcome.job_id)
+        if chunk:
+            self._update_jobs(chunk)
+
+    def _update_jobs(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        self.conn.execute(
+            _ACTION_FINISHED.format(values=_values(len(rows), "(?, ?, ?, ?, ?, ?, ?, ?)")),
+            [value for row in rows for value in row],
+        )
 
     def mark_dead(self, job_id: int, error: str, now: float) -> None:
         self.conn.execute(
@@ -722,6 +764,7 @@ class Journal:
         max_batch: int = 1024,
         commit_delay: float = 0.002,
         hot_window: int = 2048,
+        call_batch: int = 128,
     ) -> None:
         self.db = db
         self.config = config
@@ -731,6 +774,10 @@ class Journal:
         # A plain deque, not a memory object stream: queuing an op is then a
         # list append with no task switch (a stream send cost ~40 us here).
         self._queue: deque[_Op] = deque()
+        #: Calls someone waits for (the consumer's record_jobs is one): they
+        #: jump the queue of appends, see `_collect`.
+        self._calls: deque[_Op] = deque()
+        self.call_batch = call_batch
         self._queue_size = queue_size
         self._closed = False
         #: Set when an op is queued (the writer waits on it when idle).
@@ -761,21 +808,31 @@ class Journal:
                 self._finish(batch)
 
     async def _collect(self) -> list[_Op]:
-        """Wait for ops, linger up to `commit_delay` for more, take up to `max_batch`."""
-        queue = self._queue
-        while not queue:
+        """Wait for ops, linger up to `commit_delay` for more, take a batch.
+
+        A waited-for call goes first, with at most `call_batch` other ops:
+        behind a burst of appends it would otherwise wait for several full
+        batches, and the consumer (waiting for its jobs to be recorded)
+        with it. Jumping ahead is safe: queued appends and action updates
+        are not visible to anyone yet, and every call's subject (committed
+        events, jobs recorded earlier, retry/dead jobs) is not touched by them.
+        """
+        queue, calls = self._queue, self._calls
+        while not queue and not calls:
             if self._closed:
                 return []
             if self._work.is_set():
                 self._work = anyio.Event()
             await self._work.wait()
-        if len(queue) < self.max_batch and not self._urgent.is_set() and not self._closed:
+        if not calls and len(queue) < self.max_batch and not self._closed:
             with anyio.move_on_after(self.commit_delay):
                 await self._urgent.wait()
         if self._urgent.is_set():
             self._urgent = anyio.Event()
-        count = min(len(queue), self.max_batch)
-        batch = [queue.popleft() for _ in range(count)]
+        batch = list(calls)
+        calls.clear()
+        limit = self.call_batch if batch else self.max_batch
+        batch.extend(queue.popleft() for _ in range(min(len(queue), limit)))
         self._space.set()
         return batch
 
@@ -852,10 +909,14 @@ class Journal:
             await self._space.wait()
         if self._closed:
             raise anyio.ClosedResourceError
-        self._queue.append(op)
-        self._work.set()
-        if op.done is not None or len(self._queue) >= self.max_batch:
+        if op.done is not None:
+            self._calls.append(op)
             self._urgent.set()
+        else:
+            self._queue.append(op)
+            if len(self._queue) >= self.max_batch:
+                self._urgent.set()
+        self._work.set()
 
     async def _submit(
         self, fn: Callable[[JournalDB], Any], after: Callable[[Any], None] | None = None
