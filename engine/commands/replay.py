@@ -1,10 +1,22 @@
-"""`zoomrules replay`: feed a JSON-lines file of events through the engine."""
+"""`zoomrules replay`: feed a JSON-lines file of events through the engine.
+
+With `[engine] journal` on, replay honours the daemon's duplicate
+suppression: an event whose id the journal saw within `dedup_window` (or
+that came earlier in the same run) is skipped, and each replayed event is
+recorded in the journal as seen, so a second replay of the file fires
+nothing. Replay uses an existing journal only (it never creates one in
+`state_dir`). Recording takes the journal's lock for each write; while a
+daemon holds it, replay only reads (WAL lets it) and records nothing: the
+daemon's writer owns the file. `--dry-run` never writes.
+"""
 
 from __future__ import annotations
 
 import argparse
 import math
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import IO
 
@@ -14,7 +26,9 @@ import anyio.lowlevel
 from engine.cli import EXIT_FAILURE, EXIT_INVALID, EXIT_OK
 from engine.commands import Command
 from engine.commands.common import iter_jsonl, load_or_report, open_input
-from engine.events import InvalidEvent
+from engine.config import EngineConfig
+from engine.events import Event, InvalidEvent
+from engine.journal import JournalDB, JournalError, exclusive_lock, lock_holder
 from engine.loader import LoadedRules
 from engine.pipeline import Pipeline
 from engine.runtime import open_services, running_pipeline
@@ -39,11 +53,89 @@ class Progress:
             self.stream.flush()
 
 
+class ReplayDedup:
+    """Duplicate suppression for one replay run, against the journal if there is one."""
+
+    def __init__(self, db: JournalDB | None, engine: EngineConfig, *, record: bool) -> None:
+        self.db = db
+        self.state_dir = engine.state_dir
+        self.window = engine.dedup_window
+        self.record_enabled = record and db is not None
+        #: Ids handled in this run (a dry run or an unrecorded run sees them too).
+        self.seen: set[str] = set()
+        self.skipped = 0
+        #: Why the journal is not (fully) used, for the summary.
+        self.notes: list[str] = []
+
+    async def is_duplicate(self, event: Event) -> bool:
+        if self.db is None:
+            return False  # no journal: dedup is the journal's feature
+        duplicate = event.id in self.seen
+        if not duplicate:
+            db = self.db
+            duplicate = await anyio.to_thread.run_sync(
+                lambda: db.seen_recently(event.id, event.received_at, self.window)
+            )
+        if duplicate:
+            self.skipped += 1
+        return duplicate
+
+    async def record(self, event: Event) -> None:
+        """Remember `event` as seen: in this run, and in the journal if we may write."""
+        self.seen.add(event.id)
+        if not self.record_enabled:
+            return
+        if not await anyio.to_thread.run_sync(self._record_locked, event):
+            self.record_enabled = False
+            self.notes.append(
+                f"a zoomrules daemon (pid {lock_holder(self.state_dir)}) holds the journal: "
+                f"events replayed while it runs are not recorded as seen"
+            )
+
+    def _record_locked(self, event: Event) -> bool:
+        # The lock for each write only, so a daemon can start during a long
+        # replay; once it holds the lock its writer alone writes the file.
+        assert self.db is not None
+        with exclusive_lock(self.state_dir) as locked:
+            if not locked:
+                return False
+            with self.db.transaction():
+                self.db.record_seen(event)
+            return True
+
+
+@asynccontextmanager
+async def open_dedup(engine: EngineConfig, *, dry_run: bool) -> AsyncIterator[ReplayDedup | None]:
+    """None with `journal = false`; else dedup against the existing journal, if any."""
+    if not engine.journal:
+        yield None
+        return
+    try:
+        db: JournalDB | None = await anyio.to_thread.run_sync(
+            lambda: JournalDB.open(engine.state_dir, create=False)
+        )
+    except JournalError as exc:
+        yield _without_journal(engine, f"duplicates not checked: {exc}")
+        return
+    assert db is not None
+    try:
+        yield ReplayDedup(db, engine, record=not dry_run)
+    finally:
+        db.close()
+
+
+def _without_journal(engine: EngineConfig, note: str) -> ReplayDedup:
+    dedup = ReplayDedup(None, engine, record=False)
+    dedup.notes.append(note)
+    return dedup
+
+
 async def replay(loaded: LoadedRules, handle: IO[bytes], name: str, *, dry_run: bool) -> dict:
     invalid: list[str] = []
     fired = 0
     progress = Progress(sys.stderr)
     async with (
+        open_dedup(loaded.config.engine, dry_run=dry_run) as dedup,
         open_services(loaded.config) as services,
         running_pipeline(loaded, services, grace=math.inf) as pipeline,
     ):
@@ -51,6 +143,11 @@ async def replay(loaded: LoadedRules, handle: IO[bytes], name: str, *, dry_run: 
             if isinstance(item, InvalidEvent):
                 invalid.append(str(item))
                 continue
+            if dedup is not None:
+                if await dedup.is_duplicate(item):
+                    continue
+                # Recorded before its actions start, as the daemon journals.
+                await dedup.record(item)
             if dry_run:
                 rules = pipeline.select(item)
                 fired += len(rules)
@@ -61,12 +158,17 @@ async def replay(loaded: LoadedRules, handle: IO[bytes], name: str, *, dry_run: 
             progress.update(pipeline.stats.events, fired)
             await anyio.lowlevel.checkpoint()
     progress.done()
-    return summarise(pipeline, invalid, dry_run)
+    return summarise(pipeline, invalid, dry_run, dedup)
 
 
-def summarise(pipeline: Pipeline, invalid: list[str], dry_run: bool) -> dict:
+def summarise(
+    pipeline: Pipeline, invalid: list[str], dry_run: bool, dedup: ReplayDedup | None = None
+) -> dict:
     stats = pipeline.dispatcher.stats
     return {
+        # None: `[engine] journal = false`, duplicates are not looked for.
+        "duplicates_skipped": None if dedup is None or dedup.db is None else dedup.skipped,
+        "dedup_notes": [] if dedup is None else dedup.notes,
         "events": pipeline.stats.events,
         "invalid_lines": invalid,
         "fired": dict(stats.fired_by_rule),
@@ -84,6 +186,10 @@ def print_summary(summary: dict) -> None:
     print(f"replayed {summary['events']} events{mode}")
     for line in summary["invalid_lines"]:
         print(f"  skipped invalid line: {line}")
+    if summary["duplicates_skipped"] is not None:
+        print(f"{summary['duplicates_skipped']} duplicates skipped (seen within dedup_window)")
+    for note in summary["dedup_notes"]:
+        print(f"  note: {note}")
     if summary["fired"]:
         print("rules fired:")
         for rule, count in summary["fired"].items():
