@@ -496,11 +496,16 @@ class JournalDB:
 
     # -- jobs -----------------------------------------------------------------
 
-    def record_jobs(self, firings: Sequence[tuple[int, Sequence[str]]], now: float) -> list[int]:
+    def record_jobs(
+        self, firings: Sequence[tuple[int, Sequence[str]]], now: float, first_id: int | None = None
+    ) -> list[int]:
         """Mark events matched and add their jobs as pending; returns the job ids in order.
 
-        Inside a transaction (see `append_events`): the ids of the rows one
-        executemany inserts are consecutive.
+        With `first_id`, the jobs get the ids `first_id, first_id + 1, ...`
+        (the daemon hands them out itself, see `Journal.queue_jobs`);
+        otherwise SQLite assigns them: inside a transaction (see
+        `append_events`) the ids of the rows one statement inserts are
+        consecutive.
         """
         conn = self.conn
         for chunk in _chunks([seq for seq, _ in firings]):
@@ -510,6 +515,15 @@ class JournalDB:
         rows = [(seq, rule) for seq, rules in firings for rule in rules]
         if not rows:
             return []
+        if first_id is not None:
+            ids = list(range(first_id, first_id + len(rows)))
+            for chunk in _chunks(list(zip(ids, rows, strict=True))):
+                conn.execute(
+                    "INSERT INTO jobs (id, event_seq, rule, state, created_at, updated_at) VALUES "
+                    + _values(len(chunk), "(?, ?, ?, 'pending', ?, ?)"),
+                    [v for job_id, (seq, rule) in chunk for v in (job_id, seq, rule, now, now)],
+                )
+            return ids
         for chunk in _chunks(rows):
             conn.execute(
                 "INSERT INTO jobs (event_seq, rule, state, created_at, updated_at) VALUES "
@@ -792,6 +806,8 @@ class Journal:
         self._new_events = False
         #: Set (and replaced) after each commit that stored new events.
         self.changed = anyio.Event()
+        #: Next job id to hand out (`queue_jobs`); read from the database once.
+        self._next_job_id: int | None = None
 
     # -- writer ----------------------------------------------------------------
 
@@ -967,9 +983,29 @@ class Journal:
         return result
 
     async def record_jobs(self, firings: Sequence[tuple[int, Sequence[str]]]) -> list[int]:
+        """Record jobs and wait for the commit; returns their ids."""
         now = time.time()
         ids: list[int] = await self.call(lambda db: db.record_jobs(firings, now))
         return ids
+
+    async def queue_jobs(self, firings: Sequence[tuple[int, Sequence[str]]]) -> list[int]:
+        """Queue the jobs' `pending` rows without waiting for their commit.
+
+        The ids are handed out here (this process is the journal's only
+        writer: the state-directory lock), so the jobs can start at once.
+        Ordering keeps this safe: the writer commits ops in queue order, so
+        a job's `pending` row always commits before its outcome; and if the
+        process dies before that commit, the event is still unmatched in the
+        journal, so the next start matches it again and runs its jobs
+        (at least once).
+        """
+        count = sum(len(rules) for _, rules in firings)
+        if self._next_job_id is None:
+            self._next_job_id = await self.call(lambda db: db.max_job_id()) + 1
+        first, self._next_job_id = self._next_job_id, self._next_job_id + count
+        now = time.time()
+        await self._submit(lambda db: db.record_jobs(firings, now, first))
+        return list(range(first, first + count))
 
     async def action_finished(self, outcome: ActionOutcome) -> None:
         await self._put(_Op(_FINISHED, (outcome, time.time())))

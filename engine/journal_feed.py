@@ -125,9 +125,11 @@ class JournalFeed:
 
     async def _process(self, batch: Sequence[StoredEvent]) -> None:
         fired = [(stored, self.pipeline.select(stored.event)) for stored in batch]
-        # The jobs are durable before any of their actions starts.
+        # The events are durable already; the jobs' pending rows are queued
+        # ahead of anything their actions record (see Journal.queue_jobs), so
+        # the jobs need not wait for that commit.
         ids = iter(
-            await self.journal.record_jobs(
+            await self.journal.queue_jobs(
                 [(stored.seq, [rule.name for rule in rules]) for stored, rules in fired]
             )
         )
