@@ -179,8 +179,8 @@ def write_results(figures: dict[str, float], count: int, rules: int, rounds: int
         statements (one dedup lookup, one insert per 128 events or jobs, one update
         per 128 action results), about 45 us of SQLite work per event uncontended;
         its Python parts share the GIL with the event loop, which does the listener,
-        matching and dispatch. The consumer waits for the commit of each batch's
-        jobs before submitting them (jobs are durable before their actions start).
+        matching and dispatch. Events are committed before they are matched; jobs
+        start once their pending rows are queued (committed in queue order).
         Measured on a shared 2-core machine with other work running; figures vary
         by 20% or more between runs.
         """
