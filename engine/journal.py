@@ -808,6 +808,9 @@ class Journal:
         self.changed = anyio.Event()
         #: Next job id to hand out (`queue_jobs`); read from the database once.
         self._next_job_id: int | None = None
+        #: Read-only connection for reading events back (`unmatched`).
+        self._reader: JournalDB | None = None
+        self._read_limiter = anyio.CapacityLimiter(1)
 
     # -- writer ----------------------------------------------------------------
 
@@ -979,8 +982,32 @@ class Journal:
         return out
 
     async def unmatched(self, after_seq: int, limit: int) -> list[StoredEvent]:
-        result: list[StoredEvent] = await self.call(lambda db: db.unmatched(after_seq, limit))
-        return result
+        """Committed, unmatched events after `after_seq`, read back from disk.
+
+        Through a second, read-only connection: WAL lets it read committed
+        rows while the writer is busy with its next batch, so a consumer
+        that fell behind does not queue behind a thousand appends for every
+        read. Only this one task reads through it.
+        """
+        if self._reader is None:
+            self._reader = await anyio.to_thread.run_sync(self._open_reader)
+        reader = self._reader
+        rows: list[StoredEvent] = await anyio.to_thread.run_sync(
+            lambda: reader.unmatched(after_seq, limit), limiter=self._read_limiter
+        )
+        return rows
+
+    def _open_reader(self) -> JournalDB:
+        conn = sqlite3.connect(
+            f"file:{self.db.path}?mode=ro", uri=True, isolation_level=None,
+            check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000,
+        )  # fmt: skip
+        return JournalDB(conn, self.db.path)
+
+    def close_reader(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
     async def record_jobs(self, firings: Sequence[tuple[int, Sequence[str]]]) -> list[int]:
         """Record jobs and wait for the commit; returns their ids."""
@@ -1030,8 +1057,8 @@ async def open_journal(config: EngineConfig, **options: Any) -> AsyncIterator[Jo
                 f"{state_dir}; two daemons must not share a state directory"
             )
         db = await anyio.to_thread.run_sync(lambda: JournalDB.open(state_dir))
+        journal = Journal(db, config, **options)
         try:
-            journal = Journal(db, config, **options)
             async with anyio.create_task_group() as tg:
                 await tg.start(journal.run)
                 try:
@@ -1040,4 +1067,5 @@ async def open_journal(config: EngineConfig, **options: Any) -> AsyncIterator[Jo
                     with anyio.CancelScope(shield=True):
                         await journal.close()
         finally:
+            journal.close_reader()
             db.close()
