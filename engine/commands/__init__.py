@@ -17,16 +17,12 @@ class Command:
 
 
 def _all() -> list[Command]:
-    from engine.commands import check, dlq, journal, plugins, replay, test
+    from engine.commands import check, demo, dlq, journal, plugins, replay, run, test
 
-    commands = [
-        check.COMMAND, test.COMMAND, replay.COMMAND, plugins.COMMAND, dlq.COMMAND, journal.COMMAND,
+    return [
+        run.COMMAND, check.COMMAND, test.COMMAND, replay.COMMAND, plugins.COMMAND,
+        dlq.COMMAND, journal.COMMAND, demo.COMMAND,
     ]  # fmt: skip
-    try:
-        from engine.commands import demo, run
-    except ImportError:  # pragma: no cover - while the daemon modules are absent
-        return commands
-    return [run.COMMAND, *commands, demo.COMMAND]
 
 
 COMMANDS = _all()
