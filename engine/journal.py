@@ -491,9 +491,6 @@ class JournalDB:
         ).fetchall()
         return [StoredEvent(row[0], _event(row[1:])) for row in rows]
 
-    def count_unmatched(self) -> int:
-        return self.conn.execute("SELECT COUNT(*) FROM events WHERE matched = 0").fetchone()[0]
-
     # -- jobs -----------------------------------------------------------------
 
     def record_jobs(
@@ -1008,12 +1005,6 @@ class Journal:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
-
-    async def record_jobs(self, firings: Sequence[tuple[int, Sequence[str]]]) -> list[int]:
-        """Record jobs and wait for the commit; returns their ids."""
-        now = time.time()
-        ids: list[int] = await self.call(lambda db: db.record_jobs(firings, now))
-        return ids
 
     async def queue_jobs(self, firings: Sequence[tuple[int, Sequence[str]]]) -> list[int]:
         """Queue the jobs' `pending` rows without waiting for their commit.
