@@ -54,7 +54,10 @@ async def run_demo(duration: float | None, step: float = STEP) -> Daemon:
                 tg.start_soon(daemon.run)
                 with anyio.move_on_after(duration):
                     await sim.wait_connected(timeout=10)
-                    print(f"demo: simulator on {sim.ws_endpoint.split('?')[0]}; daemon connected\n", flush=True)
+                    print(
+                        f"demo: simulator on {sim.ws_endpoint.split('?')[0]}; daemon connected\n",
+                        flush=True,
+                    )
                     for event in demo_events():
                         await anyio.sleep(step)
                         await sim.send_event(event)

@@ -13,11 +13,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
-    source = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT.parent / "shared/zoom/events/index.json"
+    source = (
+        Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT.parent / "shared/zoom/events/index.json"
+    )
     index = json.loads(source.read_text())
     names = sorted({event for product in index["products"].values() for event in product["events"]})
     out = ROOT / "engine/data/zoom_events.json"
-    out.write_text(json.dumps({"source": "shared/zoom/events/index.json", "events": names}, indent=0) + "\n")
+    out.write_text(
+        json.dumps({"source": "shared/zoom/events/index.json", "events": names}, indent=0) + "\n"
+    )
     print(f"{len(names)} event names -> {out}")
 
 

@@ -29,5 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 COMMAND = Command(
-    "demo", "run the daemon against a built-in Zoom simulator", handle, add_arguments, needs_config=False
+    "demo",
+    "run the daemon against a built-in Zoom simulator",
+    handle,
+    add_arguments,
+    needs_config=False,
 )
