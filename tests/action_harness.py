@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
 
+from anyio.abc import ByteReceiveStream
+
 from engine.config import ActionSpec
 from engine.expressions import ExpressionCompiler
 from engine.hookspecs import ActionType
@@ -44,3 +46,17 @@ def render(
 ) -> dict[str, Any]:
     """What the engine hands `run`: rendered params, raw ones compiled, defaults filled."""
     return compile_params(plugin, params).render(root)
+
+
+async def read_http_request(stream: ByteReceiveStream) -> tuple[str, str, dict[str, str], bytes]:
+    """(method, target, lower-cased headers, body) of one HTTP/1.1 request, for loopback receivers."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += await stream.receive()
+    head, body = data.split(b"\r\n\r\n", 1)
+    request_line, *header_lines = head.decode().split("\r\n")
+    headers = {k.lower(): v.strip() for k, v in (h.split(":", 1) for h in header_lines)}
+    while len(body) < int(headers.get("content-length", "0")):
+        body += await stream.receive()
+    method, target, _ = request_line.split(" ", 2)
+    return method, target, headers, body

@@ -15,7 +15,7 @@ import anyio
 import anyio.abc
 import httpx
 import pytest
-from action_harness import action_type, render
+from action_harness import action_type, read_http_request, render
 
 from engine.events import Event
 from engine.hookspecs import ActionContext, ActionError
@@ -59,15 +59,7 @@ class Server:
 
     async def handle(self, stream: anyio.abc.SocketStream) -> None:
         async with stream:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                data += await stream.receive()
-            head, body = data.split(b"\r\n\r\n", 1)
-            request_line, *header_lines = head.decode().split("\r\n")
-            headers = {k.lower(): v.strip() for k, v in (h.split(":", 1) for h in header_lines)}
-            while len(body) < int(headers.get("content-length", "0")):
-                body += await stream.receive()
-            method, target, _ = request_line.split(" ")
+            method, target, headers, body = await read_http_request(stream)
             self.received.append(Received(method, target, headers, body))
             reply = self.replies.popleft() if self.replies else Reply(200)
             extra = "".join(f"{k}: {v}\r\n" for k, v in reply.headers.items())

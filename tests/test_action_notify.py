@@ -18,7 +18,7 @@ import anyio
 import anyio.abc
 import httpx
 import pytest
-from action_harness import action_type, render
+from action_harness import action_type, read_http_request, render
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from engine.events import Event
@@ -68,15 +68,7 @@ class Receiver:
 
     async def handle(self, stream: anyio.abc.SocketStream) -> None:
         async with stream:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                data += await stream.receive()
-            head, body = data.split(b"\r\n\r\n", 1)
-            request_line, *header_lines = head.decode().split("\r\n")
-            headers = {k.lower(): v.strip() for k, v in (h.split(":", 1) for h in header_lines)}
-            while len(body) < int(headers.get("content-length", "0")):
-                body += await stream.receive()
-            path = request_line.split(" ")[1]
+            _, path, headers, body = await read_http_request(stream)
             self.received.append(Received(path, headers.get("content-type", ""), body))
             status = "500 Internal Server Error" if path in self.failing else "200 OK"
             await stream.send(
