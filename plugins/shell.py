@@ -217,15 +217,20 @@ async def _run_process(
     stdin: bytes | None,
 ) -> tuple[int, _Capture, _Capture]:
     try:
-        process = await anyio.open_process(
-            argv,
-            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=cwd,
-            env=env,
-            start_new_session=True,
-        )
+        # Shielded: the child runs (and may start children of its own) before
+        # open_process returns. Cancelled in between, asyncio would kill only
+        # the child itself and leave its process group behind; shielded, the
+        # cancellation lands below, where `kill_group` takes the whole group.
+        with anyio.CancelScope(shield=True):
+            process = await anyio.open_process(
+                argv,
+                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=cwd,
+                env=env,
+                start_new_session=True,
+            )
     except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
         raise ActionError(f"cannot start {argv[0]!r}: {exc.strerror}", retryable=False) from None
     except ValueError as exc:  # e.g. a NUL byte in an argument

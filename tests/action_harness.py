@@ -7,17 +7,22 @@ so a plugin test sees what `run` gets in the daemon.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from types import ModuleType
 from typing import Any
 
-from anyio.abc import ByteReceiveStream
+import anyio
+from anyio.abc import ByteReceiveStream, SocketAttribute, SocketStream
 
 from engine.config import ActionSpec
+from engine.events import Event
 from engine.expressions import ExpressionCompiler
-from engine.hookspecs import ActionType
+from engine.hookspecs import ActionContext, ActionType
 from engine.registry import load_registry
 from engine.ruleset import CompiledAction, _compile_action
+from engine.services import Services
 
 
 def action_type(plugin: ModuleType) -> ActionType:
@@ -60,3 +65,54 @@ async def read_http_request(stream: ByteReceiveStream) -> tuple[str, str, dict[s
         body += await stream.receive()
     method, target, _ = request_line.split(" ", 2)
     return method, target, headers, body
+
+
+def action_context(
+    event: Event,
+    services: Services,
+    *,
+    rule: str = "test-rule",
+    action_index: int = 0,
+    attempt: int = 1,
+    state: dict[str, Any] | None = None,
+    log: str = "test.action",
+) -> ActionContext:
+    """The context the dispatcher would hand `run` for this event."""
+    return ActionContext(
+        event=event, rule=rule, action_index=action_index, attempt=attempt, root=event.root(),
+        services=services, log=logging.getLogger(log), state={} if state is None else state,
+    )  # fmt: skip
+
+
+async def run_action(
+    plugin: ModuleType,
+    services: Services,
+    params: Mapping[str, Any],
+    event: Event,
+    *,
+    action_index: int = 0,
+    attempt: int = 1,
+) -> Any:
+    """Render `params` as the engine does and run `plugin`'s action once."""
+    ctx = action_context(
+        event, services, action_index=action_index, attempt=attempt, log=f"test.{plugin.__name__}"
+    )
+    return await action_type(plugin).run(render(plugin, params, ctx.root), ctx)
+
+
+async def unused_port() -> int:
+    """A loopback port nobody listens on (bound, then released)."""
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port: int = listener.extra(SocketAttribute.local_port)
+    await listener.aclose()
+    return port
+
+
+@asynccontextmanager
+async def serve_tcp(handler: Callable[[SocketStream], Awaitable[None]]) -> AsyncIterator[int]:
+    """Serve `handler` on 127.0.0.1 (a free port, yielded) for the block."""
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, handler)
+        yield listener.extra(SocketAttribute.local_port)
+        tg.cancel_scope.cancel()

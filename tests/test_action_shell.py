@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 import os
 import shlex
 import sys
@@ -17,10 +16,10 @@ import anyio
 import httpx
 import psutil
 import pytest
-from action_harness import action_type, render
+from action_harness import action_type, run_action
 
 from engine.events import Event
-from engine.hookspecs import ActionContext, ActionError
+from engine.hookspecs import ActionError
 from engine.services import Services
 from plugins import shell
 
@@ -72,18 +71,7 @@ def meeting_event(**object_fields: Any) -> Event:
 async def run_shell(
     services: Services, params: Mapping[str, Any], event: Event | None = None
 ) -> dict[str, Any]:
-    event = event or meeting_event()
-    root = event.root()
-    ctx = ActionContext(
-        event=event,
-        rule="test-rule",
-        action_index=0,
-        attempt=1,
-        root=root,
-        services=services,
-        log=logging.getLogger("test.shell"),
-    )
-    result: dict[str, Any] = await shell.run(render(shell, params, root), ctx)
+    result: dict[str, Any] = await run_action(shell, services, params, event or meeting_event())
     return result
 
 
@@ -195,6 +183,41 @@ async def test_cancel_kills_whole_process_group(
             assert len(live_group_members(pgid)) >= 1
             holder[0].cancel()
     assert finished
+    assert live_group_members(pgid) == []
+
+
+@pytest.mark.anyio
+async def test_cancel_while_the_process_is_starting_still_kills_its_group(
+    services: Services, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The child runs (and starts children) before open_process returns; a
+    # timeout landing in that window must still take the whole group.
+    monkeypatch.setattr(shell, "TERM_GRACE", 0.3)
+    fifo = tmp_path / "pid"
+    os.mkfifo(fifo)
+    script = f"sleep 300 & sleep 300 & echo $$ > {shlex.quote(str(fifo))}; wait"
+    real_open_process = anyio.open_process
+    cancelled = anyio.Event()
+
+    async def slow_open_process(*args: Any, **kwargs: Any) -> anyio.abc.Process:
+        process = await real_open_process(*args, **kwargs)
+        await cancelled.wait()  # still "starting" when the cancellation arrives
+        return process
+
+    monkeypatch.setattr(shell.anyio, "open_process", slow_open_process)
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            scope = anyio.CancelScope()
+
+            async def run_until_cancelled() -> None:
+                with scope:
+                    await run_shell(services, {"command": ["sh", "-c", script]})
+
+            tg.start_soon(run_until_cancelled)
+            pgid = await _pid_from_fifo(fifo)
+            scope.cancel()
+            cancelled.set()
+    assert scope.cancelled_caught
     assert live_group_members(pgid) == []
 
 
