@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import types
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
@@ -15,10 +14,10 @@ import anyio
 import anyio.abc
 import httpx
 import pytest
-from action_harness import action_type, read_http_request, render
+from action_harness import action_type, read_http_request, run_action, serve_tcp, unused_port
 
 from engine.events import Event
-from engine.hookspecs import ActionContext, ActionError
+from engine.hookspecs import ActionError
 from engine.services import Services
 from plugins import http
 
@@ -73,12 +72,8 @@ class Server:
 @pytest.fixture
 async def server() -> AsyncIterator[Server]:
     srv = Server()
-    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
-    srv.port = listener.extra(anyio.abc.SocketAttribute.local_port)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(listener.serve, srv.handle)
+    async with serve_tcp(srv.handle) as srv.port:
         yield srv
-        tg.cancel_scope.cancel()
 
 
 @pytest.fixture
@@ -89,17 +84,9 @@ async def services() -> AsyncIterator[Services]:
 
 async def call(services: Services, params: Mapping[str, Any], attempt: int = 1) -> dict[str, Any]:
     ev = Event.from_body(EXAMPLES["meeting.participant_joined"]["example"], source="test")
-    root = ev.root()
-    ctx = ActionContext(
-        event=ev,
-        rule="test-rule",
-        action_index=1,
-        attempt=attempt,
-        root=root,
-        services=services,
-        log=logging.getLogger("test.http"),
+    result: dict[str, Any] = await run_action(
+        http, services, params, ev, action_index=1, attempt=attempt
     )
-    result: dict[str, Any] = await http.run(render(http, params, root), ctx)
     return result
 
 
@@ -194,9 +181,7 @@ async def test_expect(server: Server, services: Services) -> None:
 
 @pytest.mark.anyio
 async def test_connection_refused_is_retryable(services: Services) -> None:
-    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
-    port = listener.extra(anyio.abc.SocketAttribute.local_port)
-    await listener.aclose()
+    port = await unused_port()
     with pytest.raises(ActionError) as info:
         await call(services, {"url": f"http://127.0.0.1:{port}/"})
     assert info.value.retryable

@@ -6,7 +6,6 @@ import asyncio
 import email
 import email.policy
 import json
-import logging
 import types
 import urllib.parse
 from collections.abc import AsyncIterator, Mapping
@@ -18,7 +17,7 @@ import anyio
 import anyio.abc
 import httpx
 import pytest
-from action_harness import action_type, read_http_request, render
+from action_harness import action_context, action_type, read_http_request, render, serve_tcp
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from engine.events import Event
@@ -79,12 +78,8 @@ class Receiver:
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
     srv = Receiver()
-    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
-    srv.port = listener.extra(anyio.abc.SocketAttribute.local_port)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(listener.serve, srv.handle)
+    async with serve_tcp(srv.handle) as srv.port:
         yield srv
-        tg.cancel_scope.cancel()
 
 
 class MailSink:
@@ -124,15 +119,8 @@ def context(
     services: Services, attempt: int = 1, state: dict[str, Any] | None = None
 ) -> ActionContext:
     ev = Event.from_body(EXAMPLES["meeting.participant_joined"]["example"], source="test")
-    return ActionContext(
-        event=ev,
-        rule="vip-joined",
-        action_index=0,
-        attempt=attempt,
-        root=ev.root(),
-        services=services,
-        log=logging.getLogger("test.notify"),
-        state={} if state is None else state,
+    return action_context(
+        ev, services, rule="vip-joined", attempt=attempt, state=state, log="test.notify"
     )
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import email.utils
 import json
-import logging
 import time
 import types
 from collections.abc import AsyncIterator, Mapping
@@ -17,11 +16,11 @@ import anyio
 import anyio.abc
 import httpx
 import pytest
-from action_harness import action_type, render
+from action_harness import action_type, run_action, serve_tcp, unused_port
 
 from engine.auth import TokenManager
 from engine.events import Event
-from engine.hookspecs import ActionContext, ActionError
+from engine.hookspecs import ActionError
 from engine.services import Services
 from engine.simulator import SimResponse, Simulator
 from plugins import zoom_api
@@ -97,18 +96,9 @@ def event(name: str = "meeting.started", **object_fields: Any) -> Event:
 async def call(
     services: Services, params: Mapping[str, Any], ev: Event | None = None, attempt: int = 1
 ) -> dict[str, Any]:
-    ev = ev or event()
-    root = ev.root()
-    ctx = ActionContext(
-        event=ev,
-        rule="test-rule",
-        action_index=0,
-        attempt=attempt,
-        root=root,
-        services=services,
-        log=logging.getLogger("test.zoom_api"),
+    result: dict[str, Any] = await run_action(
+        zoom_api, services, params, ev or event(), attempt=attempt
     )
-    result: dict[str, Any] = await zoom_api.run(render(zoom_api, params, root), ctx)
     return result
 
 
@@ -279,9 +269,7 @@ async def test_without_credentials() -> None:
 
 @pytest.mark.anyio
 async def test_network_error_is_retryable(env: Env) -> None:
-    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
-    port = listener.extra(anyio.abc.SocketAttribute.local_port)
-    await listener.aclose()  # a port nobody listens on
+    port = await unused_port()
     env.services.config = zoom_config(f"http://127.0.0.1:{port}/v2")
     with pytest.raises(ActionError) as info:
         await call(env.services, {"path": "/users/me"})
@@ -315,12 +303,8 @@ class RawServer:
 @pytest.fixture
 async def raw_server() -> AsyncIterator[RawServer]:
     server = RawServer()
-    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
-    server.port = listener.extra(anyio.abc.SocketAttribute.local_port)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(listener.serve, server.handle)
+    async with serve_tcp(server.handle) as server.port:
         yield server
-        tg.cancel_scope.cancel()
 
 
 class StaticTokens:
