@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import sqlite3
 import subprocess
@@ -25,6 +24,7 @@ import anyio
 from anyio.abc import SocketAttribute, SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 from conftest import ROOT, example, write_rules
+from daemon_process import poll_until, simulator_env
 
 from engine.simulator import Simulator
 
@@ -33,9 +33,7 @@ IDEMPOTENCY_HEADER = "x-idempotency-key"
 
 async def wait_until(predicate: Callable[[], bool], timeout: float, what: str = "") -> None:
     """Poll a condition that has no event to wait on (another process's state)."""
-    with anyio.fail_after(timeout):
-        while not predicate():  # noqa: ASYNC110 - another process's state: nothing to wait on
-            await anyio.sleep(0.02)
+    await poll_until(predicate, timeout)
 
 
 class Target:
@@ -172,16 +170,7 @@ on   = ["meeting.started"]
 
 
 def daemon_env(sim: Simulator, state_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ZOOM", "PYTHON"))}
-    env.update(
-        ZOOM_CLIENT_ID=sim.client_id,
-        ZOOM_CLIENT_SECRET=sim.client_secret,
-        ZOOM_OAUTH_URL=sim.oauth_url,
-        ZOOM_WS_ENDPOINT=sim.ws_endpoint,
-        ZOOM_API_BASE_URL=sim.api_base_url,
-        ZOOMRULES_STATE_DIR=str(state_dir),
-    )
-    return env
+    return simulator_env(sim, state_dir)
 
 
 class DaemonProcess:
