@@ -15,13 +15,16 @@ as jmespath does.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import jmespath
 import jmespath.functions
 from jmespath import exceptions
+from jmespath.parser import ParsedResult
 
 from engine.hookspecs import JMESPathFunction
+from engine.prefilter import find_guard
 
 Search = Callable[[Any], Any]
 Evaluator = Literal["compiled", "interpreter"]
@@ -60,6 +63,16 @@ def _known_function_names(tree: dict[str, Any]) -> Iterable[str]:
                 stack.append(child)
 
 
+@dataclass(frozen=True, slots=True)
+class Guard:
+    """A condition's leading equality test, ready to evaluate (see engine.prefilter)."""
+
+    key: str
+    search: Search
+    values: frozenset[Any]
+    exact: bool
+
+
 class ExpressionCompiler:
     """Compiles expression text once; caches by text."""
 
@@ -77,6 +90,9 @@ class ExpressionCompiler:
         )
         self._builtin_names = set(jmespath.functions.Functions.FUNCTION_TABLE)
         self._cache: dict[str, Search] = {}
+        #: Parsed ASTs by text, for `guard`.
+        self._trees: dict[str, dict[str, Any]] = {}
+        self._guard_searches: dict[str, Search] = {}
 
     def compile(self, text: str) -> Search:
         """Compile `text`, raising ExpressionError with a readable message."""
@@ -96,7 +112,29 @@ class ExpressionCompiler:
             raise ExpressionError(f"unknown function: {', '.join(n + '()' for n in unknown)}")
         search = self._build(text, parsed)
         self._cache[text] = search
+        self._trees[text] = parsed.parsed
         return search
+
+    def guard(self, text: str) -> Guard | None:
+        """The equality test `text` starts with, if the matcher can share it.
+
+        `text` must have been compiled already.
+        """
+        tree = self._trees.get(text)
+        if tree is None:
+            return None
+        shape = find_guard(tree, self._is_pure)
+        if shape is None:
+            return None
+        search = self._guard_searches.get(shape.key)
+        if search is None:
+            parsed = ParsedResult(f"<guard of {text}>", shape.node)
+            search = self._guard_searches[shape.key] = self._build(parsed.expression, parsed)
+        return Guard(shape.key, search, shape.values, shape.exact)
+
+    def _is_pure(self, name: str) -> bool:
+        custom = self.functions.get(name)
+        return custom.pure if custom is not None else name in self._builtin_names
 
     def _build(self, text: str, parsed: Any) -> Search:
         if self.evaluator == "compiled":

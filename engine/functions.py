@@ -97,11 +97,13 @@ def _email_domain(address: Any) -> str | None:
 
 
 BUILTIN_FUNCTIONS: tuple[JMESPathFunction, ...] = (
-    JMESPathFunction("lower", _lower, [_STRING], "lower-case a string", "engine"),
-    JMESPathFunction("upper", _upper, [_STRING], "upper-case a string", "engine"),
-    JMESPathFunction("trim", _trim, [_STRING], "strip leading/trailing whitespace", "engine"),
+    JMESPathFunction("lower", _lower, [_STRING], "lower-case a string", "engine", pure=True),
+    JMESPathFunction("upper", _upper, [_STRING], "upper-case a string", "engine", pure=True),
     JMESPathFunction(
-        "split", _split, [_STRING, _STRING], "split(s, sep) -> list of strings", "engine"
+        "trim", _trim, [_STRING], "strip leading/trailing whitespace", "engine", pure=True
+    ),
+    JMESPathFunction(
+        "split", _split, [_STRING, _STRING], "split(s, sep) -> list of strings", "engine", pure=True
     ),
     JMESPathFunction(
         "regex_match",
@@ -109,6 +111,7 @@ BUILTIN_FUNCTIONS: tuple[JMESPathFunction, ...] = (
         [_STRING, _STRING],
         "true when Python's re.search finds pattern in subject",
         "engine",
+        pure=True,
     ),
     JMESPathFunction(
         "glob_match",
@@ -116,14 +119,18 @@ BUILTIN_FUNCTIONS: tuple[JMESPathFunction, ...] = (
         [_STRING, _STRING],
         "case-sensitive shell-style match of the whole subject",
         "engine",
+        pure=True,
     ),
     JMESPathFunction("now", _now, [], "current time, epoch seconds", "engine"),
-    JMESPathFunction("to_epoch", _to_epoch, [_STRING], "ISO 8601 time -> epoch seconds", "engine"),
+    JMESPathFunction(
+        "to_epoch", _to_epoch, [_STRING], "ISO 8601 time -> epoch seconds", "engine", pure=True
+    ),
     JMESPathFunction(
         "email_domain",
         _email_domain,
         [_ANY],
         "lower-cased domain of an e-mail address, or null",
         "engine",
+        pure=True,
     ),
 )

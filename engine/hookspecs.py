@@ -118,6 +118,11 @@ class JMESPathFunction:
     `{"types": ["string", "null", ...]}` (empty list = any type), the last
     optionally `"variadic": True`. Arguments are type-checked before `func`
     is called, exactly as for JMESPath's built-in functions.
+
+    `pure` declares that the result depends only on the arguments (no clock,
+    no randomness, no side effects). The matcher may then evaluate a test
+    that several rules share once per event instead of once per rule (see
+    docs/performance.md); leave it False when in doubt.
     """
 
     name: str
@@ -125,6 +130,7 @@ class JMESPathFunction:
     signature: Sequence[Mapping[str, Any]]
     help: str = ""
     plugin: str = field(default="", compare=False)
+    pure: bool = False
 
 
 class ZoomrulesSpec:

@@ -663,6 +663,9 @@ def _is_boolean_node(node: Node, custom: Mapping[str, JMESPathFunction]) -> bool
     kind = node["type"]
     if kind in ("comparator", "not_expression"):
         return True
+    if kind in ("and_expression", "or_expression"):
+        # `a && b` / `a || b` evaluate to one of their operands.
+        return all(_is_boolean_node(child, custom) for child in node["children"])
     if kind == "literal":
         return node["value"] is None or isinstance(node["value"], bool)
     return (

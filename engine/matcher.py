@@ -4,6 +4,13 @@ Rules are indexed by exact event name; rules with a glob in `on` sit in a
 separate list. For each event name we compute once (and cache) the enabled
 rules that can apply, in file order, so an event only evaluates the
 conditions of rules that can fire on it.
+
+Per event, work is shared across those rules: rules with the same condition
+text share one evaluation (the compiler hands them the same function), and
+rules whose condition starts with an equality test on the same expression
+(engine.prefilter) share one evaluation of that expression, after which each
+such rule costs one set lookup. Both are exact: file order, `stop`, results
+and reported errors are those of evaluating every rule in turn.
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -33,6 +40,63 @@ SkipReason = Literal["disabled", "event", "condition", "error", "stopped"]
 
 def is_glob(pattern: str) -> bool:
     return not _GLOB_CHARS.isdisjoint(pattern)
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """One candidate rule in an event name's plan."""
+
+    rule: CompiledRule
+    #: Index of the rule's condition in the per-event results (-1: none).
+    condition: int
+    #: Index of its guard's value in the per-event guard values (-1: none).
+    guard: int
+    values: frozenset[Any]
+    #: The guard alone decides the condition.
+    exact: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    steps: tuple[_Step, ...]
+    conditions: tuple[Callable[[Any], Any], ...]
+    guards: tuple[Callable[[Any], Any], ...]
+
+
+#: Marks a per-event slot not evaluated yet.
+_UNSET: Any = object()
+
+
+class _Raised:
+    """A shared evaluation that raised (each rule sharing it reports it)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _plan(rules: Sequence[CompiledRule]) -> _Plan:
+    conditions: dict[int, int] = {}
+    condition_list: list[Callable[[Any], Any]] = []
+    guards: dict[str, int] = {}
+    guard_list: list[Callable[[Any], Any]] = []
+    steps = []
+    for rule in rules:
+        condition = guard = -1
+        if rule.condition is not None:
+            condition = conditions.setdefault(id(rule.condition), len(condition_list))
+            if condition == len(condition_list):
+                condition_list.append(rule.condition)
+        values: frozenset[Any] = frozenset()
+        exact = False
+        if rule.guard is not None:
+            guard = guards.setdefault(rule.guard.key, len(guard_list))
+            if guard == len(guard_list):
+                guard_list.append(rule.guard.search)
+            values, exact = rule.guard.values, rule.guard.exact
+        steps.append(_Step(rule, condition, guard, values, exact))
+    return _Plan(tuple(steps), tuple(condition_list), tuple(guard_list))
 
 
 @dataclass(frozen=True)
@@ -60,6 +124,7 @@ class Matcher:
                 if not is_glob(name):
                     self._exact.setdefault(name, []).append(rule)
         self._candidates: dict[str, tuple[CompiledRule, ...]] = {}
+        self._plans: dict[str, _Plan] = {}
         #: Run-time expression errors per rule name.
         self.errors: Counter[str] = Counter()
 
@@ -73,6 +138,15 @@ class Matcher:
             self._candidates[event_name] = found
         return found
 
+    def _plan_for(self, event_name: str) -> _Plan:
+        plan = self._plans.get(event_name)
+        if plan is None:
+            plan = _plan(self.candidates(event_name))
+            if len(self._plans) >= _CACHE_LIMIT:
+                self._plans.clear()
+            self._plans[event_name] = plan
+        return plan
+
     def _compute_candidates(self, event_name: str) -> tuple[CompiledRule, ...]:
         chosen = {id(rule): rule for rule in self._exact.get(event_name, ())}
         for rule, patterns in self._globs:
@@ -82,21 +156,51 @@ class Matcher:
 
     def match(self, event_name: str, root: Any) -> list[CompiledRule]:
         """The rules that fire for one event, in file order, honouring `stop`."""
+        plan = self._plan_for(event_name)
+        results = [_UNSET] * len(plan.conditions)
+        guard_values = [_UNSET] * len(plan.guards)
         fired: list[CompiledRule] = []
-        for rule in self.candidates(event_name):
-            condition = rule.condition
-            if condition is not None:
-                try:
-                    value = condition(root)
-                    # JMESPath truthiness inlined (hot loop): like Python's,
-                    # except that 0 is true.
-                    if not value and not (value == 0 and value is not False):
+        for step in plan.steps:
+            if step.guard >= 0:
+                value = guard_values[step.guard]
+                if value is _UNSET:
+                    try:
+                        value = plan.guards[step.guard](root)
+                    except Exception as exc:  # noqa: BLE001 - reported per rule below
+                        value = _Raised(exc)
+                    guard_values[step.guard] = value
+                if value.__class__ is not _Raised:
+                    try:
+                        hit = value in step.values
+                    except TypeError:  # a list or object equals no string or number
+                        hit = False
+                    if not hit:
                         continue
-                except Exception as exc:  # noqa: BLE001 - one bad rule must not stop the others
-                    self._runtime_error(rule, event_name, exc)
+                    if step.exact:
+                        fired.append(step.rule)
+                        if step.rule.spec.stop:
+                            break
+                        continue
+                # A guard that raised: evaluate the rule as usual, which
+                # raises the same error and reports it for this rule.
+            if step.condition >= 0:
+                value = results[step.condition]
+                if value is _UNSET:
+                    # Inlined rather than a helper call: this is the hot loop.
+                    try:
+                        value = plan.conditions[step.condition](root)
+                    except Exception as exc:  # noqa: BLE001 - one bad rule must not stop the others
+                        value = _Raised(exc)
+                    results[step.condition] = value
+                if value.__class__ is _Raised:
+                    self._runtime_error(step.rule, event_name, value.error)
                     continue
-            fired.append(rule)
-            if rule.spec.stop:
+                # JMESPath truthiness inlined (hot loop): like Python's,
+                # except that 0 is true.
+                if not value and not (value == 0 and value is not False):
+                    continue
+            fired.append(step.rule)
+            if step.rule.spec.stop:
                 break
         return fired
 

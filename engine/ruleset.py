@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.config import COMMON_ACTION_KEYS, ActionSpec, Config, RuleSpec
-from engine.expressions import ExpressionCompiler, ExpressionError, Search
+from engine.expressions import ExpressionCompiler, ExpressionError, Guard, Search
 from engine.hookspecs import ActionType, Param
 from engine.problems import Problem, did_you_mean
 from engine.registry import Registry
@@ -61,6 +61,9 @@ class CompiledRule:
     condition: Search | None
     throttle_key: Search | None
     actions: tuple[CompiledAction, ...]
+    #: The equality test the condition starts with, when the matcher can
+    #: share it across rules (engine.prefilter); None otherwise.
+    guard: Guard | None = None
 
     @property
     def name(self) -> str:
@@ -91,7 +94,8 @@ def _compile_rule(
         compiled = _compile_action(action, registry, compiler, report)
         if compiled is not None:
             actions.append(compiled)
-    return CompiledRule(spec, condition, throttle_key, tuple(actions))
+    guard = compiler.guard(spec.when) if condition is not None and spec.when else None
+    return CompiledRule(spec, condition, throttle_key, tuple(actions), guard)
 
 
 def _compile_expr(
