@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -43,13 +43,23 @@ class Event:
     id: str
     received_at: float
     source: str
+    #: The event's JSON as received, when it came as text (the journal
+    #: stores it as is rather than encoding `body` again).
+    raw: bytes | None = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def from_body(cls, body: Any, *, source: str, received_at: float | None = None) -> Event:
+    def from_body(
+        cls,
+        body: Any,
+        *,
+        source: str,
+        received_at: float | None = None,
+        raw: bytes | None = None,
+    ) -> Event:
         """Validate a decoded event object and wrap it.
 
         Raises InvalidEvent when `body` is not an object with a string
-        `event` name.
+        `event` name. `raw` is the JSON `body` was decoded from, if any.
         """
         if not isinstance(body, dict):
             raise InvalidEvent(f"event must be a JSON object, got {type(body).__name__}")
@@ -58,12 +68,17 @@ class Event:
             raise InvalidEvent("event object has no string 'event' name")
         if META_KEY in body:
             raise InvalidEvent(f"event object uses the reserved key {META_KEY!r}")
+        try:
+            identity = event_id(body)
+        except orjson.JSONEncodeError as exc:  # nested deeper than orjson encodes
+            raise InvalidEvent(f"event cannot be encoded: {exc}") from None
         return cls(
             name=name,
             body=body,
-            id=event_id(body),
+            id=identity,
             received_at=time.time() if received_at is None else received_at,
             source=source,
+            raw=raw,
         )
 
     @classmethod
@@ -73,7 +88,8 @@ class Event:
             body = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
             raise InvalidEvent(f"invalid JSON: {exc}") from None
-        return cls.from_body(body, source=source)
+        raw = data.encode() if isinstance(data, str) else bytes(data)
+        return cls.from_body(body, source=source, raw=raw)
 
     def metadata(self) -> dict[str, Any]:
         """Engine metadata exposed under META_KEY (rule-independent part)."""

@@ -103,16 +103,28 @@ class JournalFeed:
     # -- consuming ----------------------------------------------------------
 
     async def _consume(self) -> None:
-        while True:
-            signal = self.journal.changed
-            batch = self.journal.take_hot(self._last_seq, self.batch)
-            if not batch:
-                batch = await self.journal.unmatched(self._last_seq, self.batch)
-            if not batch:
-                await self._idle_until(signal)
-                continue
-            self._last_seq = batch[-1].seq
-            await self._process(batch)
+        async with anyio.create_task_group() as tg:
+            ahead: _ReadAhead | None = None
+            while True:
+                signal = self.journal.changed
+                batch = self.journal.take_hot(self._last_seq, self.batch)
+                if not batch:
+                    if ahead is not None and ahead.after == self._last_seq:
+                        batch = await ahead.result()
+                    else:
+                        batch = await self.journal.unmatched(self._last_seq, self.batch)
+                    ahead = None
+                    if len(batch) == self.batch:
+                        # Behind on disk: read the next batch while this one is
+                        # matched and dispatched, so the dispatcher never waits
+                        # for the read.
+                        ahead = _ReadAhead(self.journal, batch[-1].seq, self.batch)
+                        tg.start_soon(ahead.run)
+                if not batch:
+                    await self._idle_until(signal)
+                    continue
+                self._last_seq = batch[-1].seq
+                await self._process(batch)
 
     async def _idle_until(self, signal: anyio.Event) -> None:
         self._waiting = True
@@ -200,6 +212,37 @@ class JournalFeed:
                 if not deleted:
                     break
             await anyio.sleep(self.retention_every)
+
+
+class _ReadAhead:
+    """One read of committed, unmatched events, started before it is needed.
+
+    Its result is only used if the consumer continues exactly where the read
+    started (`after`); being a snapshot of committed events in seq order, it
+    is then what reading at that moment would have given, or a prefix of it.
+    """
+
+    def __init__(self, journal: Journal, after: int, limit: int) -> None:
+        self.after = after
+        self._journal = journal
+        self._limit = limit
+        self._done = anyio.Event()
+        self._batch: list[StoredEvent] = []
+        self._error: BaseException | None = None
+
+    async def run(self) -> None:
+        try:
+            self._batch = await self._journal.unmatched(self.after, self._limit)
+        except Exception as exc:  # noqa: BLE001 - raised where the result is used
+            self._error = exc
+        finally:
+            self._done.set()
+
+    async def result(self) -> list[StoredEvent]:
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._batch
 
 
 def _requeue_retries(db: JournalDB, now: float) -> int:

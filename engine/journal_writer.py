@@ -1,0 +1,242 @@
+"""The journal's writer process: SQLite writes off the daemon's GIL.
+
+The daemon's event loop is busy Python nearly all the time (reading frames,
+matching, running jobs). A writer *thread* has to take the GIL back after
+every SQLite call, and each time waits for the loop to let go of it:
+measured here, that tripled the writer's time and made the journal the
+bottleneck of the whole daemon. A separate process has its own interpreter,
+so its SQLite work runs in parallel on another core, and the loop only pays
+for pickling each batch of rows.
+
+Protocol: the daemon starts `python -m engine.journal_writer DB` with pipes
+on stdin and stdout, and writes batches to its stdin; the process applies
+them strictly in the order sent (`engine.journal.apply_batch`, one
+transaction each) and answers each on stdout, in the same order. Several
+batches may be in flight: the daemon does not wait for one answer before
+sending the next batch, so the pipe's latency through a busy event loop
+does not cap throughput. Each message is an 8-byte big-endian length and a
+pickle.
+
+The process only ever opens the database the daemon has already checked,
+locked and migrated. It exits when its stdin closes (the daemon closed it,
+or died: a SIGKILL of the daemon leaves no writer behind), after finishing
+the batch it has.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import pickle
+import signal
+import struct
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import anyio
+from anyio.abc import Process
+
+from engine.journal import JournalDB, JournalError, OpResult, WireOp, apply_batch
+
+log = logging.getLogger("zoomrules.journal")
+
+_LENGTH = struct.Struct(">Q")
+
+
+class JournalWriterLost(Exception):
+    """The writer process died or could not be started."""
+
+
+#: Pipe capacity asked for (Linux; the default is 64 KiB): a whole batch
+#: then goes into the pipe at once, instead of trickling through while the
+#: busy event loop gets around to refilling it (measured: ~10 ms a batch).
+_PIPE_SIZE = 1 << 20
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+
+
+def _pipe() -> tuple[int, int]:
+    read, write = os.pipe()
+    with contextlib.suppress(OSError):  # not Linux, or above pipe-max-size: keep the default
+        fcntl.fcntl(write, _F_SETPIPE_SZ, _PIPE_SIZE)
+    return read, write
+
+
+class WriterProcess:
+    """The daemon's end of a running writer process."""
+
+    def __init__(self, process: Process, to_child: int, from_child: int) -> None:
+        self._process = process
+        self._to_child = to_child
+        self._from_child = from_child
+        self._buffer = bytearray()
+
+    @classmethod
+    async def start(cls, path: Path) -> WriterProcess:
+        """Start a writer for the journal at `path`; it has opened it when this returns."""
+        # The daemon's own import path, wherever it was started from.
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        child_in, to_child = _pipe()
+        from_child, child_out = _pipe()
+        try:
+            process = await anyio.open_process(
+                [sys.executable, "-m", "engine.journal_writer", str(path)],
+                stdin=child_in,
+                stdout=child_out,
+                stderr=None,  # its own errors go where the daemon's go
+                env=env,
+                # Out of the terminal's process group: a Ctrl-C is the
+                # daemon's to handle (it then closes our stdin).
+                start_new_session=True,
+            )
+        except OSError as exc:
+            os.close(to_child)
+            os.close(from_child)
+            raise JournalWriterLost(f"cannot start the journal's writer process: {exc}") from None
+        finally:
+            os.close(child_in)
+            os.close(child_out)
+        os.set_blocking(to_child, False)
+        os.set_blocking(from_child, False)
+        writer = cls(process, to_child, from_child)
+        try:
+            ready = await writer.receive()
+        except JournalWriterLost:
+            await writer.kill()
+            raise
+        if ready != "ready":
+            await writer.kill()
+            raise JournalWriterLost(f"the journal's writer process failed to start: {ready}")
+        return writer
+
+    async def send(self, ops: Sequence[WireOp], dedup_window: float) -> None:
+        """Queue a batch; its results come back from `receive`, in send order."""
+        data = pickle.dumps((list(ops), dedup_window), pickle.HIGHEST_PROTOCOL)
+        view = memoryview(_LENGTH.pack(len(data)) + data)
+        while view:
+            try:
+                view = view[os.write(self._to_child, view) :]
+            except BlockingIOError:
+                try:
+                    await anyio.wait_writable(self._to_child)
+                except anyio.ClosedResourceError:  # `kill` closed the pipe meanwhile
+                    raise JournalWriterLost("the journal's writer process is gone") from None
+            except OSError as exc:  # EPIPE: it is gone; EBADF: we closed it
+                raise JournalWriterLost(f"the journal's writer process is gone ({exc})") from None
+
+    async def receive(self) -> Any:
+        """The answer to the oldest batch not yet answered."""
+        (length,) = _LENGTH.unpack(await self._receive_exactly(_LENGTH.size))
+        return pickle.loads(await self._receive_exactly(length))
+
+    async def _receive_exactly(self, count: int) -> bytes:
+        buffer = self._buffer
+        while len(buffer) < count:
+            try:
+                chunk = os.read(self._from_child, max(_PIPE_SIZE, count - len(buffer)))
+            except BlockingIOError:
+                try:
+                    await anyio.wait_readable(self._from_child)
+                except anyio.ClosedResourceError:
+                    raise JournalWriterLost("the journal's writer process is gone") from None
+                continue
+            except OSError as exc:
+                raise JournalWriterLost(f"the journal's writer process is gone ({exc})") from None
+            if not chunk:
+                code = self._process.returncode
+                detail = f"exit status {code}" if code is not None else "its output closed"
+                raise JournalWriterLost(f"the journal's writer process died ({detail})")
+            buffer += chunk
+        data = bytes(buffer[:count])
+        del buffer[:count]
+        return data
+
+    async def close(self) -> None:
+        """Let it finish and exit (after every answer was received)."""
+        with anyio.CancelScope(shield=True):
+            self._close_fds()  # its stdin ends: it exits once done
+            with anyio.move_on_after(30):
+                await self._process.wait()
+                return
+            await self.kill()
+
+    async def kill(self) -> None:
+        with anyio.CancelScope(shield=True):
+            self._close_fds()
+            with contextlib.suppress(ProcessLookupError):
+                self._process.kill()
+            await self._process.aclose()
+
+    def _close_fds(self) -> None:
+        for fd in (self._to_child, self._from_child):
+            if fd < 0:
+                continue
+            # Wakes a task waiting on it (ClosedResourceError) before the
+            # number can be reused by another file.
+            anyio.notify_closing(fd)
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._to_child = self._from_child = -1
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+
+# -- in the writer process ------------------------------------------------------
+
+
+def _read(stream: BinaryIO) -> Any:
+    header = stream.read(_LENGTH.size)
+    if len(header) < _LENGTH.size:
+        return None  # the daemon closed our stdin: done
+    (length,) = _LENGTH.unpack(header)
+    return pickle.loads(stream.read(length))
+
+
+def _write(stream: BinaryIO, message: Any) -> None:
+    data = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+    stream.write(_LENGTH.pack(len(data)) + data)
+    stream.flush()
+
+
+def _portable(results: list[OpResult]) -> list[OpResult]:
+    # Errors travel pickled: keep their type name and message, not their
+    # (possibly unpicklable) state.
+    return [
+        (result, None if error is None else JournalError(f"{type(error).__name__}: {error}"))
+        for result, error in results
+    ]
+
+
+def serve(path: Path, stdin: BinaryIO, stdout: BinaryIO) -> None:
+    """The writer process's loop: batches in, results out, in order."""
+    try:
+        db = JournalDB.connect(path)
+    except Exception as exc:  # noqa: BLE001 - reported to the daemon, which falls back
+        _write(stdout, f"{type(exc).__name__}: {exc}")
+        return
+    try:
+        _write(stdout, "ready")
+        while (message := _read(stdin)) is not None:
+            ops, dedup_window = message
+            _write(stdout, _portable(apply_batch(db, ops, dedup_window)))
+    finally:
+        db.close()
+
+
+def main() -> None:
+    # The daemon decides when we stop, by closing our stdin once everything
+    # is written; a signal meant for the daemon (systemd sends SIGTERM to
+    # the whole service) must not cut a batch short.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    logging.basicConfig(level=logging.WARNING, format="zoomrules journal writer: %(message)s")
+    serve(Path(sys.argv[1]), sys.stdin.buffer, sys.stdout.buffer)
+
+
+if __name__ == "__main__":
+    main()
