@@ -1028,6 +1028,9 @@ class Journal:
         self.call_batch = call_batch
         self._queue_size = queue_size
         self._closed = False
+        #: The writer waits on `_work` (queue empty) / on `_urgent` (lingering).
+        self._writer_waiting = False
+        self._lingering = False
         #: Set when an op is queued (the writer waits on it when idle).
         self._work = anyio.Event()
         #: Set when someone waits for a commit: the writer stops lingering.
@@ -1103,10 +1106,18 @@ class Journal:
                 return []
             if self._work.is_set():
                 self._work = anyio.Event()
-            await self._work.wait()
+            self._writer_waiting = True
+            try:
+                await self._work.wait()
+            finally:
+                self._writer_waiting = False
         if not calls and len(queue) < self.max_batch and not self._closed:
-            with anyio.move_on_after(self.commit_delay):
-                await self._urgent.wait()
+            self._lingering = True
+            try:
+                with anyio.move_on_after(self.commit_delay):
+                    await self._urgent.wait()
+            finally:
+                self._lingering = False
         if self._urgent.is_set():
             self._urgent = anyio.Event()
         batch = list(calls)
@@ -1242,20 +1253,32 @@ class Journal:
 
     async def _put(self, op: _Op) -> None:
         """Queue `op`; waits only while the queue is full."""
-        while len(self._queue) >= self._queue_size and not self._closed:
+        while not self._try_put(op):
             if self._space.is_set():
                 self._space = anyio.Event()
             await self._space.wait()
+
+    def _try_put(self, op: _Op) -> bool:
+        """Queue `op` unless the queue is full (False then).
+
+        Wakes the writer only when it waits for exactly this: this runs
+        once or twice per event, and a needless `Event.set()` showed.
+        """
         if self._closed:
             raise anyio.ClosedResourceError
         if op.done is not None:
             self._calls.append(op)
-            self._urgent.set()
-        else:
-            self._queue.append(op)
-            if len(self._queue) >= self.max_batch:
+            if self._lingering:
                 self._urgent.set()
-        self._work.set()
+        elif len(self._queue) < self._queue_size:
+            self._queue.append(op)
+            if self._lingering and len(self._queue) >= self.max_batch:
+                self._urgent.set()
+        else:
+            return False
+        if self._writer_waiting:
+            self._work.set()
+        return True
 
     async def _submit(
         self, fn: Callable[[JournalDB], Any], after: Callable[[Any], None] | None = None
@@ -1277,7 +1300,9 @@ class Journal:
     async def append(self, event: Event) -> None:
         """Queue `event` for the journal (waits only while the queue is full)."""
         row = event_row(event)
-        await self._put(_Op(_APPEND, row, partial(self._appended, event, len(row[4]))))
+        op = _Op(_APPEND, row, partial(self._appended, event, len(row[4])))
+        if not self._try_put(op):
+            await self._put(op)
 
     def _appended(self, event: Event, size: int, result: tuple[int, int] | None) -> None:
         if result is None:
@@ -1353,7 +1378,9 @@ class Journal:
         return list(range(first, first + count))
 
     async def action_finished(self, outcome: ActionOutcome) -> None:
-        await self._put(_Op(_FINISHED, (outcome, time.time())))
+        op = _Op(_FINISHED, (outcome, time.time()))
+        if not self._try_put(op):
+            await self._put(op)
 
     async def mark_dead(self, job_id: int, error: str) -> None:
         now = time.time()
