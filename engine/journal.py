@@ -863,6 +863,9 @@ def lock_holder(state_dir: Path) -> str:
 # --------------------------------------------------------------------------
 # applying a batch of operations (in the writer process or thread)
 
+#: How long a stopping journal waits for its writer process's last answers.
+_WRITER_STOP_TIMEOUT = 30.0
+
 #: Kinds of queued ops; see `apply_batch` for how a batch of them runs.
 #: _CALL: fn(db); _APPEND: an EventRow; _FINISHED: (ActionOutcome, when);
 #: _JOBS: (firings, when, first job id), see `Journal.queue_jobs`.
@@ -1061,19 +1064,29 @@ class Journal:
             if self._process is not None:
                 tg.start_soon(self._receive_answers)
             task_status.started()
-            while True:
-                batch = await self._collect()
-                if not batch:
-                    break
-                # Shielded: a cancelled daemon still commits what it already took.
+            try:
+                while True:
+                    batch = await self._collect()
+                    if not batch:
+                        break
+                    # Shielded: a cancelled daemon still commits what it already took.
+                    with anyio.CancelScope(shield=True):
+                        await self._write(batch)
+            finally:
+                # Also when cancelled: what was sent is finished, and the
+                # process goes (killed if it does not answer in time).
                 with anyio.CancelScope(shield=True):
-                    await self._write(batch)
-            with anyio.CancelScope(shield=True):
-                await self._wait_answered()
-                if self._process is not None:
-                    process, self._process = self._process, None
-                    self._sent.set()  # let `_receive_answers` see it is over
-                    await process.close()
+                    with anyio.move_on_after(_WRITER_STOP_TIMEOUT):
+                        await self._wait_answered()
+                    if self._process is not None:
+                        process, self._process = self._process, None
+                        self._sent.set()  # let `_receive_answers` see it is over
+                        if self._in_flight:
+                            # Not answering: killed, and `_receive_answers`
+                            # rewrites what it had from a thread.
+                            await process.kill()
+                        else:
+                            await process.close()
 
     @property
     def writer_pid(self) -> int | None:
@@ -1189,17 +1202,20 @@ class Journal:
             await self._answered_event().wait()
 
     async def _receive_answers(self) -> None:
-        """Finish the parts sent to the writer process, in order, as their answers come."""
+        """Finish the parts sent to the writer process, in order, as their answers come.
+
+        Shielded as a whole: what was sent gets finished even in a cancelled
+        daemon. It ends when the process is gone (`run` lets it go last).
+        """
         from engine.journal_writer import JournalWriterLost
 
-        while self._process is not None:
-            if not self._in_flight:
-                if self._sent.is_set():
-                    self._sent = anyio.Event()
-                await self._sent.wait()
-                continue
-            # Shielded: what was sent gets finished, even in a cancelled daemon.
-            with anyio.CancelScope(shield=True):
+        with anyio.CancelScope(shield=True):
+            while self._process is not None:
+                if not self._in_flight:
+                    if self._sent.is_set():
+                        self._sent = anyio.Event()
+                    await self._sent.wait()
+                    continue
                 try:
                     results = await self._process.receive()
                 except JournalWriterLost as exc:

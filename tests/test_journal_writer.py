@@ -171,3 +171,18 @@ def test_an_event_nested_too_deeply_to_encode_is_invalid() -> None:
     text = '{"event": "deep", "d": ' + "[" * 400 + "]" * 400 + "}"
     with pytest.raises(InvalidEvent, match="cannot be encoded"):
         Event.from_json(text, source="test")
+
+
+@pytest.mark.anyio
+async def test_the_writer_process_ends_with_the_journal_even_on_an_error(tmp_path: Path) -> None:
+    config = EngineConfig(state_dir=tmp_path / "state")
+    pid: int | None = None
+    # Well under the 30 s a stopping journal gives a writer that does not answer.
+    with anyio.fail_after(10), pytest.raises(BaseException) as raised:  # noqa: PT011
+        async with open_journal(config) as journal:
+            pid = journal.writer_pid
+            await _append_all(journal, _events(300), -1, lambda: None)
+            raise RuntimeError("the daemon failed")  # arrives in an ExceptionGroup
+    assert "the daemon failed" in repr(raised.value)
+    assert pid is not None
+    await _until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie")

@@ -178,7 +178,11 @@ async def _retry(args: argparse.Namespace, directory: Path) -> int:
     if loaded is None:
         return EXIT_INVALID
     engine = loaded.config.engine
-    async with open_journal(engine) as journal, open_services(loaded.config) as services:
+    # A few calls: no writer process for them.
+    async with (
+        open_journal(engine, writer="thread") as journal,
+        open_services(loaded.config) as services,
+    ):
         ids = await journal.call(lambda db: _mark_pending(db, args))
         rows: list[JobRow] = await journal.call(
             lambda db: db.jobs([PENDING], ids=ids, limit=len(ids) or 1)
