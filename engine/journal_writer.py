@@ -194,7 +194,10 @@ def _read(stream: BinaryIO) -> Any:
     if len(header) < _LENGTH.size:
         return None  # the daemon closed our stdin: done
     (length,) = _LENGTH.unpack(header)
-    return pickle.loads(stream.read(length))
+    data = stream.read(length)
+    if len(data) < length:
+        return None  # the daemon died half-way through sending: nothing to do
+    return pickle.loads(data)
 
 
 def _write(stream: BinaryIO, message: Any) -> None:
@@ -224,6 +227,8 @@ def serve(path: Path, stdin: BinaryIO, stdout: BinaryIO) -> None:
         while (message := _read(stdin)) is not None:
             ops, dedup_window = message
             _write(stdout, _portable(apply_batch(db, ops, dedup_window)))
+    except BrokenPipeError:
+        pass  # the daemon is gone; what we committed stays committed
     finally:
         db.close()
 

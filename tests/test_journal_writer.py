@@ -6,8 +6,10 @@ appended event and every job outcome ends up committed exactly once.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
+import pickle
 import signal
 import sqlite3
 import sys
@@ -20,7 +22,8 @@ from test_journal_support import meeting_events
 
 from engine.config import EngineConfig
 from engine.events import Event, InvalidEvent
-from engine.journal import ActionOutcome, Journal, JournalDB, open_journal
+from engine.journal import _APPEND, ActionOutcome, Journal, JournalDB, event_row, open_journal
+from engine.journal_writer import serve
 
 EVENTS = 3000
 
@@ -186,3 +189,15 @@ async def test_the_writer_process_ends_with_the_journal_even_on_an_error(tmp_pat
     assert "the daemon failed" in repr(raised.value)
     assert pid is not None
     await _until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie")
+
+
+def test_the_writer_stops_quietly_when_the_daemon_goes_mid_message(tmp_path: Path) -> None:
+    """A daemon killed half-way through sending a batch: no traceback, no write."""
+    JournalDB.open(tmp_path / "state").close()
+    event = Event.from_body(meeting_events(1)[0], source="test")
+    data = pickle.dumps(([(_APPEND, event_row(event))], 0.0))
+    truncated = len(data).to_bytes(8, "big") + data[: len(data) // 2]
+    out = io.BytesIO()
+    serve(tmp_path / "state" / "journal.db", io.BytesIO(truncated), out)
+    assert out.getvalue().endswith(pickle.dumps("ready", pickle.HIGHEST_PROTOCOL))
+    assert _stored(tmp_path / "state")[:2] == (0, 0)
