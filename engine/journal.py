@@ -581,51 +581,23 @@ class JournalDB:
         return stored_events(self.unmatched_json(after_seq, limit))
 
     def unmatched_json(self, after_seq: int, limit: int) -> str:
-        """`unmatched` as one JSON text (see `stored_events`)."""
-        try:
-            (text,) = self.conn.execute(_UNMATCHED, (after_seq, limit)).fetchone()
-            return text or "[]"
-        except sqlite3.OperationalError:
-            # A stored body SQLite's JSON functions refuse: row by row instead.
-            rows = self.conn.execute(
-                "SELECT seq, event_id, name, source, received_at, body FROM events "
-                "WHERE matched = 0 AND seq > ? ORDER BY seq LIMIT ?",
-                (after_seq, limit),
-            ).fetchall()
-            return orjson.dumps(
-                [[*row[:4], repr(row[4]), orjson.Fragment(row[5])] for row in rows]
-            ).decode()
+        """`unmatched` as one JSON text (see `stored_events`).
+
+        Every stored body is JSON that orjson accepted, which SQLite's JSON
+        functions accept too (they keep numbers and escapes as written).
+        """
+        (text,) = self.conn.execute(_UNMATCHED, (after_seq, limit)).fetchone()
+        return text or "[]"
 
     # -- jobs -----------------------------------------------------------------
 
-    def record_jobs(
-        self, firings: Sequence[tuple[int, Sequence[str]]], now: float, first_id: int | None = None
-    ) -> list[int]:
-        """Mark events matched and add their jobs as pending; returns the job ids in order.
-
-        With `first_id`, the jobs get the ids `first_id, first_id + 1, ...`
-        (the daemon hands them out itself, see `Journal.queue_jobs`);
-        otherwise SQLite assigns them: inside a transaction (see
-        `append_events`) the ids of the rows one statement inserts are
-        consecutive.
-        """
-        if first_id is not None:
-            self.record_numbered_jobs([(firings, now, first_id)])
-            count = sum(len(rules) for _, rules in firings)
-            return list(range(first_id, first_id + count))
-        conn = self.conn
-        self._mark_matched([seq for seq, _ in firings])
-        rows = [(seq, rule) for seq, rules in firings for rule in rules]
-        if not rows:
-            return []
-        for chunk in _chunks(rows):
-            conn.execute(
-                "INSERT INTO jobs (event_seq, rule, state, created_at, updated_at) VALUES "
-                + _values(len(chunk), "(?, ?, 'pending', ?, ?)"),
-                [value for seq, rule in chunk for value in (seq, rule, now, now)],
-            )
-        last = self._last_rowid()
-        return list(range(last - len(rows) + 1, last + 1))
+    def record_jobs(self, firings: Sequence[tuple[int, Sequence[str]]], now: float) -> list[int]:
+        """Mark events matched and add their jobs as pending, numbered after
+        the newest job; returns the job ids in order. (The daemon numbers its
+        jobs itself, see `Journal.queue_jobs`.)"""
+        first_id = self.max_job_id() + 1
+        self.record_numbered_jobs([(firings, now, first_id)])
+        return list(range(first_id, first_id + sum(len(rules) for _, rules in firings)))
 
     def record_numbered_jobs(
         self,

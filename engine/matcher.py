@@ -77,26 +77,31 @@ class _Raised:
 
 
 def _plan(rules: Sequence[CompiledRule]) -> _Plan:
-    conditions: dict[int, int] = {}
-    condition_list: list[Callable[[Any], Any]] = []
-    guards: dict[str, int] = {}
-    guard_list: list[Callable[[Any], Any]] = []
+    condition_slots: dict[Any, int] = {}
+    conditions: list[Callable[[Any], Any]] = []
+    guard_slots: dict[Any, int] = {}
+    guards: list[Callable[[Any], Any]] = []
     steps = []
     for rule in rules:
         condition = guard = -1
         if rule.condition is not None:
-            condition = conditions.setdefault(id(rule.condition), len(condition_list))
-            if condition == len(condition_list):
-                condition_list.append(rule.condition)
+            # The compiler hands rules with the same text the same function.
+            condition = _slot(condition_slots, conditions, id(rule.condition), rule.condition)
         values: frozenset[Any] = frozenset()
         exact = False
         if rule.guard is not None:
-            guard = guards.setdefault(rule.guard.key, len(guard_list))
-            if guard == len(guard_list):
-                guard_list.append(rule.guard.search)
+            guard = _slot(guard_slots, guards, rule.guard.key, rule.guard.search)
             values, exact = rule.guard.values, rule.guard.exact
         steps.append(_Step(rule, condition, guard, values, exact))
-    return _Plan(tuple(steps), tuple(condition_list), tuple(guard_list))
+    return _Plan(tuple(steps), tuple(conditions), tuple(guards))
+
+
+def _slot(slots: dict[Any, int], items: list[Any], key: Any, item: Any) -> int:
+    """The index of `key`'s item in `items`, appending `item` the first time."""
+    index = slots.setdefault(key, len(items))
+    if index == len(items):
+        items.append(item)
+    return index
 
 
 @dataclass(frozen=True)
