@@ -115,6 +115,10 @@ class ExpressionCompiler:
         self._trees[text] = parsed.parsed
         return search
 
+    def tree(self, text: str) -> dict[str, Any] | None:
+        """The parsed AST of `text`, if it has been compiled."""
+        return self._trees.get(text)
+
     def guard(self, text: str) -> Guard | None:
         """The equality test `text` starts with, if the matcher can share it.
 

@@ -64,7 +64,7 @@ def load_rules(
         registry=registry,
         compiler=compiler,
         rules=rules,
-        matcher=Matcher(rules),
+        matcher=Matcher(rules, compiler),
         throttles=throttles,
         warnings=catalogue_warnings(rules),
     )

@@ -22,7 +22,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from engine.expressions import is_truthy
+from engine.expressions import ExpressionCompiler, is_truthy
+from engine.plan_compiler import PlanFunction, PlanStep, compile_plan
 from engine.ruleset import CompiledRule
 
 log = logging.getLogger("zoomrules.matcher")
@@ -61,6 +62,9 @@ class _Plan:
     steps: tuple[_Step, ...]
     conditions: tuple[Callable[[Any], Any], ...]
     guards: tuple[Callable[[Any], Any], ...]
+    #: The whole plan as one generated function (engine.plan_compiler), when
+    #: the compiled evaluator is in use; then `steps` are not used.
+    compiled: PlanFunction | None = None
 
 
 #: Marks a per-event slot not evaluated yet.
@@ -76,7 +80,7 @@ class _Raised:
         self.error = error
 
 
-def _plan(rules: Sequence[CompiledRule]) -> _Plan:
+def _plan(rules: Sequence[CompiledRule], compiled: PlanFunction | None = None) -> _Plan:
     condition_slots: dict[Any, int] = {}
     conditions: list[Callable[[Any], Any]] = []
     guard_slots: dict[Any, int] = {}
@@ -93,7 +97,7 @@ def _plan(rules: Sequence[CompiledRule]) -> _Plan:
             guard = _slot(guard_slots, guards, rule.guard.key, rule.guard.search)
             values, exact = rule.guard.values, rule.guard.exact
         steps.append(_Step(rule, condition, guard, values, exact))
-    return _Plan(tuple(steps), tuple(conditions), tuple(guards))
+    return _Plan(tuple(steps), tuple(conditions), tuple(guards), compiled)
 
 
 def _slot(slots: dict[Any, int], items: list[Any], key: Any, item: Any) -> int:
@@ -115,8 +119,20 @@ class Decision:
 
 
 class Matcher:
-    def __init__(self, rules: Sequence[CompiledRule]) -> None:
+    """Matches events against `rules`.
+
+    With `compiler` (the one that compiled the rules) using the compiled
+    evaluator, each event name's rules are compiled into one function that
+    shares work across them (engine.plan_compiler); otherwise, and where
+    Python cannot compile that function, conditions are evaluated in turn,
+    sharing equality guards and identical conditions.
+    """
+
+    def __init__(
+        self, rules: Sequence[CompiledRule], compiler: ExpressionCompiler | None = None
+    ) -> None:
         self.rules = tuple(rules)
+        self._compiler = compiler if compiler and compiler.evaluator == "compiled" else None
         self._exact: dict[str, list[CompiledRule]] = {}
         self._globs: list[tuple[CompiledRule, tuple[str, ...]]] = []
         for rule in self.rules:
@@ -146,11 +162,32 @@ class Matcher:
     def _plan_for(self, event_name: str) -> _Plan:
         plan = self._plans.get(event_name)
         if plan is None:
-            plan = _plan(self.candidates(event_name))
+            candidates = self.candidates(event_name)
+            plan = _plan(candidates, self._compile_plan(candidates))
             if len(self._plans) >= _CACHE_LIMIT:
                 self._plans.clear()
             self._plans[event_name] = plan
         return plan
+
+    def _compile_plan(self, rules: Sequence[CompiledRule]) -> PlanFunction | None:
+        compiler = self._compiler
+        if compiler is None or not rules:
+            return None
+        steps = [
+            PlanStep(
+                rule,
+                compiler.tree(rule.spec.when) if rule.condition and rule.spec.when else None,
+                rule.condition,
+                rule.spec.stop,
+            )
+            for rule in rules
+        ]
+        try:
+            return compile_plan(steps, compiler.functions, self._runtime_error)
+        except (SyntaxError, RecursionError, MemoryError) as exc:
+            # Python's own limits on a pathological rule set: evaluate in turn.
+            log.debug("plan of %d rules not compiled (%s); evaluating in turn", len(rules), exc)
+            return None
 
     def _compute_candidates(self, event_name: str) -> tuple[CompiledRule, ...]:
         chosen = {id(rule): rule for rule in self._exact.get(event_name, ())}
@@ -162,6 +199,8 @@ class Matcher:
     def match(self, event_name: str, root: Any) -> list[CompiledRule]:
         """The rules that fire for one event, in file order, honouring `stop`."""
         plan = self._plan_for(event_name)
+        if plan.compiled is not None:
+            return plan.compiled(root, event_name)
         results = [_UNSET] * len(plan.conditions)
         guard_values = [_UNSET] * len(plan.guards)
         fired: list[CompiledRule] = []

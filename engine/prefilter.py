@@ -61,7 +61,7 @@ def find_guard(tree: Node, is_pure: Callable[[str], bool]) -> GuardShape | None:
     if found is None:
         return None
     node, values = found
-    if not _shareable(node, is_pure):
+    if not shareable(node, is_pure):
         return None
     return GuardShape(_canonical(node), node, frozenset(values), exact)
 
@@ -79,19 +79,19 @@ def _alternatives(node: Node) -> tuple[Node, list[Any]] | None:
     a, b = node["children"]
     if b["type"] != "literal":
         a, b = b, a
-    if b["type"] != "literal" or a["type"] == "literal" or not _set_comparable(b["value"]):
+    if b["type"] != "literal" or a["type"] == "literal" or not set_comparable(b["value"]):
         return None
     return a, [b["value"]]
 
 
-def _set_comparable(value: Any) -> bool:
+def set_comparable(value: Any) -> bool:
     """Literals for which JMESPath equality is exactly hash-set membership."""
     if value.__class__ is str:
         return True
     return value.__class__ in (int, float) and value not in (0, 1)
 
 
-def _shareable(node: Node, is_pure: Callable[[str], bool]) -> bool:
+def shareable(node: Node, is_pure: Callable[[str], bool]) -> bool:
     stack = [node]
     while stack:
         current = stack.pop()

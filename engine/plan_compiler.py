@@ -1,0 +1,409 @@
+"""Compile all the rules that can fire on one event name into one Python function.
+
+The matcher asks for a *plan* per event name: its candidate rules, in file
+order. Evaluated one condition at a time, most of an event's cost is the
+per-rule overhead (a call, a loop step) and work the rules repeat: twenty
+rules on `meeting.participant_joined` all read `payload.object.participant`,
+four filter the same participant list by e-mail domain. `compile_plan`
+generates a single function for the whole plan, with the code for each
+condition inlined (`engine.jmespath_compiler` generates it) and two kinds of
+sharing across rules:
+
+- **Common sub-expressions.** A sub-expression evaluated on the event itself
+  (not on a list element) that occurs in two or more places, and calls only
+  pure functions, is computed at most once per event, on first use, into a
+  local variable. If computing it raises, the error is kept and raised again
+  at every later use, so each rule still reports the error its own
+  evaluation would have.
+- **Grouped filters.** Filters over the same list whose test starts with an
+  equality on the same expression, `list[?key == 'literal' && rest]`, share
+  one pass over the list that buckets its elements by `key`; each filter then
+  only visits its own bucket. Exact because the bucket holds, in order, the
+  very elements for which the test's first operand is true (the literal is a
+  string or a number other than 0 and 1, for which JMESPath's equality is
+  Python's, see engine.prefilter). If `key` raises on any element, or gives a
+  value of an unexpected class, every filter falls back to its own loop, which
+  raises the error at the same element as before.
+
+Each rule's code runs in its own `try`: an error is passed to `on_error` and
+the next rule runs, as in the rule-by-rule matcher. `stop` returns at once.
+Nothing is evaluated that rule-by-rule evaluation would not evaluate, except
+the grouping pass (pure functions only, errors discarded).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jmespath.functions
+
+from engine.hookspecs import JMESPathFunction
+from engine.jmespath_compiler import _Expression, _Generator
+from engine.prefilter import set_comparable, shareable
+
+Node = dict[str, Any]
+#: `plan(root, context) -> fired items`, in file order.
+PlanFunction = Callable[[Any, Any], list[Any]]
+ErrorHandler = Callable[[Any, Any, Exception], None]
+
+__all__ = ["PlanStep", "PlanFunction", "compile_plan"]
+
+_ROOT = "r"
+
+#: Node types whose value on the event is cheap and cannot raise; a shared
+#: one needs no error bookkeeping.
+_SAFE = frozenset({"field", "identity", "current", "literal"})
+_SAFE_CHAINS = frozenset({"subexpression", "index_expression"})
+_CHAINS = frozenset(
+    {
+        "subexpression",
+        "index_expression",
+        "pipe",
+        "projection",
+        "value_projection",
+        "filter_projection",
+        "flatten",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PlanStep:
+    """One rule of a plan."""
+
+    #: What the plan returns when the rule fires.
+    item: Any
+    #: The condition's AST, or None: then `search` (if any) is called instead.
+    tree: Node | None
+    #: The condition as a function, for rules without a tree; None with no tree
+    #: means the rule has no condition.
+    search: Callable[[Any], Any] | None
+    stop: bool
+
+
+class _Unset:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<unset>"
+
+
+class _Raised:
+    """A shared sub-expression that raised; every later use raises it again."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+_BUILTINS = frozenset(jmespath.functions.Functions.FUNCTION_TABLE)
+_UNSET = _Unset()
+#: A group whose key raised or gave an unexpected value: filters run their own loop.
+_UNGROUPED = _Unset()
+
+_PLAN_RUNTIME: dict[str, Any] = {
+    "_U": _UNSET,
+    "_UNGROUPED": _UNGROUPED,
+    "_Raised": _Raised,
+    # Key classes that can never equal a grouped literal (a string, or a
+    # number other than 0 and 1): null, booleans, arrays, objects.
+    "_NEVER_EQUAL": frozenset({type(None), bool, list, dict}),
+}
+
+
+def compile_plan(
+    steps: Sequence[PlanStep],
+    functions: Mapping[str, JMESPathFunction],
+    on_error: ErrorHandler,
+) -> PlanFunction:
+    """One function evaluating `steps` in order: `plan(root, context)` returns
+    the items of the rules that fire, honouring `stop`; a rule whose condition
+    raises is reported as `on_error(item, context, error)` and does not fire.
+
+    Raises SyntaxError, RecursionError or MemoryError when Python cannot
+    compile the plan (the caller then evaluates rule by rule).
+    """
+    return _PlanGenerator(functions).plan(steps, on_error)
+
+
+class _PlanGenerator(_Generator):
+    def __init__(self, functions: Mapping[str, JMESPathFunction]) -> None:
+        super().__init__(functions)
+        self._namespace.update(_PLAN_RUNTIME)
+        #: id(node) -> (node, canonical key); the node is kept so its id stays unique.
+        self._keys: dict[int, tuple[Node, str]] = {}
+        self._memo: dict[str, str] = {}
+        self._groups: dict[tuple[str, str], str] = {}
+
+    def _is_pure(self, name: str) -> bool:
+        custom = self._custom.get(name)
+        return custom.pure if custom is not None else name in _BUILTINS
+
+    def _key(self, node: Node) -> str:
+        known = self._keys.get(id(node))
+        if known is None:
+            # jmespath builds every node with the same keys in the same
+            # order, so repr is a faithful canonical form.
+            known = self._keys[id(node)] = (node, repr(node))
+        return known[1]
+
+    # -- planning ----------------------------------------------------------
+
+    def _find_sharing(self, trees: list[Node]) -> None:
+        """Slots for the sub-expressions and filter groups used twice or more."""
+        uses: dict[str, int] = {}
+        group_uses: dict[tuple[str, str], int] = {}
+        for tree in trees:
+            try:
+                self._count_uses(tree, uses, group_uses)
+            except RecursionError:  # too deep to canonicalise: shares nothing
+                continue
+        for key, count in uses.items():
+            if count >= 2:
+                self._memo[key] = f"m{len(self._memo)}"
+        for group, count in group_uses.items():
+            if count >= 2:
+                self._groups[group] = f"g{len(self._groups)}"
+
+    def _count_uses(
+        self, tree: Node, uses: dict[str, int], group_uses: dict[tuple[str, str], int]
+    ) -> None:
+        for node in _root_context_nodes(tree):
+            if node["type"] in ("literal", "identity", "current"):
+                continue
+            group = self._group_key(node)
+            if group is not None:
+                group_uses[group] = group_uses.get(group, 0) + 1
+            if shareable(node, self._is_pure):
+                key = self._key(node)
+                uses[key] = uses.get(key, 0) + 1
+
+    def _group_key(self, node: Node) -> tuple[str, str] | None:
+        """Filters with equal group keys can share one bucketing of their list.
+
+        Only the list and the key are evaluated by the grouping pass, so only
+        they need be pure.
+        """
+        split = _grouped_filter(node)
+        if split is None:
+            return None
+        base, key, _, _ = split
+        if not (shareable(base, self._is_pure) and shareable(key, self._is_pure)):
+            return None
+        return self._key(base), self._key(key)
+
+    def plan(self, steps: Sequence[PlanStep], on_error: ErrorHandler) -> PlanFunction:
+        self._find_sharing([step.tree for step in steps if step.tree is not None])
+        self._namespace["_fail"] = on_error
+        name = self._tmp("_plan")
+        self._lines, self._indent = [f"def {name}({_ROOT}, ctx):"], 1
+        slots = [*self._memo.values(), *self._groups.values()]
+        if slots:
+            self._emit(" = ".join(slots) + " = _U")
+        self._emit("fired = []")
+        for step in steps:
+            self._step(step)
+        self._emit("return fired")
+        self._defs.append("\n".join(self._lines))
+        source = "\n\n".join(self._defs)
+        exec(compile(source, f"<plan of {len(steps)} rules>", "exec"), self._namespace)
+        for const, fname, child in self._exprefs:
+            self._namespace[const] = _Expression(child, self._namespace[fname])
+        plan: PlanFunction = self._namespace[name]
+        plan.__jmespath_source__ = source  # type: ignore[attr-defined]
+        return plan
+
+    def _step(self, step: PlanStep) -> None:
+        if step.tree is not None and step.search is not None:
+            saved = (len(self._lines), self._indent, len(self._defs), len(self._exprefs))
+            try:
+                self._emit_step(step)
+                return
+            except RecursionError:
+                # An absurdly deep condition: call its own function instead
+                # (which may be jmespath's interpreter, see jmespath_compiler).
+                lines, self._indent, defs, exprefs = saved
+                del self._lines[lines:], self._defs[defs:], self._exprefs[exprefs:]
+                step = PlanStep(step.item, None, step.search, step.stop)
+        self._emit_step(step)
+
+    def _emit_step(self, step: PlanStep) -> None:
+        item = self._const(step.item)
+        fire = [f"fired.append({item})"] + (["return fired"] if step.stop else [])
+        if step.tree is None and step.search is None:
+            for line in fire:
+                self._emit(line)
+            return
+        self._emit("try:")
+        with self._block():
+            if step.tree is not None:
+                value = self.node(step.tree, _ROOT)
+                test = self._truthy(value, step.tree)
+            else:
+                value = self._assign(f"{self._const(step.search)}({_ROOT})")
+                test = f"{value} or ({value}.__class__ not in _PLAIN and _is_true({value}))"
+            self._emit(f"if {test}:")
+            with self._block():
+                for line in fire:
+                    self._emit(line)
+        self._emit("except Exception as _x:")
+        with self._block():
+            self._emit(f"_fail({item}, ctx, _x)")
+
+    # -- shared evaluation -------------------------------------------------
+
+    def node(self, node: Node, cur: str) -> str:
+        if cur == _ROOT and self._memo:
+            slot = self._memo.get(self._key(node))
+            if slot is not None:
+                return self._memoized(node, slot)
+        return super().node(node, cur)
+
+    def _memoized(self, node: Node, slot: str) -> str:
+        compute = getattr(self, f"_n_{node['type']}")
+        self._emit(f"if {slot} is _U:")
+        if _cannot_raise(node):
+            with self._block():
+                self._emit(f"{slot} = {compute(node, _ROOT)}")
+            return slot
+        with self._block():
+            self._emit("try:")
+            with self._block():
+                self._emit(f"{slot} = {compute(node, _ROOT)}")
+            self._emit("except Exception as _y:")
+            with self._block():
+                self._emit(f"{slot} = _Raised(_y)")
+                self._emit("raise")
+        self._emit(f"elif {slot}.__class__ is _Raised:")
+        with self._block():
+            self._emit(f"raise {slot}.error")
+        return slot
+
+    def _n_filter_projection(self, node: Node, cur: str) -> str:
+        if cur != _ROOT or not self._groups:
+            return super()._n_filter_projection(node, cur)
+        group_key = self._group_key(node)
+        slot = self._groups.get(group_key) if group_key is not None else None
+        split = _grouped_filter(node)
+        if slot is None or split is None:
+            return super()._n_filter_projection(node, cur)
+        base_node, key_node, literal, rest = split
+        base = self.node(base_node, cur)
+        self._emit(f"if {slot} is _U:")
+        with self._block():
+            self._fill_group(slot, base, key_node)
+        out = self._tmp()
+        self._emit(f"if {slot} is _UNGROUPED:")
+        with self._block():
+            self._emit(f"{out} = {super()._n_filter_projection(node, cur)}")
+        self._emit(f"elif {slot} is None:")
+        with self._block():
+            self._emit(f"{out} = None")
+        self._emit("else:")
+        with self._block():
+            bucket = self._assign(f"{slot}.get({self._literal(literal)}, ())")
+            right = node["children"][1]
+            self._emit(f"{out} = {self._project('True', bucket, right, rest)}")
+        return out
+
+    def _fill_group(self, slot: str, base: str, key_node: Node) -> None:
+        """Bucket the elements of `base` by `key` (None if it is no list)."""
+        self._emit(f"if not isinstance({base}, list):")
+        with self._block():
+            self._emit(f"{slot} = None")
+        self._emit("else:")
+        with self._block():
+            self._emit(f"{slot} = {{}}")
+            self._emit("try:")
+            with self._block():
+                elem, cls, bucket = self._tmp("e"), self._tmp("c"), self._tmp("b")
+                self._emit(f"for {elem} in {base}:")
+                with self._block():
+                    key = self.node(key_node, elem)
+                    self._emit(f"{cls} = {key}.__class__")
+                    self._emit(f"if {cls} is str or {cls} is int or {cls} is float:")
+                    with self._block():
+                        self._emit(f"{bucket} = {slot}.get({key})")
+                        self._emit(f"if {bucket} is None:")
+                        with self._block():
+                            self._emit(f"{slot}[{key}] = [{elem}]")
+                        self._emit("else:")
+                        with self._block():
+                            self._emit(f"{bucket}.append({elem})")
+                    self._emit(f"elif {cls} not in _NEVER_EQUAL:")
+                    with self._block():
+                        self._emit(f"{slot} = _UNGROUPED")
+                        self._emit("break")
+            self._emit("except Exception:")
+            with self._block():
+                self._emit(f"{slot} = _UNGROUPED")
+
+
+def _root_context_nodes(tree: Node) -> list[Node]:
+    """The nodes of `tree` that are evaluated on the event itself."""
+    found: list[Node] = []
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        found.append(node)
+        kind = node["type"]
+        children = node.get("children", ())
+        if kind in _CHAINS:
+            # Only the first link sees the event; the rest see its result.
+            stack.append(children[0])
+        elif kind in (
+            "comparator",
+            "and_expression",
+            "or_expression",
+            "not_expression",
+            "function_expression",
+            "multi_select_list",
+            "multi_select_dict",
+            "key_val_pair",
+        ):
+            # An expref's body is a separate function evaluated on other values.
+            stack.extend(c for c in children if isinstance(c, dict) and c["type"] != "expref")
+    return found
+
+
+def _cannot_raise(node: Node) -> bool:
+    kind = node["type"]
+    if kind in _SAFE:
+        return True
+    if kind in _SAFE_CHAINS:
+        return all(child["type"] in _SAFE or child["type"] == "index" for child in node["children"])
+    return False
+
+
+def _grouped_filter(node: Node) -> tuple[Node, Node, Any, Node | None] | None:
+    """`base[?key == literal && rest]`: (base, key, literal, rest or None)."""
+    if node["type"] != "filter_projection":
+        return None
+    base, _, condition = node["children"]
+    leftmost, path = condition, []
+    while leftmost["type"] == "and_expression":
+        path.append(leftmost)
+        leftmost = leftmost["children"][0]
+    if leftmost["type"] != "comparator" or leftmost["value"] != "eq":
+        return None
+    key, literal = leftmost["children"]
+    if literal["type"] != "literal":
+        key, literal = literal, key
+    if literal["type"] != "literal" or key["type"] == "literal":
+        return None
+    if not set_comparable(literal["value"]):
+        return None
+    return base, key, literal["value"], _without_leftmost(path)
+
+
+def _without_leftmost(path: list[Node]) -> Node | None:
+    """The `&&` chain `path` (outermost first) with its leftmost test removed,
+    the rest evaluated in the same order."""
+    rest: Node | None = None
+    for and_node in reversed(path):
+        right = and_node["children"][1]
+        rest = right if rest is None else {"type": "and_expression", "children": [rest, right]}
+    return rest

@@ -1,0 +1,300 @@
+"""One generated function per event name's rules (engine.plan_compiler).
+
+The plan must give exactly what evaluating each rule's condition with
+jmespath's interpreter, in turn, gives: the rules that fire, in order,
+honouring `stop`, and for each rule that raises, the same error (class and
+message). Sharing must also really happen: a pure sub-expression used by
+several rules is evaluated once per event, a filter group is built once.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jmespath
+import pytest
+from conftest import _corpus, write_rules
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engine.events import Event
+from engine.expressions import _functions_class, is_truthy
+from engine.functions import BUILTIN_FUNCTIONS
+from engine.hookspecs import JMESPathFunction
+from engine.loader import load_rules
+from engine.plan_compiler import PlanStep, compile_plan
+
+Outcome = tuple[list[str], list[tuple[str, str, str]]]
+
+
+class Text(str):
+    """A string of another class than `str`."""
+
+
+class Calls:
+    """Pure and impure test functions that count their calls."""
+
+    def __init__(self) -> None:
+        self.count: Counter[str] = Counter()
+
+    def functions(self) -> dict[str, JMESPathFunction]:
+        def key_of(value: Any) -> Any:
+            self.count["key_of"] += 1
+            return value
+
+        def impure(value: Any) -> Any:
+            self.count["impure"] += 1
+            return value
+
+        def picky(value: Any) -> Any:
+            # Raises on anything but a string, like a strict plugin function.
+            self.count["picky"] += 1
+            if not isinstance(value, str):
+                raise ValueError(f"picky wants a string, got {value!r}")
+            return value.lower()
+
+        def shout(value: Any) -> Any:
+            # A str subclass: equal to 'ANN', but not of a class grouping knows.
+            return Text(value.upper()) if isinstance(value, str) else value
+
+        extra = [
+            JMESPathFunction("shout", shout, [{"types": []}], pure=True),
+            JMESPathFunction("key_of", key_of, [{"types": []}], pure=True),
+            JMESPathFunction("impure", impure, [{"types": []}]),
+            JMESPathFunction("picky", picky, [{"types": []}], pure=True),
+        ]
+        return {fn.name: fn for fn in [*BUILTIN_FUNCTIONS, *extra]}
+
+
+def reference(
+    texts: Sequence[str | None], stops: Sequence[bool], document: Any, functions: dict
+) -> Outcome:
+    """Each condition with jmespath's interpreter, in turn."""
+    options = jmespath.Options(custom_functions=_functions_class(functions.values())())
+    fired: list[str] = []
+    errors: list[tuple[str, str, str]] = []
+    for index, (text, stop) in enumerate(zip(texts, stops, strict=True)):
+        name = f"r{index}"
+        if text is not None:
+            try:
+                value = jmespath.compile(text).search(document, options)
+            except Exception as exc:  # noqa: BLE001
+                errors.append((name, type(exc).__name__, str(exc)))
+                continue
+            if not is_truthy(value):
+                continue
+        fired.append(name)
+        if stop:
+            break
+    return fired, errors
+
+
+def planned(
+    texts: Sequence[str | None], stops: Sequence[bool], document: Any, functions: dict
+) -> Outcome:
+    errors: list[tuple[str, str, str]] = []
+
+    def on_error(item: Any, context: Any, exc: Exception) -> None:
+        assert context == "ctx"
+        errors.append((item, type(exc).__name__, str(exc)))
+
+    steps = [
+        PlanStep(
+            f"r{index}", jmespath.compile(text).parsed if text is not None else None, None, stop
+        )
+        for index, (text, stop) in enumerate(zip(texts, stops, strict=True))
+    ]
+    plan = compile_plan(steps, functions, on_error)
+    return plan(document, "ctx"), errors
+
+
+PEOPLE = [
+    {"email": "a@example.com", "status": "joined", "name": "Ann"},
+    {"email": "b@vip.example.com", "status": "left", "name": "Bob"},
+    None,
+    {"email": "c@example.com", "status": "joined", "name": 7},
+    {"email": 12, "status": "joined"},
+    {"status": ["joined"], "email": "d@example.com"},
+    {"email": "e@vip.example.com", "status": "joined", "name": "Eve"},
+    "not an object",
+    {"email": "f@example.com", "status": 2, "name": "Fay"},
+]
+
+#: Conditions sharing sub-expressions and filter groups, with errors
+#: (lower() of a number, picky() of a non-string) at different elements.
+CONDITIONS = [
+    "people[?status == 'joined']",
+    "people[?status == 'joined' && ends_with(email, '@example.com')]",
+    "people[?status == 'left' && ends_with(email, '@vip.example.com')]",
+    "people[?'joined' == status].name",
+    "people[?status == 'joined' && lower(name) == 'ann']",
+    "people[?status == `2`]",
+    "length(people[?email_domain(email) == 'example.com'] || `[]`) > `2`",
+    "people[?email_domain(email) == 'vip.example.com'].name",
+    "people[?email_domain(email) == 'vip.example.com' && name == 'Eve' && status]",
+    "people[?picky(name) == 'ann']",
+    "people[?picky(name) == 'eve' && email]",
+    "people[?to_string(@) == 'null']",
+    "people[?to_string(@) == '\"not an object\"'] | [0]",
+    "people[?key_of(email) == 'a@example.com']",
+    "people[?shout(name) == 'ANN']",
+    "people[?shout(name) == 'EVE' && status]",
+    "people[?key_of(email) == 'e@vip.example.com' && status == 'joined']",
+    "people[?impure(status) == 'joined']",
+    "people[?impure(status) == 'left']",
+    "topic == 'Board' || lower(topic) == 'board'",
+    "lower(topic) == 'board' && length(people) > `3`",
+    "lower(topic)",
+    "contains(lower(topic), 'oar')",
+    "count > `2` && count < `10`",
+    "count > `2` || topic > `1`",
+    "people[0].email == 'a@example.com'",
+    "people[?status == 'joined'] | length(@) == `4`",
+    "sort_by(people[?status == 'joined' && email_domain(email) == 'example.com'], &email)[0].name",
+    "people[*].status",
+    None,
+]
+
+DOCUMENTS: list[Any] = [
+    {"topic": "Board", "count": 5, "people": PEOPLE},
+    {"topic": 5, "count": "x", "people": PEOPLE[:2]},
+    {"topic": "Board", "people": "not a list"},
+    {"topic": "board", "count": 3, "people": [None, None]},
+    {"people": [{"email": "a@example.com", "status": "joined", "name": "Ann"}] * 3},
+    {"people": [{"name": "x", "status": "joined", "email": {"not": "hashable"}}]},
+    {},
+    [],
+    None,
+]
+
+
+@pytest.mark.parametrize("document", DOCUMENTS)
+@pytest.mark.parametrize("stop_at", [None, 3, 9])
+def test_plan_equals_each_condition_in_turn(document: Any, stop_at: int | None) -> None:
+    functions = Calls().functions()
+    texts = CONDITIONS * 2  # every condition shared with its twin
+    stops = [index == stop_at for index in range(len(texts))]
+    assert planned(texts, stops, document, functions) == reference(
+        texts, stops, document, functions
+    )
+
+
+def test_the_corpus_events_too() -> None:
+    functions = Calls().functions()
+    texts = [
+        "payload.object.topic == 'My Personal Meeting Room'",
+        "lower(payload.object.topic) == 'my personal meeting room'",
+        "lower(payload.object.id) == 'x'",
+        "payload.object.participants[?user_name == 'x']",
+        "payload.object.participants[?user_name == 'y' && email]",
+        "payload.object.recording_files[?file_type == 'MP4'].file_size",
+        "payload.object.recording_files[?file_type == 'M4A' && file_size > `1`]",
+        "starts_with(event, 'meeting.') && payload.object.uuid",
+    ]
+    stops = [False] * len(texts)
+    fired_any = 0
+    for body in _corpus().values():
+        expected = reference(texts, stops, body, functions)
+        assert planned(texts, stops, body, functions) == expected, body.get("event")
+        fired_any += bool(expected[0])
+    assert fired_any
+
+
+def test_a_pure_sub_expression_is_evaluated_once_per_event() -> None:
+    calls = Calls()
+    functions = calls.functions()
+    texts = [
+        "key_of(topic) == 'a'",
+        "key_of(topic) == 'Board' && count",
+        "contains(key_of(topic), 'oa')",
+        "impure(topic) == 'a'",
+        "impure(topic) == 'Board'",
+    ]
+    fired, errors = planned(texts, [False] * 5, {"topic": "Board", "count": 1}, functions)
+    assert (fired, errors) == (["r1", "r2", "r4"], [])
+    assert calls.count == {"key_of": 1, "impure": 2}
+
+
+def test_filters_on_the_same_key_share_one_pass_over_the_list() -> None:
+    calls = Calls()
+    functions = calls.functions()
+    people = [{"email": f"p{i}@x{i % 3}.com"} for i in range(30)]
+    texts = [f"people[?key_of(email_domain(email)) == 'x{d}.com']" for d in range(3)]
+    texts.append("people[?key_of(email_domain(email)) == 'x1.com' && ends_with(email, '1@x1.com')]")
+    fired, errors = planned(texts, [False] * 4, {"people": people}, functions)
+    assert (fired, errors) == (["r0", "r1", "r2", "r3"], [])
+    assert calls.count["key_of"] == len(people)
+
+
+def test_a_group_key_that_raises_gives_each_rule_its_own_first_error() -> None:
+    """The grouping pass meets the key's error at element 3, but the
+    interpreter meets another error first in one rule (its rest, at element 0)."""
+    functions = Calls().functions()
+    people = [{"name": "Ann", "email": 5}, {"name": "Bob"}, {"name": "Cy"}, {"name": 4}]
+    texts = [
+        "people[?picky(name) == 'ann' && ends_with(email, 'x')]",
+        "people[?picky(name) == 'bob']",
+    ]
+    outcome = planned(texts, [False, False], {"people": people}, functions)
+    assert outcome == reference(texts, [False, False], {"people": people}, functions)
+    assert [error[1] for error in outcome[1]] == ["JMESPathTypeError", "ValueError"]
+
+
+def test_a_rule_set_too_deep_for_python_still_matches(tmp_path: Path) -> None:
+    """Python cannot compile the plan; the matcher evaluates rule by rule."""
+    deep = "payload" + ".b" * 3000 + " == 'x'"
+    rules = []
+    for index, when in enumerate([deep, "payload.object.topic == 'Board'", deep]):
+        rules.append(
+            f'[[rule]]\nname = "r{index}"\non = ["meeting.started"]\nwhen = "{when}"\n'
+            '  [[rule.action]]\n  type = "log"\n'
+        )
+    loaded = load_rules([write_rules(tmp_path, "\n".join(rules))], env={})
+    event = Event.from_body(
+        {"event": "meeting.started", "payload": {"object": {"topic": "Board"}}}, source="test"
+    )
+    assert [rule.name for rule in loaded.matcher.match(event.name, event.root())] == ["r1"]
+
+
+# A property test: random rule lists from the pool above, random documents.
+
+_element = st.one_of(
+    st.none(),
+    st.text(max_size=3),
+    st.integers(-2, 3),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "email": st.sampled_from(["a@example.com", "b@vip.example.com", 3, None, ""]),
+            "status": st.sampled_from(["joined", "left", 2, True, None]),
+            "name": st.sampled_from(["Ann", "ann", "Eve", 0, None]),
+        },
+    ),
+)
+_documents = st.fixed_dictionaries(
+    {},
+    optional={
+        "people": st.one_of(st.lists(_element, max_size=8), st.none(), st.text(max_size=2)),
+        "topic": st.sampled_from(["Board", "board", 5, None, ["Board"]]),
+        "count": st.sampled_from([0, 1, 3, 5.5, "5", None, False]),
+    },
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    texts=st.lists(st.sampled_from(CONDITIONS), min_size=1, max_size=12),
+    stop_at=st.integers(-1, 12),
+    document=_documents,
+)
+def test_plans_agree_with_the_interpreter(
+    texts: list[str | None], stop_at: int, document: Any
+) -> None:
+    functions = Calls().functions()
+    stops = [index == stop_at for index in range(len(texts))]
+    assert planned(texts, stops, document, functions) == reference(
+        texts, stops, document, functions
+    )
