@@ -161,6 +161,21 @@ def _ne(left: Any, right: Any) -> bool:
     return not visitor._equals(left, right)
 
 
+#: Results of pure functions by string argument, one bounded cache per
+#: function (see `_Generator._cached_call`).
+_RESULT_CACHES: dict[Callable[..., Any], dict[str, Any]] = {}
+_RESULT_CACHE_SIZE = 4096
+#: Results that may be shared between calls: nobody can change them.
+_IMMUTABLE = frozenset({str, int, float, bool, _NoneType})
+
+
+def _remember(cache: dict[str, Any], argument: str, result: Any) -> None:
+    if result.__class__ in _IMMUTABLE:
+        if len(cache) >= _RESULT_CACHE_SIZE:
+            cache.clear()
+        cache[argument] = result
+
+
 _RUNTIME: dict[str, Any] = {
     "_field": _field,
     "_fields": _fields,
@@ -169,6 +184,7 @@ _RUNTIME: dict[str, Any] = {
     "_index": _index,
     "_values": _values,
     "_MISSING": _MISSING,
+    "_remember": _remember,
     "_is_true": _is_true,
     "_not": _not,
     "_eq": visitor._equals,
@@ -577,17 +593,44 @@ class _Generator:
         slow = f"_call({name!r}, [{', '.join(args)}])"
         if name in self._custom:
             fn = self._custom[name]
-            return self._assign(self._checked_call(fn.signature, self._const(fn.func), args, slow))
+            call = self._checked_call(fn.signature, self._const(fn.func), args, slow)
+            if fn.pure and len(args) == 1:
+                return self._cached_call(fn.func, args[0], call)
+            return self._assign(call)
         spec = jmespath.functions.Functions.FUNCTION_TABLE.get(name)
         if spec is None or not _arity_ok(spec["signature"], len(args)):
             # Unknown function or wrong arity: jmespath raises only now, at
             # run time, after evaluating the arguments; let it do so.
             return self._assign(slow)
-        inline = _inline_builtin(name, args, slow)
+        literal_strings = [
+            child["type"] == "literal" and child["value"].__class__ is str
+            for child in node["children"]
+        ]
+        inline = _inline_builtin(name, args, slow, literal_strings)
         if inline is not None:
             return self._assign(inline)
         impl = self._const(spec["function"].__get__(self._funcs))
         return self._assign(self._checked_call(spec["signature"], impl, args, slow))
+
+    def _cached_call(self, func: Callable[..., Any], arg: str, call: str) -> str:
+        """`call` of a pure one-argument function, its result remembered per
+        string argument: the result depends on the argument alone, so the
+        same string gives the same value (errors are not remembered: they are
+        raised again). Pays where a rule set calls `email_domain()` on every
+        participant of every event: the same people come back."""
+        cache = self._const(_RESULT_CACHES.setdefault(func, {}))
+        out = self._tmp()
+        self._emit(f"if {arg}.__class__ is str:")
+        with self._block():
+            self._emit(f"{out} = {cache}.get({arg}, _MISSING)")
+            self._emit(f"if {out} is _MISSING:")
+            with self._block():
+                self._emit(f"{out} = {call}")
+                self._emit(f"_remember({cache}, {arg}, {out})")
+        self._emit("else:")
+        with self._block():
+            self._emit(f"{out} = {call}")
+        return out
 
     def _checked_call(
         self, signature: Sequence[Mapping[str, Any]], impl: str, args: list[str], slow: str
@@ -630,8 +673,11 @@ class _Block:
         self._gen._indent -= 1
 
 
-def _inline_builtin(name: str, args: list[str], slow: str) -> str | None:
-    """Inline Python for the hot built-ins (arity already checked)."""
+def _inline_builtin(
+    name: str, args: list[str], slow: str, literal_strings: list[bool]
+) -> str | None:
+    """Inline Python for the hot built-ins (arity already checked);
+    `literal_strings[i]` says that argument i is a string literal."""
     if name == "length":
         (a,) = args
         exact = f"{a}.__class__ is str or {a}.__class__ is list or {a}.__class__ is dict"
@@ -643,7 +689,14 @@ def _inline_builtin(name: str, args: list[str], slow: str) -> str | None:
     if name in ("starts_with", "ends_with"):
         a, b = args
         method = "startswith" if name == "starts_with" else "endswith"
-        return f"{a}.{method}({b}) if ({a}.__class__ is str and {b}.__class__ is str) else {slow}"
+        checks = " and ".join(
+            f"{arg}.__class__ is str"
+            for arg, known in zip(args, literal_strings, strict=True)
+            if not known
+        )
+        if not checks:
+            return f"{a}.{method}({b})"
+        return f"{a}.{method}({b}) if ({checks}) else {slow}"
     return None
 
 

@@ -306,7 +306,11 @@ class _PlanGenerator(_Generator):
         with self._block():
             bucket = self._assign(f"{slot}.get({self._literal(literal)}, ())")
             right = node["children"][1]
-            self._emit(f"{out} = {self._project('True', bucket, right, rest)}")
+            if rest is None and right["type"] == "identity":
+                # The bucket itself, less null elements (the projection drops them).
+                self._emit(f"{out} = [e for e in {bucket} if e is not None]")
+            else:
+                self._emit(f"{out} = {self._project('True', bucket, right, rest)}")
         return out
 
     def _fill_group(self, slot: str, base: str, key_node: Node) -> None:

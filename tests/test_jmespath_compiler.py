@@ -508,3 +508,44 @@ def test_through_expression_compiler(evaluator: str) -> None:
     doc = {"payload": {"object": {"participant": {"email": "x@VIP.example.com"}}}}
     assert search(doc) is True
     assert search({}) is False
+
+
+def test_a_pure_function_is_called_once_per_string_argument() -> None:
+    """Its result depends on the argument alone, so the compiled code may
+    remember it; errors, non-string arguments, mutable results and impure
+    functions are never remembered."""
+    calls: collections.Counter[str] = collections.Counter()
+
+    def counted(name: str, result: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        def func(value: Any) -> Any:
+            calls[name] += 1
+            return result(value)
+
+        return func
+
+    def strict(value: Any) -> Any:
+        if value == "bad":
+            raise exceptions.JMESPathError("bad value")
+        return value
+
+    functions = {
+        "pure": JMESPathFunction("pure", counted("pure", str.upper), [{"types": []}], pure=True),
+        "impure": JMESPathFunction("impure", counted("impure", str.upper), [{"types": []}]),
+        "listy": JMESPathFunction("listy", counted("listy", list), [{"types": []}], pure=True),
+        "strict": JMESPathFunction("strict", counted("strict", strict), [{"types": []}], pure=True),
+    }
+    search = compile_expression("[pure(a), impure(a), listy(a), strict(a)]", functions)
+    first = search({"a": "ab"})
+    second = search({"a": "ab"})
+    assert first == second == ["AB", "AB", ["a", "b"], "ab"]
+    assert first[2] is not second[2]  # a list is built afresh for each call
+    assert calls == {"pure": 1, "impure": 2, "listy": 2, "strict": 1}
+    search({"a": "cd"})
+    assert calls["pure"] == 2
+    numbers = compile_expression("strict(a)", functions)
+    assert numbers({"a": 5}) == numbers({"a": 5}) == 5
+    assert calls["strict"] == 4  # not a string: called each time
+    for _ in range(2):
+        with pytest.raises(exceptions.JMESPathError, match="bad value"):
+            search({"a": "bad"})
+    assert calls["strict"] == 6
