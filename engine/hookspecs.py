@@ -120,9 +120,10 @@ class JMESPathFunction:
     is called, exactly as for JMESPath's built-in functions.
 
     `pure` declares that the result depends only on the arguments (no clock,
-    no randomness, no side effects). The matcher may then evaluate a test
-    that several rules share once per event instead of once per rule (see
-    docs/performance.md); leave it False when in doubt.
+    no randomness, no side effects). The matcher may then evaluate a call
+    that several rules share once per event instead of once per rule, and
+    remember a one-argument function's result per string argument (see
+    docs/plugins.md); leave it False when in doubt.
     """
 
     name: str
