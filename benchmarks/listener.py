@@ -3,15 +3,18 @@
 1. events/s from the simulator through the daemon (frame decode, matcher with
    100 rules — two per event name — and a no-op action), next to a bare
    `websockets` client that only receives the same frames, in the same run;
-   the ratio is the figure.
+   the ratio is the figure. Several rounds, each one run of both back to
+   back (order alternating); medians, and the median of the rounds' ratios.
 2. The reconnect gap: the server drops the connection (TCP reset); time
    until the daemon's next connection is accepted (`build_connection`
    success). Median and max over 50 drops.
 
-    python benchmarks/listener.py [--events 50000] [--drops 50]
+    python benchmarks/listener.py [--events 50000] [--rounds 3] [--drops 50]
 
-Everything runs in one process on one event loop (simulator included), so
-both measurements share the CPU with the simulator equally.
+The simulator runs in a process of its own (`benchmarks/zoom_process.py`),
+as Zoom is remote: the daemon and the bare client each have this process's
+event loop to themselves, and the sender writes pre-serialized frames in
+batches, so it is not what limits either of them.
 """
 
 from __future__ import annotations
@@ -21,25 +24,29 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
+import orjson
+from anyio.abc import Process
+from anyio.streams.buffered import BufferedByteReceiveStream
 from websockets.asyncio.client import connect
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 from benchmarks._results import write_section  # noqa: E402
-from benchmarks.workload import choose_names, events  # noqa: E402
+from benchmarks.workload import choose_names  # noqa: E402
 from engine.auth import TokenManager  # noqa: E402
 from engine.daemon import Daemon  # noqa: E402
 from engine.events import Event  # noqa: E402
 from engine.hookspecs import ActionContext, ActionType, hookimpl  # noqa: E402
 from engine.listener import ZoomListener  # noqa: E402
 from engine.loader import load_rules  # noqa: E402
-from engine.simulator import Simulator  # noqa: E402
 
 
 class Counter:
@@ -82,11 +89,60 @@ def rules_file(directory: Path, names: list[str], journal: bool) -> Path:
     return path
 
 
-async def bare_receive_rate(sim: Simulator, frames: list[bytes]) -> float:
+class RemoteZoom:
+    """The simulator running in its own process (`benchmarks/zoom_process.py`)."""
+
+    def __init__(self, process: Process, lines: BufferedByteReceiveStream) -> None:
+        self.process = process
+        self._lines = lines
+        self.hello: dict[str, Any] = {}
+
+    @classmethod
+    @asynccontextmanager
+    async def start(cls, events: int) -> AsyncIterator[RemoteZoom]:
+        command = [sys.executable, "-m", "benchmarks.zoom_process", "--events", str(events)]
+        async with await anyio.open_process(command, cwd=ROOT, stderr=None) as process:
+            assert process.stdout is not None and process.stdin is not None
+            remote = cls(process, BufferedByteReceiveStream(process.stdout))
+            try:
+                remote.hello = await remote._reply()
+                yield remote
+            finally:
+                await process.stdin.aclose()  # the simulator exits at the end of its input
+                with anyio.move_on_after(10):
+                    await process.wait()
+                if process.returncode is None:
+                    process.kill()
+
+    async def _reply(self) -> dict[str, Any]:
+        return orjson.loads(await self._lines.receive_until(b"\n", 1 << 16))
+
+    async def request(self, op: str, **args: Any) -> dict[str, Any]:
+        assert self.process.stdin is not None
+        await self.process.stdin.send(orjson.dumps({"op": op, **args}) + b"\n")
+        return await self._reply()
+
+    async def wait_connected(self, count: int) -> None:
+        await self.request("wait_connected", count=count)
+
+    def env(self) -> dict[str, str]:
+        return {
+            "ZOOM_CLIENT_ID": self.hello["client_id"],
+            "ZOOM_CLIENT_SECRET": self.hello["client_secret"],
+            "ZOOM_WS_ENDPOINT": self.hello["ws_endpoint"],
+            "ZOOM_OAUTH_URL": self.hello["oauth_url"],
+            "ZOOM_API_BASE_URL": self.hello["api_base_url"],
+        }
+
+
+async def bare_receive_rate(zoom: RemoteZoom, connections: int) -> float:
     """A websockets client that only receives: the ceiling for this machine."""
-    token = sim.issue_token()
-    async with connect(f"{sim.ws_endpoint}&access_token={token}", max_size=None) as ws:
+    count = zoom.hello["frames"]
+    token = (await zoom.request("token"))["token"]
+    url = f"{zoom.hello['ws_endpoint']}&access_token={token}"
+    async with connect(url, max_size=None, ping_interval=None) as ws:
         await ws.recv()  # build_connection
+        await zoom.wait_connected(connections)
         received = 0
         done = anyio.Event()
 
@@ -94,28 +150,26 @@ async def bare_receive_rate(sim: Simulator, frames: list[bytes]) -> float:
             nonlocal received
             async for _ in ws:
                 received += 1
-                if received == len(frames):
+                if received == count:
                     done.set()
                     return
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(receive)
             start = time.perf_counter()
-            await sim.send_frames(frames)
+            await zoom.request("send")
             await done.wait()
             elapsed = time.perf_counter() - start
             tg.cancel_scope.cancel()
-    return len(frames) / elapsed
+    return count / elapsed
 
 
-async def daemon_rate(
-    sim: Simulator, frames: list[bytes], names: list[str], journal: bool
-) -> float:
+async def daemon_rate(zoom: RemoteZoom, names: list[str], connections: int) -> float:
     counter = Counter()
-    counter.target = len(frames)
+    counter.target = zoom.hello["frames"]
     with tempfile.TemporaryDirectory() as tmp:
-        env = bench_env(sim, tmp)
-        path = rules_file(Path(tmp), names, journal)
+        env = zoom.env()
+        path = rules_file(Path(tmp), names, journal=False)
         daemon = Daemon(
             [path],
             load_rules([path], env=env, extra_plugins=[counter]),
@@ -124,42 +178,31 @@ async def daemon_rate(
         )
         async with anyio.create_task_group() as tg:
             tg.start_soon(daemon.run)
-            before = sim.accepted_connections
-            await sim.wait_connected(count=before + 1, timeout=30)
+            await zoom.wait_connected(connections)
             start = time.perf_counter()
-            await sim.send_frames(frames)
+            await zoom.request("send")
             with anyio.fail_after(600):
                 await counter.reached.wait()
             elapsed = time.perf_counter() - start
             daemon.stop()
-    return len(frames) / elapsed
+    return counter.target / elapsed
 
 
-def bench_env(sim: Simulator, state_dir: str) -> dict[str, str]:
-    return {
-        "ZOOM_CLIENT_ID": sim.client_id,
-        "ZOOM_CLIENT_SECRET": sim.client_secret,
-        "ZOOM_WS_ENDPOINT": sim.ws_endpoint,
-        "ZOOM_OAUTH_URL": sim.oauth_url,
-        "ZOOM_API_BASE_URL": sim.api_base_url,
-    }
-
-
-async def reconnect_gaps(sim: Simulator, drops: int) -> list[float]:
+async def reconnect_gaps(zoom: RemoteZoom, drops: int, connections: int) -> list[float]:
     """Drop the connection `drops` times; time until the next accepted connection.
 
     The listener's backoff resets after a connection has been healthy for
     `healthy_after` (a minute in the daemon); here that is shortened to
     0.25 s and each drop comes after 0.3 s of health, so every drop is
     measured as the isolated drop it is in production, not as the 50th
-    failure in a row.
+    failure in a row. The simulator's process times each gap.
     """
     gaps: list[float] = []
     async with httpx.AsyncClient() as http:
         tokens = TokenManager(
-            oauth_url=sim.oauth_url,
-            client_id=sim.client_id,
-            client_secret=sim.client_secret,
+            oauth_url=zoom.hello["oauth_url"],
+            client_id=zoom.hello["client_id"],
+            client_secret=zoom.hello["client_secret"],
             http=http,
         )
 
@@ -168,46 +211,61 @@ async def reconnect_gaps(sim: Simulator, drops: int) -> list[float]:
 
         listener = ZoomListener(
             name="bench",
-            endpoint=sim.ws_endpoint,
+            endpoint=zoom.hello["ws_endpoint"],
             tokens=tokens,
             on_event=ignore,
             healthy_after=0.25,
         )
         async with anyio.create_task_group() as tg:
             tg.start_soon(listener.run)
-            await sim.wait_connected(count=sim.accepted_connections + 1, timeout=30)
+            await zoom.wait_connected(connections)
             for _ in range(drops):
                 await anyio.sleep(0.3)
-                accepted = sim.accepted_connections
-                start = time.perf_counter()
-                await sim.drop(reset=True)
-                await sim.wait_for(
-                    lambda a=accepted: (
-                        sim.accepted_connections > a and sim.live is not None and sim.live.accepted
-                    ),
-                    timeout=60,
-                )
-                gaps.append(time.perf_counter() - start)
+                gaps.append((await zoom.request("gap"))["gap"])
             tg.cancel_scope.cancel()
     return gaps
 
 
 async def main_async(args: argparse.Namespace) -> str:
     names = choose_names(50)
-    frames = [Simulator.encode_event(body) for body in events(args.events, names)]
-    async with Simulator() as sim:
-        bare = await bare_receive_rate(sim, frames)
-        daemon = await daemon_rate(sim, frames, names, journal=False)
-        gaps = await reconnect_gaps(sim, args.drops)
+    bare: list[float] = []
+    daemon: list[float] = []
+    ratios: list[float] = []
+    connections = 0
+    async with RemoteZoom.start(args.events) as zoom:
+        for round_ in range(args.rounds):
+            # Alternate the order: the machine's speed drifts between runs.
+            connections += 1
+            if round_ % 2:
+                d = await daemon_rate(zoom, names, connections)
+                connections += 1
+                b = await bare_receive_rate(zoom, connections)
+            else:
+                b = await bare_receive_rate(zoom, connections)
+                connections += 1
+                d = await daemon_rate(zoom, names, connections)
+            bare.append(b)
+            daemon.append(d)
+            ratios.append(d / b)
+            print(
+                f"round {round_ + 1}: bare {b:,.0f}/s, daemon {d:,.0f}/s ({d / b:.0%})", flush=True
+            )
+        gaps = await reconnect_gaps(zoom, args.drops, connections + 1)
+    rounds = ", ".join(f"{b:,.0f} / {d:,.0f}" for b, d in zip(bare, daemon, strict=True))
     return "\n".join(
         [
-            f"{args.events} Zoom-sized frames (corpus events), 100 rules (two per event name, one fires), no-op action; journal off",
+            f"{args.events} Zoom-sized frames (corpus events) from the simulator in its own process "
+            "(frames pre-serialized, written in batches), 100 rules (two per event name, one fires), "
+            f"no-op action; journal off; {args.rounds} rounds, each a bare client run and a daemon run "
+            "back to back (order alternating); medians",
             "",
             "| path | events/s |",
             "| --- | ---: |",
-            f"| bare websockets client, receive only | {bare:,.0f} |",
-            f"| daemon: decode + match + action | {daemon:,.0f} |",
-            f"| ratio daemon / bare | {daemon / bare:.0%} |",
+            f"| bare websockets client, receive only | {statistics.median(bare):,.0f} |",
+            f"| daemon: decode + match + action | {statistics.median(daemon):,.0f} |",
+            f"| ratio daemon / bare (median of the rounds) | {statistics.median(ratios):.0%} |",
+            "",
+            f"Rounds (bare / daemon events/s): {rounds}.",
             "",
             f"Reconnect gap over {len(gaps)} TCP resets (drop -> next build_connection success): "
             f"median {statistics.median(gaps) * 1000:.0f} ms, max {max(gaps) * 1000:.0f} ms.",
@@ -219,6 +277,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--drops", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     report = anyio.run(main_async, args)
