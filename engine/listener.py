@@ -24,6 +24,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from engine.auth import Backoff, TokenManager
+from engine.clock import loop_clock
 from engine.events import Event, InvalidEvent
 from engine.redact import redact, redact_url
 
@@ -249,11 +250,15 @@ class ZoomListener:
     async def _receive(self, session: _Session) -> None:
         ws = session.ws
         assert ws is not None
+        clock = loop_clock()  # read twice per frame: the cheap way
         while True:
-            session.idle_since = anyio.current_time()
+            session.idle_since = clock()
             message = await ws.recv()
             session.idle_since = None
-            if not await self._dispatch(session, message):
+            handled = self._frame(session, message)
+            if isinstance(handled, Event):
+                await self._deliver(handled)
+            elif not handled:
                 return
 
     async def _heartbeat(self, session: _Session) -> None:
@@ -290,8 +295,8 @@ class ZoomListener:
 
     # -- frames -------------------------------------------------------------
 
-    async def _dispatch(self, session: _Session, message: str | bytes) -> bool:
-        """Handle one frame; False ends the connection."""
+    def _frame(self, session: _Session, message: str | bytes) -> Event | bool:
+        """Decode one frame: the event it carries, or whether to keep the connection."""
         try:
             frame = orjson.loads(message)
         except orjson.JSONDecodeError:
@@ -300,18 +305,18 @@ class ZoomListener:
             return self._malformed("not_object", message)
         module = frame.get("module")
         if module == "message":
-            return await self._message(frame, message)
+            return self._message(frame, message)
         if module == "heartbeat":
             self.stats.heartbeats_acked += 1
             return True
         if module == "build_connection":
-            return await self._build_connection(session, frame)
+            return self._build_connection(session, frame)
         if not isinstance(module, str):
             return self._malformed("missing_module", message)
         log.debug("zoom[%s]: ignoring frame with module %r", self.name, module)
         return True
 
-    async def _message(self, frame: dict[str, Any], message: str | bytes) -> bool:
+    def _message(self, frame: dict[str, Any], message: str | bytes) -> Event | bool:
         content = frame.get("content")
         try:
             if isinstance(content, str | bytes):
@@ -322,8 +327,7 @@ class ZoomListener:
             return self._malformed("not_event", message, str(exc))
         self.stats.events += 1
         self.stats.last_event_at = event.received_at
-        await self._deliver(event)
-        return True
+        return event
 
     async def _deliver(self, event: Event) -> None:
         try:
@@ -338,7 +342,7 @@ class ZoomListener:
                 "zoom[%s]: event handler failed on %s (id %s)", self.name, event.name, event.id
             )
 
-    async def _build_connection(self, session: _Session, frame: dict[str, Any]) -> bool:
+    def _build_connection(self, session: _Session, frame: dict[str, Any]) -> bool:
         content = frame.get("content")
         if frame.get("success") is True:
             session.built_at = anyio.current_time()
