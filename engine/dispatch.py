@@ -147,9 +147,10 @@ class Dispatcher:
         self._outstanding = 0  # queued + running
         self._sleepers: deque[anyio.Event] = deque()  # one per idle worker
         self._woken = 0  # workers woken for queued jobs and not running yet
-        self._space = anyio.Event()
-        self._idle = anyio.Event()
-        self._idle.set()
+        # Set when a job finishes, for whoever waits; created by the first
+        # waiter, so a job costs no event unless somebody waits.
+        self._space: anyio.Event | None = None  # submit, when max_concurrency are outstanding
+        self._idle: anyio.Event | None = None  # wait_idle
         self._started = False
         # Timeouts (see _Lane): the timer task sleeps until `_timer_at`, the
         # earliest deadline it knows of; an attempt with an earlier deadline
@@ -181,12 +182,10 @@ class Dispatcher:
         if not self._started:
             raise RuntimeError("Dispatcher.run() is not running")
         while self._outstanding >= self.max_concurrency:
-            if self._space.is_set():
+            if self._space is None:
                 self._space = anyio.Event()
             await self._space.wait()
         self._outstanding += 1
-        if self._idle.is_set():
-            self._idle = anyio.Event()
         self.stats.jobs_started += 1
         self.stats.fired_by_rule[job.rule.name] += 1
         self._queue.append(job)
@@ -196,6 +195,8 @@ class Dispatcher:
     async def wait_idle(self) -> None:
         """Wait until no job is queued or running."""
         while self._outstanding:
+            if self._idle is None:
+                self._idle = anyio.Event()
             await self._idle.wait()
 
     async def run_job(self, job: Job) -> bool:
@@ -273,9 +274,12 @@ class Dispatcher:
 
     def _job_finished(self) -> None:
         self._outstanding -= 1
-        self._space.set()
-        if not self._outstanding:
+        if self._space is not None:
+            self._space.set()
+            self._space = None
+        if not self._outstanding and self._idle is not None:
             self._idle.set()
+            self._idle = None
 
     async def _timer(self) -> None:
         """Cancel the lanes whose attempt in flight is past its deadline."""
@@ -322,12 +326,17 @@ class Dispatcher:
             run.outcome = None
             succeeded, value = outcome
             if succeeded:
-                await self._action_finished(run, action, value, None)
+                if self.observer is not None:
+                    await self.observer(run.job, run.index, None, run.attempt)
+                self._action_finished(run, action, value, None)
                 continue
             if value.retryable and run.attempt <= (action.spec.retries or 0):
                 await self._retry_later(run, action, value)
                 continue
-            await self._action_finished(run, action, None, ActionFailed(value.message, run.attempt))
+            error = ActionFailed(value.message, run.attempt)
+            if self.observer is not None:
+                await self.observer(run.job, run.index, error, run.attempt)
+            self._action_finished(run, action, None, error)
             if not action.spec.continue_on_error:
                 break
         if run.ok:
@@ -395,13 +404,11 @@ class Dispatcher:
         )  # fmt: skip
         await anyio.sleep(delay)
 
-    async def _action_finished(
+    def _action_finished(
         self, run: _Run, action: CompiledAction, result: Any, error: ActionFailed | None
     ) -> None:
-        """Report the current action's outcome and move `run` on to the next action."""
+        """Record the current action's outcome (reported to the observer) and move on."""
         job, index = run.job, run.index
-        if self.observer is not None:
-            await self.observer(job, index, error, run.attempt)
         meta = run.meta
         meta["results"].append(result)
         meta["previous"] = result

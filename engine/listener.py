@@ -251,15 +251,24 @@ class ZoomListener:
         ws = session.ws
         assert ws is not None
         clock = loop_clock()  # read twice per frame: the cheap way
+        on_event = self.on_event
         while True:
             session.idle_since = clock()
             message = await ws.recv()
             session.idle_since = None
             handled = self._frame(session, message)
-            if isinstance(handled, Event):
-                await self._deliver(handled)
-            elif not handled:
-                return
+            if not isinstance(handled, Event):
+                if not handled:
+                    return
+                continue
+            try:
+                await on_event(handled)
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                raise  # the consumer is gone: the engine is shutting down
+            except Exception:
+                # A bug downstream must not cost us the connection (and every
+                # event Zoom sends while we reconnect).
+                self._handler_failed(handled)
 
     async def _heartbeat(self, session: _Session) -> None:
         ws = session.ws
@@ -329,18 +338,11 @@ class ZoomListener:
         self.stats.last_event_at = event.received_at
         return event
 
-    async def _deliver(self, event: Event) -> None:
-        try:
-            await self.on_event(event)
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            raise  # the consumer is gone: the engine is shutting down
-        except Exception:
-            # A bug downstream must not cost us the connection (and every
-            # event Zoom sends while we reconnect).
-            self.stats.handler_errors += 1
-            log.exception(
-                "zoom[%s]: event handler failed on %s (id %s)", self.name, event.name, event.id
-            )
+    def _handler_failed(self, event: Event) -> None:
+        self.stats.handler_errors += 1
+        log.exception(
+            "zoom[%s]: event handler failed on %s (id %s)", self.name, event.name, event.id
+        )
 
     def _build_connection(self, session: _Session, frame: dict[str, Any]) -> bool:
         content = frame.get("content")
