@@ -302,12 +302,10 @@ class Dispatcher:
     # -- one job --------------------------------------------------------------
 
     def _begin(self, job: Job) -> _Run:
-        meta: dict[str, Any] = {
-            **job.event.metadata(),
-            "rule": job.rule.name,
-            "results": [None] * job.start_at,
-            "previous": None,
-        }
+        meta = job.event.metadata()  # a fresh dict: this job's own
+        meta["rule"] = job.rule.name
+        meta["results"] = [None] * job.start_at
+        meta["previous"] = None
         return _Run(job, {**job.event.body, META_KEY: meta}, meta, job.start_at)
 
     async def _advance(self, run: _Run, lane: _Lane) -> bool:
