@@ -8,9 +8,11 @@ every problem. The WebSocket connections stay up across a reload.
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import anyio
@@ -31,6 +33,27 @@ log = logging.getLogger("zoomrules.daemon")
 
 class DaemonError(Exception):
     """The daemon cannot go on (bad credentials, no subscription)."""
+
+
+#: CPython's cyclic garbage collector runs a pass every GC_GENERATION0
+#: container objects allocated and not yet freed (700 by default). Decoded
+#: events are hundreds of dicts and lists each, freed by reference counting
+#: once their jobs finish, but the events waiting in the dispatcher's queue
+#: and websockets' buffer are alive at every pass, which traverses them all
+#: again: about 10% of the daemon's time per event at the default. Passes
+#: every 10,000 take that to nothing measurable.
+GC_GENERATION0 = 10_000
+
+
+@contextmanager
+def fewer_gc_passes() -> Iterator[None]:
+    """Raise the collector's first threshold while the daemon runs (restored after)."""
+    saved = gc.get_threshold()
+    gc.set_threshold(max(saved[0], GC_GENERATION0), *saved[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*saved)
 
 
 def _credentials(sub: Subscription) -> tuple[str, str, str, str | None]:
@@ -97,7 +120,8 @@ class Daemon:
                 "no [zoom] section with an endpoint and credentials: nothing to listen to"
             )
         try:
-            await self._run(config)
+            with fewer_gc_passes():
+                await self._run(config)
         except JournalError as exc:
             raise DaemonError(str(exc)) from None
         log.info("zoomrules stopped")

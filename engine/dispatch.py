@@ -23,6 +23,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
+from engine.clock import loop_clock
 from engine.events import META_KEY, Event
 from engine.hookspecs import ActionContext, ActionError
 from engine.ruleset import CompiledAction, CompiledRule, ParamTypeError
@@ -73,6 +74,49 @@ def backoff_delay(attempt: int, base: float, cap: float) -> float:
     return random.uniform(0, min(cap, base * (2 ** (attempt - 1))))
 
 
+class _Lane:
+    """Where one worker (or one direct `run_job` call) runs its action attempts.
+
+    Timeouts cost neither a cancel scope nor a timer per attempt: the lane's
+    cancel scope lasts for as many attempts as finish in time, each attempt
+    stores its deadline here, and the dispatcher's timer task cancels the
+    scope of a lane whose attempt is past its deadline. That cancellation
+    unwinds the lane's stack up to the scope; what the job had done so far
+    lives in its `_Run`, so it goes on from there in a fresh scope. (A cancel
+    scope with a deadline entered and left per attempt cost about 15 µs on
+    the benchmark machine: more than everything else the dispatcher does
+    for an action.)
+    """
+
+    __slots__ = ("deadline", "scope")
+
+    def __init__(self) -> None:
+        #: Of the attempt in flight; only finite while it is awaited.
+        self.deadline = math.inf
+        self.scope = anyio.CancelScope()
+
+
+class _Spent(Exception):
+    """The lane's scope was cancelled just as an attempt returned: go on in a fresh one."""
+
+
+@dataclass(slots=True, eq=False)
+class _Run:
+    """One job's progress through its actions (survives its lane's scope)."""
+
+    job: Job
+    root: dict[str, Any]
+    meta: dict[str, Any]
+    index: int
+    attempt: int = 0
+    #: `ActionContext.state` of the current action, kept across its attempts.
+    state: dict[str, Any] = field(default_factory=dict)
+    ok: bool = True
+    #: How the attempt in flight ended when that was settled outside its
+    #: lane's scope: (True, result) or (False, _Failure).
+    outcome: tuple[bool, Any] | None = None
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -91,19 +135,37 @@ class Dispatcher:
         self.max_concurrency = max_concurrency
         # A fixed pool of workers pulls jobs from a short queue: cheaper than
         # a task per job, and `submit` waits while `max_concurrency` jobs are
-        # queued or running, which is the backpressure the source feels.
+        # queued or running, which is the backpressure the source feels. A
+        # worker takes the next queued job as soon as it has finished one, so
+        # under load one wake-up serves many jobs. Idle workers are woken one
+        # at a time: by `submit` when no woken worker is on its way, and by a
+        # woken worker that leaves jobs queued behind the one it takes (so
+        # jobs that wait on I/O still get a worker each, while jobs that
+        # never wait are run by one worker without waking the others; one
+        # event for all idle workers woke every one of them for each job).
         self._queue: deque[Job] = deque()
         self._outstanding = 0  # queued + running
-        self._idle_workers = 0
-        self._work = anyio.Event()
-        self._space = anyio.Event()
-        self._idle = anyio.Event()
-        self._idle.set()
+        self._sleepers: deque[anyio.Event] = deque()  # one per idle worker
+        self._woken = 0  # workers woken for queued jobs and not running yet
+        # Set when a job finishes, for whoever waits; created by the first
+        # waiter, so a job costs no event unless somebody waits.
+        self._space: anyio.Event | None = None  # submit, when max_concurrency are outstanding
+        self._idle: anyio.Event | None = None  # wait_idle
         self._started = False
+        # Timeouts (see _Lane): the timer task sleeps until `_timer_at`, the
+        # earliest deadline it knows of; an attempt with an earlier deadline
+        # leaves it in `_timer_hint` and wakes it.
+        self._lanes: set[_Lane] = set()
+        self._timer_at = math.inf
+        self._timer_hint = math.inf
+        self._timer_wake = anyio.Event()
+        self._clock = anyio.current_time
 
     async def run(self, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run the workers; returns when cancelled (jobs in flight are cancelled)."""
+        self._clock = loop_clock()
         async with anyio.create_task_group() as tg:
+            tg.start_soon(self._timer)
             for _ in range(self.max_concurrency):
                 tg.start_soon(self._worker)
             self._started = True
@@ -120,144 +182,252 @@ class Dispatcher:
         if not self._started:
             raise RuntimeError("Dispatcher.run() is not running")
         while self._outstanding >= self.max_concurrency:
-            if self._space.is_set():
+            if self._space is None:
                 self._space = anyio.Event()
             await self._space.wait()
         self._outstanding += 1
-        if self._idle.is_set():
-            self._idle = anyio.Event()
         self.stats.jobs_started += 1
         self.stats.fired_by_rule[job.rule.name] += 1
         self._queue.append(job)
-        if self._idle_workers:
-            self._work.set()
+        if not self._woken and self._sleepers:
+            self._wake_one()
 
     async def wait_idle(self) -> None:
         """Wait until no job is queued or running."""
         while self._outstanding:
+            if self._idle is None:
+                self._idle = anyio.Event()
             await self._idle.wait()
 
-    async def _next_job(self) -> Job:
-        while not self._queue:
-            if self._work.is_set():
-                self._work = anyio.Event()
-            self._idle_workers += 1
-            try:
-                await self._work.wait()
-            finally:
-                self._idle_workers -= 1
-        return self._queue.popleft()
+    async def run_job(self, job: Job) -> bool:
+        """Run the rule's actions in order; True when every action succeeded.
+
+        The workers run every job this way; called directly, it runs in the
+        caller's task (the dispatcher must be running: its timer enforces
+        the actions' timeouts).
+        """
+        if not self._started:
+            raise RuntimeError("Dispatcher.run() is not running")
+        lane = _Lane()
+        self._lanes.add(lane)
+        run = self._begin(job)
+        try:
+            while True:
+                lane.scope = anyio.CancelScope()
+                try:
+                    with lane.scope:
+                        return await self._advance(run, lane)
+                except _Spent:
+                    continue
+                if lane.scope.cancelled_caught:
+                    run.outcome = (False, self._timed_out(run))
+        finally:
+            self._lanes.discard(lane)
+
+    # -- workers --------------------------------------------------------------
 
     async def _worker(self) -> None:
-        while True:
-            job = await self._next_job()
-            try:
-                await self.run_job(job)
-            finally:
-                self._outstanding -= 1
-                self._space.set()
-                if not self._outstanding:
-                    self._idle.set()
+        lane = _Lane()
+        self._lanes.add(lane)
+        queue = self._queue
+        run: _Run | None = None
+        try:
+            while True:
+                lane.scope = anyio.CancelScope()
+                try:
+                    with lane.scope:
+                        while True:
+                            if run is None:
+                                while not queue:
+                                    await self._sleep()
+                                run = self._begin(queue.popleft())
+                                if queue and not self._woken and self._sleepers:
+                                    self._wake_one()
+                            await self._advance(run, lane)
+                            run = None
+                            self._job_finished()
+                except _Spent:
+                    continue
+                if lane.scope.cancelled_caught:
+                    assert run is not None
+                    run.outcome = (False, self._timed_out(run))
+        finally:
+            self._lanes.discard(lane)
+            if run is not None:  # cancelled mid-job: the dispatcher is stopping
+                self._job_finished()
 
-    async def run_job(self, job: Job) -> bool:
-        """Run the rule's actions in order; True when every action succeeded."""
-        meta: dict[str, Any] = {
-            **job.event.metadata(),
-            "rule": job.rule.name,
-            "results": [],
-            "previous": None,
-        }
-        root = {**job.event.body, META_KEY: meta}
-        ok = True
-        for index, action in enumerate(job.rule.actions):
-            if index < job.start_at:
-                meta["results"].append(None)
+    def _wake_one(self) -> None:
+        self._woken += 1
+        self._sleepers.popleft().set()
+
+    async def _sleep(self) -> None:
+        """Wait until `submit` wakes this worker for a queued job."""
+        wake = anyio.Event()
+        self._sleepers.append(wake)
+        try:
+            await wake.wait()
+        finally:
+            if wake.is_set():
+                self._woken -= 1
+            else:  # cancelled while idle
+                self._sleepers.remove(wake)
+
+    def _job_finished(self) -> None:
+        self._outstanding -= 1
+        if self._space is not None:
+            self._space.set()
+            self._space = None
+        if not self._outstanding and self._idle is not None:
+            self._idle.set()
+            self._idle = None
+
+    async def _timer(self) -> None:
+        """Cancel the lanes whose attempt in flight is past its deadline."""
+        while True:
+            self._timer_wake = anyio.Event()
+            now = self._clock()
+            earliest = self._timer_hint if self._timer_hint > now else math.inf
+            self._timer_hint = math.inf
+            for lane in self._lanes:
+                deadline = lane.deadline
+                if deadline <= now:
+                    lane.deadline = math.inf
+                    lane.scope.cancel()
+                elif deadline < earliest:
+                    earliest = deadline
+            self._timer_at = earliest
+            with anyio.CancelScope(deadline=earliest):
+                await self._timer_wake.wait()
+
+    # -- one job --------------------------------------------------------------
+
+    def _begin(self, job: Job) -> _Run:
+        meta = job.event.metadata()  # a fresh dict: this job's own
+        meta["rule"] = job.rule.name
+        meta["results"] = [None] * job.start_at
+        meta["previous"] = None
+        return _Run(job, {**job.event.body, META_KEY: meta}, meta, job.start_at)
+
+    async def _advance(self, run: _Run, lane: _Lane) -> bool:
+        """Run the job's actions from where `run` stands; True when every one succeeded.
+
+        An attempt that times out ends this call with CancelledError, caught
+        by the lane's scope: the caller records the timeout in `run.outcome`
+        and calls again, as it does after _Spent.
+        """
+        actions = run.job.rule.actions
+        while run.index < len(actions):
+            action = actions[run.index]
+            outcome = run.outcome
+            if outcome is None:
+                outcome = await self._attempt(run, action, lane)
+            run.outcome = None
+            succeeded, value = outcome
+            if succeeded:
+                if self.observer is not None:
+                    await self.observer(run.job, run.index, None, run.attempt)
+                self._action_finished(run, action, value, None)
                 continue
-            error: ActionFailed | None = None
-            attempts = 0
-            try:
-                result, attempts = await self._run_action(job, index, action, root)
-            except ActionFailed as exc:
-                error, attempts, result = exc, exc.attempts, None
+            if value.retryable and run.attempt <= (action.spec.retries or 0):
+                await self._retry_later(run, action, value)
+                continue
+            error = ActionFailed(value.message, run.attempt)
             if self.observer is not None:
-                await self.observer(job, index, error, attempts)
-            meta["results"].append(result)
-            meta["previous"] = result
-            if error is None:
-                self.stats.actions_ok += 1
-                continue
-            ok = False
-            self.stats.actions_failed += 1
-            self.stats.failed_by_rule[job.rule.name] += 1
-            log.error(
-                "rule %r action %d (%s) failed on %s %s after %d attempt(s): %s",
-                job.rule.name, index + 1, action.spec.type, job.event.name, job.event.id,
-                attempts, error,
-                extra={
-                    "rule": job.rule.name, "action_index": index + 1, "action": action.spec.type,
-                    "event": job.event.name, "event_id": job.event.id,
-                },
-            )  # fmt: skip
+                await self.observer(run.job, run.index, error, run.attempt)
+            self._action_finished(run, action, None, error)
             if not action.spec.continue_on_error:
                 break
-        if ok:
+        if run.ok:
             self.stats.jobs_done += 1
         else:
             self.stats.jobs_failed += 1
-        return ok
+        return run.ok
 
-    async def _run_action(
-        self, job: Job, index: int, action: CompiledAction, root: dict[str, Any]
-    ) -> tuple[Any, int]:
-        state: dict[str, Any] = {}
-        retries = action.spec.retries or 0
-        attempt = 0
-        while True:
-            attempt += 1
-            ctx = ActionContext(
-                event=job.event, rule=job.rule.name, action_index=index, attempt=attempt,
-                root=root, services=self.services, log=log, state=state,
-            )  # fmt: skip
-            try:
-                return await self._attempt(action, ctx), attempt
-            except _Failure as failure:
-                if not failure.retryable or attempt > retries:
-                    raise ActionFailed(failure.message, attempt) from None
-                delay = max(
-                    failure.retry_after or 0.0,
-                    backoff_delay(attempt, self.backoff, self.backoff_cap),
-                )
-                self.stats.retries += 1
-                log.warning(
-                    "rule %r action %d (%s) attempt %d/%d failed on %s: %s; retrying in %.2fs",
-                    job.rule.name, index + 1, action.spec.type, attempt, retries + 1,
-                    job.event.name, failure.message, delay,
-                    extra={"rule": job.rule.name, "action_index": index + 1, "event": job.event.name},
-                )  # fmt: skip
-                await anyio.sleep(delay)
-
-    async def _attempt(self, action: CompiledAction, ctx: ActionContext) -> Any:
+    async def _attempt(self, run: _Run, action: CompiledAction, lane: _Lane) -> tuple[bool, Any]:
+        """One attempt at the current action: (True, result) or (False, _Failure)."""
+        run.attempt += 1
+        job = run.job
+        ctx = ActionContext(
+            event=job.event, rule=job.rule.name, action_index=run.index, attempt=run.attempt,
+            root=run.root, services=self.services, log=log, state=run.state,
+        )  # fmt: skip
         try:
-            params = action.render(ctx.root)
+            params = action.render(run.root)
         except ParamTypeError as exc:
-            raise _Failure(str(exc), retryable=False) from None
+            return False, _Failure(str(exc), retryable=False)
         except Exception as exc:  # noqa: BLE001 - a template error is this event's problem
-            raise _Failure(
+            return False, _Failure(
                 f"rendering parameters: {type(exc).__name__}: {exc}", retryable=False
-            ) from None
-        timeout = action.spec.timeout or math.inf
+            )
+        timeout = action.spec.timeout
+        if timeout:
+            lane.deadline = deadline = self._clock() + timeout
+            if deadline < self._timer_at:
+                self._timer_hint = min(self._timer_hint, deadline)
+                self._timer_wake.set()
+        outcome: tuple[bool, Any]
         try:
-            # A bare cancel scope with a deadline (what fail_after wraps, minus
-            # its generator overhead, which shows on this hot path).
-            with anyio.CancelScope(deadline=anyio.current_time() + timeout) as scope:
-                result = await action.action_type.run(params, ctx)
+            outcome = True, await action.action_type.run(params, ctx)
         except ActionError as exc:
-            raise _Failure(str(exc), exc.retryable, exc.retry_after) from None
+            outcome = False, _Failure(str(exc), exc.retryable, exc.retry_after)
         except Exception as exc:  # noqa: BLE001 - plugin bugs must not kill the daemon
-            raise _Failure(f"{type(exc).__name__}: {exc}", retryable=True) from None
-        if scope.cancelled_caught:
-            raise _Failure(f"timed out after {timeout:g}s", retryable=True)
-        return result
+            outcome = False, _Failure(f"{type(exc).__name__}: {exc}", retryable=True)
+        finally:
+            lane.deadline = math.inf
+        if lane.scope.cancel_called:
+            # The deadline passed as the attempt returned: its outcome stands
+            # (as it would with a scope whose cancellation never reached the
+            # action), but this scope is cancelled: go on in a fresh one.
+            run.outcome = outcome
+            raise _Spent
+        return outcome
+
+    @staticmethod
+    def _timed_out(run: _Run) -> _Failure:
+        timeout = run.job.rule.actions[run.index].spec.timeout
+        return _Failure(f"timed out after {timeout:g}s", retryable=True)
+
+    async def _retry_later(self, run: _Run, action: CompiledAction, failure: _Failure) -> None:
+        job, retries = run.job, action.spec.retries or 0
+        delay = max(
+            failure.retry_after or 0.0,
+            backoff_delay(run.attempt, self.backoff, self.backoff_cap),
+        )
+        self.stats.retries += 1
+        log.warning(
+            "rule %r action %d (%s) attempt %d/%d failed on %s: %s; retrying in %.2fs",
+            job.rule.name, run.index + 1, action.spec.type, run.attempt, retries + 1,
+            job.event.name, failure.message, delay,
+            extra={"rule": job.rule.name, "action_index": run.index + 1, "event": job.event.name},
+        )  # fmt: skip
+        await anyio.sleep(delay)
+
+    def _action_finished(
+        self, run: _Run, action: CompiledAction, result: Any, error: ActionFailed | None
+    ) -> None:
+        """Record the current action's outcome (reported to the observer) and move on."""
+        job, index = run.job, run.index
+        meta = run.meta
+        meta["results"].append(result)
+        meta["previous"] = result
+        run.index += 1
+        run.attempt = 0
+        run.state = {}
+        if error is None:
+            self.stats.actions_ok += 1
+            return
+        run.ok = False
+        self.stats.actions_failed += 1
+        self.stats.failed_by_rule[job.rule.name] += 1
+        log.error(
+            "rule %r action %d (%s) failed on %s %s after %d attempt(s): %s",
+            job.rule.name, index + 1, action.spec.type, job.event.name, job.event.id,
+            error.attempts, error,
+            extra={
+                "rule": job.rule.name, "action_index": index + 1, "action": action.spec.type,
+                "event": job.event.name, "event_id": job.event.id,
+            },
+        )  # fmt: skip
 
 
 class _Failure(Exception):

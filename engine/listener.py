@@ -24,6 +24,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from engine.auth import Backoff, TokenManager
+from engine.clock import loop_clock
 from engine.events import Event, InvalidEvent
 from engine.redact import redact, redact_url
 
@@ -249,12 +250,25 @@ class ZoomListener:
     async def _receive(self, session: _Session) -> None:
         ws = session.ws
         assert ws is not None
+        clock = loop_clock()  # read twice per frame: the cheap way
+        on_event = self.on_event
         while True:
-            session.idle_since = anyio.current_time()
+            session.idle_since = clock()
             message = await ws.recv()
             session.idle_since = None
-            if not await self._dispatch(session, message):
-                return
+            handled = self._frame(session, message)
+            if not isinstance(handled, Event):
+                if not handled:
+                    return
+                continue
+            try:
+                await on_event(handled)
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                raise  # the consumer is gone: the engine is shutting down
+            except Exception:
+                # A bug downstream must not cost us the connection (and every
+                # event Zoom sends while we reconnect).
+                self._handler_failed(handled)
 
     async def _heartbeat(self, session: _Session) -> None:
         ws = session.ws
@@ -290,8 +304,8 @@ class ZoomListener:
 
     # -- frames -------------------------------------------------------------
 
-    async def _dispatch(self, session: _Session, message: str | bytes) -> bool:
-        """Handle one frame; False ends the connection."""
+    def _frame(self, session: _Session, message: str | bytes) -> Event | bool:
+        """Decode one frame: the event it carries, or whether to keep the connection."""
         try:
             frame = orjson.loads(message)
         except orjson.JSONDecodeError:
@@ -300,18 +314,18 @@ class ZoomListener:
             return self._malformed("not_object", message)
         module = frame.get("module")
         if module == "message":
-            return await self._message(frame, message)
+            return self._message(frame, message)
         if module == "heartbeat":
             self.stats.heartbeats_acked += 1
             return True
         if module == "build_connection":
-            return await self._build_connection(session, frame)
+            return self._build_connection(session, frame)
         if not isinstance(module, str):
             return self._malformed("missing_module", message)
         log.debug("zoom[%s]: ignoring frame with module %r", self.name, module)
         return True
 
-    async def _message(self, frame: dict[str, Any], message: str | bytes) -> bool:
+    def _message(self, frame: dict[str, Any], message: str | bytes) -> Event | bool:
         content = frame.get("content")
         try:
             if isinstance(content, str | bytes):
@@ -322,23 +336,15 @@ class ZoomListener:
             return self._malformed("not_event", message, str(exc))
         self.stats.events += 1
         self.stats.last_event_at = event.received_at
-        await self._deliver(event)
-        return True
+        return event
 
-    async def _deliver(self, event: Event) -> None:
-        try:
-            await self.on_event(event)
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            raise  # the consumer is gone: the engine is shutting down
-        except Exception:
-            # A bug downstream must not cost us the connection (and every
-            # event Zoom sends while we reconnect).
-            self.stats.handler_errors += 1
-            log.exception(
-                "zoom[%s]: event handler failed on %s (id %s)", self.name, event.name, event.id
-            )
+    def _handler_failed(self, event: Event) -> None:
+        self.stats.handler_errors += 1
+        log.exception(
+            "zoom[%s]: event handler failed on %s (id %s)", self.name, event.name, event.id
+        )
 
-    async def _build_connection(self, session: _Session, frame: dict[str, Any]) -> bool:
+    def _build_connection(self, session: _Session, frame: dict[str, Any]) -> bool:
         content = frame.get("content")
         if frame.get("success") is True:
             session.built_at = anyio.current_time()

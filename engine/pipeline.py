@@ -62,6 +62,8 @@ class Pipeline:
             return []
         root = event.root()
         fired = rules.matcher.match(event.name, root)
+        if not fired or not rules.throttles:
+            return fired
         return [
             rule
             for rule in fired

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 from daemon_process import ZOOMRULES, daemon_process, poll_until, simulator_env
 
+from engine.daemon import GC_GENERATION0, fewer_gc_passes
 from engine.simulator import Simulator
 
 pytestmark = pytest.mark.anyio
@@ -241,3 +243,10 @@ def test_demo_shows_rules_firing() -> None:
     assert "[recording-ready]" in out and "join URL https://" in out
     assert out.count("[guest-joined]") == 2
     assert "[meeting-ended]" in out
+
+
+def test_the_collector_runs_less_often_while_the_daemon_runs_and_is_restored_after() -> None:
+    before = gc.get_threshold()
+    with fewer_gc_passes():
+        assert gc.get_threshold() == (max(before[0], GC_GENERATION0), *before[1:])
+    assert gc.get_threshold() == before

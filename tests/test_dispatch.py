@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import httpx
 import pytest
 from anyio import wait_all_tasks_blocked
@@ -34,6 +36,7 @@ class SteeredPlugin:
         self.entered = 0
         self.gate = anyio.Event()
         self.cancelled = 0
+        self.dispatcher: Dispatcher | None = None
 
     async def record(self, params: Mapping[str, Any], ctx: ActionContext) -> Any:
         self.calls.append((ctx.rule, ctx.action_index, ctx.attempt, dict(params)))
@@ -58,9 +61,19 @@ class SteeredPlugin:
         finally:
             self.in_flight -= 1
 
+    async def late(self, params: Mapping[str, Any], ctx: ActionContext) -> Any:
+        """Returns just as its timeout fires: the cancellation is called but never delivered."""
+        self.calls.append((ctx.rule, ctx.action_index, ctx.attempt, dict(params)))
+        assert self.dispatcher is not None
+        for lane in self.dispatcher._lanes:  # what the timer does at the deadline
+            if lane.deadline < math.inf:
+                lane.scope.cancel()
+        return "late but done"
+
     @hookimpl
     def zoomrules_action_types(self) -> list[ActionType]:
         return [
+            ActionType("late", self.late),
             ActionType(
                 "record",
                 self.record,
@@ -150,6 +163,25 @@ on = ["meeting.ended"]
 
   [[rule.action]]
   type = "gated"
+
+[[rule]]
+name = "late"
+on = ["meeting.ended"]
+
+  [[rule.action]]
+  type = "late"
+
+  [[rule.action]]
+  type = "record"
+  value = "{{ zoomrules.previous }}"
+
+[[rule]]
+name = "hung-once"
+on = ["meeting.ended"]
+
+  [[rule.action]]
+  type = "hang"
+  timeout = "50ms"
 """
 
 
@@ -164,12 +196,13 @@ def loaded(tmp_path: Path, plugin: SteeredPlugin) -> LoadedRules:
 
 
 @pytest.fixture
-async def dispatcher(loaded: LoadedRules) -> AsyncIterator[Dispatcher]:
+async def dispatcher(loaded: LoadedRules, plugin: SteeredPlugin) -> AsyncIterator[Dispatcher]:
     async with httpx.AsyncClient() as http, anyio.create_task_group() as tg:
         dispatcher = Dispatcher(
             Services(loaded.config, http), max_concurrency=2, backoff=0.001, backoff_cap=0.001
         )
         await tg.start(dispatcher.run)
+        plugin.dispatcher = dispatcher
         yield dispatcher
         tg.cancel_scope.cancel()
 
@@ -305,3 +338,69 @@ async def test_submit_runs_jobs_concurrently_and_independently(
     assert dispatcher.stats.jobs_failed == 1
     assert dispatcher.stats.jobs_done == 1
     assert sorted(c[0] for c in plugin.calls) == ["ordered"] * 3 + ["stops-on-error"]
+
+
+async def test_a_worker_goes_on_after_an_action_of_its_job_timed_out(
+    loaded: LoadedRules, dispatcher: Dispatcher, plugin: SteeredPlugin
+) -> None:
+    # More jobs than workers, so the workers that ran the hung actions run
+    # the rest: every job after a timeout still runs, in order, to the end.
+    for _ in range(3):
+        await dispatcher.submit(Job(EVENT, rule(loaded, "hung-once")))
+        await dispatcher.submit(Job(EVENT, rule(loaded, "ordered")))
+    with anyio.fail_after(10):
+        await dispatcher.wait_idle()
+    assert plugin.cancelled == 3
+    assert dispatcher.stats.jobs_failed == 3
+    assert dispatcher.stats.jobs_done == 3
+    assert dispatcher.stats.actions_ok == 9
+    ordered = [c for c in plugin.calls if c[0] == "ordered"]
+    assert [c[3]["value"] for c in ordered] == [
+        "first Weekly project sync",
+        "first Weekly project sync",
+        [0, 1],
+    ] * 3
+
+
+async def test_an_action_that_returns_as_its_deadline_passes_keeps_its_result(
+    loaded: LoadedRules, dispatcher: Dispatcher, plugin: SteeredPlugin
+) -> None:
+    outcomes: list[tuple[int, Any, int]] = []
+
+    async def observer(job: Job, index: int, error: Any, attempts: int) -> None:
+        await anyio.lowlevel.checkpoint()  # the job goes on awaiting after the late cancellation
+        outcomes.append((index, error, attempts))
+
+    dispatcher.observer = observer
+    assert await dispatcher.run_job(Job(EVENT, rule(loaded, "late"))) is True
+    await dispatcher.submit(Job(EVENT, rule(loaded, "late")))
+    await dispatcher.wait_idle()
+    assert outcomes == [(0, None, 1), (1, None, 1)] * 2
+    assert [c[3].get("value") for c in plugin.calls if c[0] == "late"] == [
+        None,
+        "late but done",
+    ] * 2
+    assert dispatcher.stats.jobs_done == 2
+
+
+async def test_jobs_that_wait_get_a_worker_each(
+    loaded: LoadedRules, tmp_path: Path, plugin: SteeredPlugin
+) -> None:
+    async with httpx.AsyncClient() as http, anyio.create_task_group() as tg:
+        dispatcher = Dispatcher(Services(loaded.config, http), max_concurrency=16)
+        await tg.start(dispatcher.run)
+        for _ in range(16):
+            await dispatcher.submit(Job(EVENT, rule(loaded, "gated")))
+        await wait_all_tasks_blocked()
+        assert plugin.entered == 16
+        plugin.gate.set()
+        await dispatcher.wait_idle()
+        assert dispatcher.stats.jobs_done == 16
+        tg.cancel_scope.cancel()
+
+
+async def test_run_job_needs_a_running_dispatcher(loaded: LoadedRules) -> None:
+    async with httpx.AsyncClient() as http:
+        dispatcher = Dispatcher(Services(loaded.config, http))
+        with pytest.raises(RuntimeError, match="not running"):
+            await dispatcher.run_job(Job(EVENT, rule(loaded, "ordered")))

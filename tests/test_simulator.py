@@ -227,3 +227,32 @@ async def test_fast_bulk_send() -> None:
                     tg.start_soon(drain)
                     assert await sim.send_frames(frames) == n
     assert received == n
+
+
+async def test_pre_serialized_frames_arrive_whole_and_in_order() -> None:
+    n = 2_000
+    frames = [
+        Simulator.encode_event({"event": "meeting.started", "event_ts": i, "pad": "x" * (i % 700)})
+        for i in range(n)
+    ]
+    async with Simulator() as sim, connect(_ws_url(sim, sim.issue_token())) as ws:
+        await ws.recv()
+        await sim.wait_connected()
+        received: list[str] = []
+
+        async def drain() -> None:
+            while len(received) < n:
+                received.append(await ws.recv())
+
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(drain)
+                assert await sim.send_wire(Simulator.wire_frames(frames), batch=7) == n
+    assert [frame.encode() for frame in received] == frames
+    assert sim.events_delivered == n
+
+
+async def test_pre_serialized_frames_without_a_client_are_counted_as_dropped() -> None:
+    async with Simulator() as sim:
+        assert await sim.send_wire(Simulator.wire_frames([b'{"module":"message"}'])) == 0
+    assert sim.events_dropped == 1
