@@ -96,20 +96,24 @@ def scan(text: str) -> Scanned | None:
     values: list[Any] = []
     pos = 0
     for match in _DELIMITED.finditer(text):
-        raw, js = match.group(1), match.group(2)
+        raw, js = match.groups()
+        start = match.start()
         if raw is not None:
-            value: Any = raw.replace("\\'", "'")
+            value: Any = raw.replace("\\'", "'") if "\\" in raw else raw
         elif js is not None:
             try:
-                value = json.loads(js.replace("\\`", "`"))
+                if js.isdigit() and js.isascii() and (js[0] != "0" or len(js) == 1):
+                    value = int(js)  # what json.loads gives, faster
+                else:
+                    value = json.loads(js.replace("\\`", "`"))
             except Exception:  # noqa: BLE001 - jmespath decides: a warning, an error
                 return None
-        elif match.end() - match.start() == 1:
+        elif match.end() - start == 1:
             return None  # an unterminated literal or quoted identifier
         else:
             continue  # a quoted identifier stays part of the shape
-        key.append(text[pos : match.start()])
-        key.append((text[match.start()], literal_class(value)))
+        key.append(text[pos:start])
+        key.append((text[start], literal_class(value)))
         values.append(value)
         pos = match.end()
     if not values:
