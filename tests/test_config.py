@@ -471,3 +471,24 @@ def test_check_command_on_several_files(tmp_path: Path) -> None:
     ok = run_cli("check", "-c", first)
     assert ok.returncode == 0, ok.stderr
     assert f"OK: 1 rules, 1 actions in {first}" in ok.stdout
+
+
+def test_loading_leaves_the_garbage_collector_as_it_was(tmp_path: Path) -> None:
+    """Loading pauses Python's cyclic collector; it is back on afterwards,
+    whether the file loads or not, and stays off if it was off."""
+    import gc
+
+    good = write_rules(tmp_path, RULE_OK)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[[rule]]\nname = 1\n")
+    assert gc.isenabled()
+    load(good)
+    assert gc.isenabled()
+    problems(bad)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        load(good)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
