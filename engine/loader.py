@@ -53,13 +53,20 @@ def _collector_paused() -> Iterator[None]:
     specs, trees, generated functions) and keeps nearly all of them, so
     every collection triggered on the way scans a growing heap and frees
     next to nothing: a third of the time to load 10,000 rules. Reference
-    counting still frees everything else at once; collections resume after.
+    counting still frees everything else at once. Afterwards the survivors
+    go straight to the oldest generation (`freeze` then `unfreeze`, unless
+    someone froze objects before), so the young collections that follow do
+    not scan them all again (another 0.2-0.4 s); the next full collection
+    looks at them, cycles and all, as it would have anyway.
     """
     enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
+        if gc.get_freeze_count() == 0:
+            gc.freeze()
+            gc.unfreeze()
         if enabled:
             gc.enable()
 

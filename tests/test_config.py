@@ -492,3 +492,11 @@ def test_loading_leaves_the_garbage_collector_as_it_was(tmp_path: Path) -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
+    # Nothing is left frozen, and objects someone else froze stay frozen.
+    assert gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        load(good)
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
