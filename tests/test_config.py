@@ -340,6 +340,14 @@ def test_environment_defaults_and_dollar_escape(tmp_path: Path) -> None:
     assert loaded.rules[0].actions[0].render({})["path"] == "/var/log/zr/x-${HOME}.jsonl"
 
 
+@pytest.mark.parametrize("dollar", ["\\u0024", "\\U00000024"])
+def test_environment_variable_written_with_an_escaped_dollar(tmp_path: Path, dollar: str) -> None:
+    """A `$` that TOML reads from an escape is interpolated like any other."""
+    text = RULE_OK.replace('type = "log"', f'type = "log"\n  path = "{dollar}{{LOG_DIR}}/a.jsonl"')
+    loaded = load(write_rules(tmp_path, text), env={"LOG_DIR": "/srv/logs"})
+    assert loaded.rules[0].actions[0].render({})["path"] == "/srv/logs/a.jsonl"
+
+
 def test_duplicate_rule_name_in_one_file(tmp_path: Path) -> None:
     path = write_rules(tmp_path, RULE_OK + "\n" + RULE_OK)
     problem = only(problems(path))
