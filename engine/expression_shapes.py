@@ -144,7 +144,9 @@ class ShapeCache:
         self._build = build
         #: Shape -> its template; None once it proved unable to make one.
         self._templates: dict[tuple[Any, ...], _Template | None] = {}
-        #: Shape -> times compiled without a template (the first just counts).
+        #: Shape -> times compiled without a template. The first time only
+        #: counts: making a template costs a second parse and a `compile()`,
+        #: which a shape used once (most shapes in a small file) never repays.
         self._misses: dict[tuple[Any, ...], int] = {}
         #: Texts served by a template (for tests and curiosity).
         self.hits = 0
