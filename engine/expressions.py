@@ -23,7 +23,9 @@ import jmespath.functions
 from jmespath import exceptions
 from jmespath.parser import ParsedResult
 
+from engine.expression_shapes import ShapeCache
 from engine.hookspecs import JMESPathFunction
+from engine.jmespath_compiler import Generated, generate
 from engine.prefilter import find_guard
 
 Search = Callable[[Any], Any]
@@ -74,7 +76,11 @@ class Guard:
 
 
 class ExpressionCompiler:
-    """Compiles expression text once; caches by text."""
+    """Compiles expression text once; caches by text.
+
+    Texts that differ only in their literal values share one parse and one
+    generated code (`engine.expression_shapes`).
+    """
 
     def __init__(
         self,
@@ -93,12 +99,21 @@ class ExpressionCompiler:
         #: Parsed ASTs by text, for `guard`.
         self._trees: dict[str, dict[str, Any]] = {}
         self._guard_searches: dict[str, Search] = {}
+        #: Expressions of one shape (differing only in literals) share a parse.
+        self._shapes = ShapeCache(self._generate)
 
     def compile(self, text: str) -> Search:
         """Compile `text`, raising ExpressionError with a readable message."""
         cached = self._cache.get(text)
         if cached is not None:
             return cached
+        tree, search = self._shapes.compile(text, self._parse)
+        self._cache[text] = search
+        self._trees[text] = tree
+        return search
+
+    def _parse(self, text: str) -> ParsedResult:
+        """jmespath's parse of `text`, its functions checked; ExpressionError if broken."""
         try:
             parsed = jmespath.compile(text)
         except exceptions.ParseError as exc:
@@ -110,10 +125,7 @@ class ExpressionCompiler:
         )
         if unknown:
             raise ExpressionError(f"unknown function: {', '.join(n + '()' for n in unknown)}")
-        search = self._build(text, parsed)
-        self._cache[text] = search
-        self._trees[text] = parsed.parsed
-        return search
+        return parsed
 
     def tree(self, text: str) -> dict[str, Any] | None:
         """The parsed AST of `text`, if it has been compiled."""
@@ -141,11 +153,13 @@ class ExpressionCompiler:
         return custom.pure if custom is not None else name in self._builtin_names
 
     def _build(self, text: str, parsed: Any) -> Search:
-        if self.evaluator == "compiled":
-            from engine.jmespath_compiler import compile_parsed
+        return self._generate(text, parsed)[0]
 
+    def _generate(self, text: str, parsed: Any) -> tuple[Search, Generated | None]:
+        """The search function for `parsed`, and its generated code if any."""
+        if self.evaluator == "compiled":
             try:
-                return compile_parsed(parsed, text, self.functions)
+                return generate(parsed, text, self.functions)
             except exceptions.JMESPathError as exc:
                 raise ExpressionError(str(exc)) from None
         options = self._options
@@ -153,7 +167,7 @@ class ExpressionCompiler:
         def search(document: Any) -> Any:
             return parsed.search(document, options)
 
-        return search
+        return search, None
 
 
 def _describe_parse_error(exc: exceptions.ParseError) -> str:

@@ -56,6 +56,8 @@ import collections
 import itertools
 import operator
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import CodeType
 from typing import Any
 
 import jmespath.functions
@@ -164,9 +166,24 @@ def _ne(left: Any, right: Any) -> bool:
 #: Results of pure functions by string argument, one bounded cache per
 #: function (see `_Generator._cached_call`).
 _RESULT_CACHES: dict[Callable[..., Any], dict[str, Any]] = {}
+_RESULT_CACHE_IDS: set[int] = set()
 _RESULT_CACHE_SIZE = 4096
 #: Results that may be shared between calls: nobody can change them.
 _IMMUTABLE = frozenset({str, int, float, bool, _NoneType})
+
+
+def _result_cache(func: Callable[..., Any]) -> dict[str, Any]:
+    cache = _RESULT_CACHES.get(func)
+    if cache is None:
+        cache = _RESULT_CACHES[func] = {}
+        _RESULT_CACHE_IDS.add(id(cache))  # kept alive by _RESULT_CACHES
+    return cache
+
+
+def is_result_cache(value: Any) -> bool:
+    """True for a pure function's result cache (a constant of generated code
+    that depends on the function called, not on any literal)."""
+    return value.__class__ is dict and id(value) in _RESULT_CACHE_IDS
 
 
 def _remember(cache: dict[str, Any], argument: str, result: Any) -> None:
@@ -291,6 +308,44 @@ def _fast_classes(types: Sequence[str]) -> frozenset[type] | None:
 # Code generation.
 
 
+def _run(code: CodeType, namespace: dict[str, Any], main: str, source: str) -> Search:
+    exec(code, namespace)
+    search = namespace[main]
+    search.__jmespath_source__ = source
+    return search
+
+
+@dataclass(frozen=True, slots=True)
+class Generated:
+    """One expression's generated code, reusable with other constants.
+
+    `namespace` is what the code runs in, as it was before `exec`: the
+    run-time helpers, `_call` and the constants the generator named
+    (`constants()`). Expressions that differ only in their literal values
+    generate the same code; `engine.expression_shapes` runs it again with
+    the other expression's literals bound to the same constant names.
+    """
+
+    code: CodeType
+    source: str
+    main: str
+    namespace: dict[str, Any]
+    #: `&expr` constants are filled in after `exec`; such code is not reused.
+    exprefs: bool
+
+    def constants(self) -> dict[str, Any]:
+        """The names the generator added (literals, functions, class sets, slices)."""
+        return {k: v for k, v in self.namespace.items() if k not in _RUNTIME and k != "_call"}
+
+    def instantiate(self, constants: Mapping[str, Any]) -> Search:
+        """The search function of this code with `constants` rebound."""
+        if self.exprefs:
+            raise ValueError("code with &expr constants cannot be instantiated again")
+        namespace = dict(self.namespace)
+        namespace.update(constants)
+        return _run(self.code, namespace, self.main, self.source)
+
+
 class _Generator:
     """Generates the Python source for one expression (and its exprefs)."""
 
@@ -355,11 +410,11 @@ class _Generator:
             if len(_CODE_CACHE) >= _CODE_CACHE_SIZE:
                 _CODE_CACHE.clear()
             _CODE_CACHE[source] = code
-        exec(code, self._namespace)
+        #: For engine.expression_shapes: this code, run again with other constants.
+        self.generated = Generated(code, source, main, dict(self._namespace), bool(self._exprefs))
+        search = _run(code, self._namespace, main, source)
         for const, fname, child in self._exprefs:
             self._namespace[const] = _Expression(child, self._namespace[fname])
-        search = self._namespace[main]
-        search.__jmespath_source__ = source
         return search
 
     # -- nodes -------------------------------------------------------------
@@ -618,7 +673,7 @@ class _Generator:
         same string gives the same value (errors are not remembered: they are
         raised again). Pays where a rule set calls `email_domain()` on every
         participant of every event: the same people come back."""
-        cache = self._const(_RESULT_CACHES.setdefault(func, {}))
+        cache = self._const(_result_cache(func))
         out = self._tmp()
         self._emit(f"if {arg}.__class__ is str:")
         with self._block():
@@ -750,12 +805,21 @@ def compile_parsed(
 ) -> Callable[[Any], Any]:
     """`compile_expression` for an expression jmespath has already parsed
     (`jmespath.compile(text)`), so a caller that parses anyway does not pay twice."""
+    return generate(parsed, text, functions)[0]
+
+
+def generate(
+    parsed: Any, text: str, functions: Mapping[str, JMESPathFunction] = {}
+) -> tuple[Search, Generated | None]:
+    """`compile_parsed`, also returning the generated code (None when the
+    expression runs on jmespath's interpreter instead)."""
+    generator = _Generator(functions)
     try:
-        return _Generator(functions).build(parsed.parsed, text)
+        return generator.build(parsed.parsed, text), generator.generated
     except (SyntaxError, RecursionError, MemoryError):
         # Python's own limits (nested blocks, indentation, recursion) on a
         # pathological expression: use the reference interpreter instead.
-        return _interpreted(parsed, functions)
+        return _interpreted(parsed, functions), None
 
 
 def _interpreted(parsed: Any, functions: Mapping[str, JMESPathFunction]) -> Search:

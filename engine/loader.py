@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -39,6 +41,42 @@ def load_rules(
     entry_points: bool = True,
 ) -> LoadedRules:
     """Load rule files; raises ConfigError listing every problem found."""
+    with _collector_paused():
+        return _load_rules(paths, env, extra_plugins, entry_points)
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while loading.
+
+    Loading creates objects by the hundred thousand (the TOML tables, rule
+    specs, trees, generated functions) and keeps nearly all of them, so
+    every collection triggered on the way scans a growing heap and frees
+    next to nothing: a third of the time to load 10,000 rules. Reference
+    counting still frees everything else at once. Afterwards the survivors
+    go straight to the oldest generation (`freeze` then `unfreeze`, unless
+    someone froze objects before), so the young collections that follow do
+    not scan them all again (another 0.2-0.4 s); the next full collection
+    looks at them, cycles and all, as it would have anyway.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if gc.get_freeze_count() == 0:
+            gc.freeze()
+            gc.unfreeze()
+        if enabled:
+            gc.enable()
+
+
+def _load_rules(
+    paths: Sequence[str | Path],
+    env: Mapping[str, str] | None,
+    extra_plugins: Iterable[object],
+    entry_points: bool,
+) -> LoadedRules:
     config, problems = read_config(paths, env)
     try:
         registry = load_registry(

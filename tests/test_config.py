@@ -340,6 +340,14 @@ def test_environment_defaults_and_dollar_escape(tmp_path: Path) -> None:
     assert loaded.rules[0].actions[0].render({})["path"] == "/var/log/zr/x-${HOME}.jsonl"
 
 
+@pytest.mark.parametrize("dollar", ["\\u0024", "\\U00000024"])
+def test_environment_variable_written_with_an_escaped_dollar(tmp_path: Path, dollar: str) -> None:
+    """A `$` that TOML reads from an escape is interpolated like any other."""
+    text = RULE_OK.replace('type = "log"', f'type = "log"\n  path = "{dollar}{{LOG_DIR}}/a.jsonl"')
+    loaded = load(write_rules(tmp_path, text), env={"LOG_DIR": "/srv/logs"})
+    assert loaded.rules[0].actions[0].render({})["path"] == "/srv/logs/a.jsonl"
+
+
 def test_duplicate_rule_name_in_one_file(tmp_path: Path) -> None:
     path = write_rules(tmp_path, RULE_OK + "\n" + RULE_OK)
     problem = only(problems(path))
@@ -471,3 +479,32 @@ def test_check_command_on_several_files(tmp_path: Path) -> None:
     ok = run_cli("check", "-c", first)
     assert ok.returncode == 0, ok.stderr
     assert f"OK: 1 rules, 1 actions in {first}" in ok.stdout
+
+
+def test_loading_leaves_the_garbage_collector_as_it_was(tmp_path: Path) -> None:
+    """Loading pauses Python's cyclic collector; it is back on afterwards,
+    whether the file loads or not, and stays off if it was off."""
+    import gc
+
+    good = write_rules(tmp_path, RULE_OK)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[[rule]]\nname = 1\n")
+    assert gc.isenabled()
+    load(good)
+    assert gc.isenabled()
+    problems(bad)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        load(good)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    # Nothing is left frozen, and objects someone else froze stay frozen.
+    assert gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        load(good)
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
