@@ -70,8 +70,8 @@ def run_matcher(loaded: LoadedRules, evs: Sequence[Event]) -> int:
     matcher = loaded.matcher
     fired = 0
     for event in evs:
-        if matcher.candidates(event.name):
-            fired += len(matcher.match(event.name, event.root()))
+        if matcher.candidates(event.name):  # as the daemon's pipeline does
+            fired += len(matcher.match_event(event))
     return fired
 
 

@@ -22,8 +22,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from engine.events import META_KEY, Event
 from engine.expressions import ExpressionCompiler, is_truthy
-from engine.plan_compiler import PlanFunction, PlanStep, compile_plan
+from engine.plan_compiler import PlanFunction, PlanStep, compile_plan, reads_only_fields
 from engine.ruleset import CompiledRule
 
 log = logging.getLogger("zoomrules.matcher")
@@ -65,6 +66,8 @@ class _Plan:
     #: The whole plan as one generated function (engine.plan_compiler), when
     #: the compiled evaluator is in use; then `steps` are not used.
     compiled: PlanFunction | None = None
+    #: `compiled` reads only the event's own fields: give it the body.
+    body_will_do: bool = False
 
 
 #: Marks a per-event slot not evaluated yet.
@@ -80,7 +83,11 @@ class _Raised:
         self.error = error
 
 
-def _plan(rules: Sequence[CompiledRule], compiled: PlanFunction | None = None) -> _Plan:
+def _plan(
+    rules: Sequence[CompiledRule],
+    compiled: PlanFunction | None = None,
+    body_will_do: bool = False,
+) -> _Plan:
     condition_slots: dict[Any, int] = {}
     conditions: list[Callable[[Any], Any]] = []
     guard_slots: dict[Any, int] = {}
@@ -97,7 +104,7 @@ def _plan(rules: Sequence[CompiledRule], compiled: PlanFunction | None = None) -
             guard = _slot(guard_slots, guards, rule.guard.key, rule.guard.search)
             values, exact = rule.guard.values, rule.guard.exact
         steps.append(_Step(rule, condition, guard, values, exact))
-    return _Plan(tuple(steps), tuple(conditions), tuple(guards), compiled)
+    return _Plan(tuple(steps), tuple(conditions), tuple(guards), compiled, body_will_do)
 
 
 def _slot(slots: dict[Any, int], items: list[Any], key: Any, item: Any) -> int:
@@ -163,13 +170,14 @@ class Matcher:
         plan = self._plans.get(event_name)
         if plan is None:
             candidates = self.candidates(event_name)
-            plan = _plan(candidates, self._compile_plan(candidates))
+            compiled = self._compile_plan(candidates)
+            plan = _plan(candidates, *compiled) if compiled else _plan(candidates)
             if len(self._plans) >= _CACHE_LIMIT:
                 self._plans.clear()
             self._plans[event_name] = plan
         return plan
 
-    def _compile_plan(self, rules: Sequence[CompiledRule]) -> PlanFunction | None:
+    def _compile_plan(self, rules: Sequence[CompiledRule]) -> tuple[PlanFunction, bool] | None:
         compiler = self._compiler
         if compiler is None or not rules:
             return None
@@ -183,11 +191,12 @@ class Matcher:
             for rule in rules
         ]
         try:
-            return compile_plan(steps, compiler.functions, self._runtime_error)
+            plan = compile_plan(steps, compiler.functions, self._runtime_error)
         except (SyntaxError, RecursionError, MemoryError) as exc:
             # Python's own limits on a pathological rule set: evaluate in turn.
             log.debug("plan of %d rules not compiled (%s); evaluating in turn", len(rules), exc)
             return None
+        return plan, reads_only_fields(steps, META_KEY)
 
     def _compute_candidates(self, event_name: str) -> tuple[CompiledRule, ...]:
         chosen = {id(rule): rule for rule in self._exact.get(event_name, ())}
@@ -195,6 +204,14 @@ class Matcher:
             if any(fnmatch.fnmatchcase(event_name, p) for p in patterns):
                 chosen[id(rule)] = rule
         return tuple(sorted(chosen.values(), key=lambda r: r.spec.index))
+
+    def match_event(self, event: Event) -> list[CompiledRule]:
+        """`match` for an event, building its root document only if a
+        condition reads more of it than the event's own fields."""
+        plan = self._plan_for(event.name)
+        if plan.compiled is not None and plan.body_will_do:
+            return plan.compiled(event.body, event.name)
+        return self.match(event.name, event.root())
 
     def match(self, event_name: str, root: Any) -> list[CompiledRule]:
         """The rules that fire for one event, in file order, honouring `stop`."""

@@ -60,10 +60,10 @@ class Pipeline:
         self.stats.events_by_name[event.name] += 1
         if not rules.matcher.candidates(event.name):
             return []
-        root = event.root()
-        fired = rules.matcher.match(event.name, root)
+        fired = rules.matcher.match_event(event)
         if not fired or not rules.throttles:
             return fired
+        root = event.root()
         return [
             rule
             for rule in fired

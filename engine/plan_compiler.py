@@ -48,7 +48,7 @@ Node = dict[str, Any]
 PlanFunction = Callable[[Any, Any], list[Any]]
 ErrorHandler = Callable[[Any, Any, Exception], None]
 
-__all__ = ["PlanStep", "PlanFunction", "compile_plan"]
+__all__ = ["PlanStep", "PlanFunction", "compile_plan", "reads_only_fields"]
 
 _ROOT = "r"
 
@@ -127,6 +127,28 @@ def compile_plan(
     compile the plan (the caller then evaluates rule by rule).
     """
     return _PlanGenerator(functions).plan(steps, on_error)
+
+
+def reads_only_fields(steps: Sequence[PlanStep], hidden: str) -> bool:
+    """True when the plan reads the document it is given only by named
+    fields other than `hidden`.
+
+    The matcher then hands the plan the event's body instead of building its
+    root document (the body plus the engine's metadata under `hidden`): every
+    field but `hidden` has the same value in both, and nothing else is read.
+    Whole-document reads (`@`, `*`, `[]`, `keys(@)`, ...) all go through an
+    identity node.
+    """
+    for step in steps:
+        if step.tree is None:
+            if step.search is not None:
+                return False
+            continue
+        for node in _root_context_nodes(step.tree):
+            kind = node["type"]
+            if kind in ("identity", "current") or (kind == "field" and node["value"] == hidden):
+                return False
+    return True
 
 
 class _PlanGenerator(_Generator):

@@ -298,3 +298,43 @@ def test_plans_agree_with_the_interpreter(
     assert planned(texts, stops, document, functions) == reference(
         texts, stops, document, functions
     )
+
+
+ROOT_READERS = [
+    "zoomrules.source == 'test'",
+    "contains(keys(@), 'zoomrules')",
+    "length(@) > `2`",
+    "*.event_id | [0] != null",
+    "[@][0].zoomrules.event_id",
+    "@.zoomrules",
+]
+
+
+@pytest.mark.parametrize("reader", [None, *ROOT_READERS])
+def test_the_event_body_stands_in_for_the_root_only_when_nothing_else_is_read(
+    reader: str | None, tmp_path: Path
+) -> None:
+    whens = [
+        "payload.object.topic == 'My Personal Meeting Room'",
+        "starts_with(event, 'meeting.')",
+        "payload.object.participants[?user_name == 'x']",
+        "zoomrules_like == `null`",  # a field that only looks like the metadata
+    ]
+    if reader is not None:
+        whens.insert(2, reader)
+    rules = [
+        f'[[rule]]\nname = "r{index}"\non = ["*"]\nwhen = """{when}"""\n'
+        '  [[rule.action]]\n  type = "log"\n'
+        for index, when in enumerate(whens)
+    ]
+    loaded = load_rules([write_rules(tmp_path, "\n".join(rules))], env={})
+    matcher = loaded.matcher
+    fired_reader = 0
+    for body in _corpus().values():
+        event = Event.from_body(body, source="test")
+        expected = [rule.name for rule in matcher.match(event.name, event.root())]
+        assert [rule.name for rule in matcher.match_event(event)] == expected
+        fired_reader += "r2" in expected
+    assert matcher._plan_for("meeting.started").body_will_do is (reader is None)
+    if reader is not None:
+        assert fired_reader  # the reader really sees the metadata
