@@ -132,7 +132,7 @@ class Matcher:
     evaluator, each event name's rules are compiled into one function that
     shares work across them (engine.plan_compiler); otherwise, and where
     Python cannot compile that function, conditions are evaluated in turn,
-    sharing equality guards and identical conditions.
+    sharing identical conditions and (interpreter evaluator) equality guards.
     """
 
     def __init__(

@@ -62,7 +62,8 @@ class CompiledRule:
     throttle_key: Search | None
     actions: tuple[CompiledAction, ...]
     #: The equality test the condition starts with, when the matcher can
-    #: share it across rules (engine.prefilter); None otherwise.
+    #: share it across rules (engine.prefilter; with the interpreter
+    #: evaluator only); None otherwise.
     guard: Guard | None = None
 
     @property
@@ -94,7 +95,15 @@ def _compile_rule(
         compiled = _compile_action(action, registry, compiler, report)
         if compiled is not None:
             actions.append(compiled)
-    guard = compiler.guard(spec.when) if condition is not None and spec.when else None
+    # Guards serve the matcher's rule-by-rule loop. With the compiled
+    # evaluator the matcher compiles each event name's rules into one
+    # function that shares this work itself, so finding them would only
+    # slow loading (a loop without guards is as exact, only slower).
+    guard = (
+        compiler.guard(spec.when)
+        if condition is not None and spec.when and compiler.evaluator == "interpreter"
+        else None
+    )
     return CompiledRule(spec, condition, throttle_key, tuple(actions), guard)
 
 
