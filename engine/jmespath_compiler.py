@@ -173,10 +173,10 @@ _IMMUTABLE = frozenset({str, int, float, bool, _NoneType})
 
 
 def _result_cache(func: Callable[..., Any]) -> dict[str, Any]:
-    cache = _RESULT_CACHES.get(func)
-    if cache is None:
-        cache = _RESULT_CACHES[func] = {}
-        _RESULT_CACHE_IDS.add(id(cache))  # kept alive by _RESULT_CACHES
+    # setdefault: one cache per function even when a rule reload in a worker
+    # thread compiles at the same time as the event loop.
+    cache = _RESULT_CACHES.setdefault(func, {})
+    _RESULT_CACHE_IDS.add(id(cache))  # kept alive by _RESULT_CACHES
     return cache
 
 

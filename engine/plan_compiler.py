@@ -38,9 +38,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import jmespath.functions
+from jmespath.parser import ParsedResult
 
 from engine.hookspecs import JMESPathFunction
-from engine.jmespath_compiler import _Expression, _Generator
+from engine.jmespath_compiler import _Expression, _Generator, compile_parsed
 from engine.prefilter import set_comparable, shareable
 
 Node = dict[str, Any]
@@ -158,7 +159,14 @@ class _PlanGenerator(_Generator):
         #: id(node) -> (node, canonical key); the node is kept so its id stays unique.
         self._keys: dict[int, tuple[Node, str]] = {}
         self._memo: dict[str, str] = {}
+        #: Shared field reads (they cannot raise): read once at the top of
+        #: the plan, so each use is a plain variable (and the plan shorter).
+        self._eager: dict[str, str] = {}
+        self._nodes: dict[str, Node] = {}
+        self._eager_done: set[str] = set()
         self._groups: dict[tuple[str, str], str] = {}
+        #: Slot -> the name of the generated function computing it.
+        self._computers: dict[str, str] = {}
 
     def _is_pure(self, name: str) -> bool:
         custom = self._custom.get(name)
@@ -186,6 +194,8 @@ class _PlanGenerator(_Generator):
         for key, count in uses.items():
             if count >= 2:
                 self._memo[key] = f"m{len(self._memo)}"
+                if _cannot_raise(self._nodes[key]):
+                    self._eager[key] = self._memo[key]
         for group, count in group_uses.items():
             if count >= 2:
                 self._groups[group] = f"g{len(self._groups)}"
@@ -202,6 +212,7 @@ class _PlanGenerator(_Generator):
             if shareable(node, self._is_pure):
                 key = self._key(node)
                 uses[key] = uses.get(key, 0) + 1
+                self._nodes.setdefault(key, node)
 
     def _group_key(self, node: Node) -> tuple[str, str] | None:
         """Filters with equal group keys can share one bucketing of their list.
@@ -222,7 +233,10 @@ class _PlanGenerator(_Generator):
         self._namespace["_fail"] = on_error
         name = self._tmp("_plan")
         self._lines, self._indent = [f"def {name}({_ROOT}, ctx):"], 1
-        slots = [*self._memo.values(), *self._groups.values()]
+        for key in self._eager:
+            self._read_eagerly(key)
+        eager = set(self._eager.values())
+        slots = [*(m for m in self._memo.values() if m not in eager), *self._groups.values()]
         if slots:
             self._emit(" = ".join(slots) + " = _U")
         self._emit("fired = []")
@@ -279,10 +293,26 @@ class _PlanGenerator(_Generator):
 
     def node(self, node: Node, cur: str) -> str:
         if cur == _ROOT and self._memo:
-            slot = self._memo.get(self._key(node))
+            key = self._key(node)
+            slot = self._eager.get(key)
+            if slot is not None:
+                return self._read_eagerly(key)
+            slot = self._memo.get(key)
             if slot is not None:
                 return self._memoized(node, slot)
         return super().node(node, cur)
+
+    def _read_eagerly(self, key: str) -> str:
+        """The variable holding a shared field read; the first time (at the
+        top of the plan), the statements reading it, after those of the
+        reads it builds on."""
+        slot = self._eager[key]
+        if key not in self._eager_done:
+            self._eager_done.add(key)
+            node = self._nodes[key]
+            read = getattr(self, f"_n_{node['type']}")
+            self._emit(f"{slot} = {read(node, _ROOT)}")
+        return slot
 
     def _memoized(self, node: Node, slot: str) -> str:
         compute = getattr(self, f"_n_{node['type']}")
@@ -314,13 +344,18 @@ class _PlanGenerator(_Generator):
             return super()._n_filter_projection(node, cur)
         base_node, key_node, literal, rest = split
         base = self.node(base_node, cur)
+        fill = self._computers.get(slot)
+        if fill is None:
+            fill = self._computers[slot] = self._group_filler(key_node)
         self._emit(f"if {slot} is _U:")
         with self._block():
-            self._fill_group(slot, base, key_node)
+            self._emit(f"{slot} = {fill}({base})")
         out = self._tmp()
         self._emit(f"if {slot} is _UNGROUPED:")
         with self._block():
-            self._emit(f"{out} = {super()._n_filter_projection(node, cur)}")
+            # Rare (the key raised): compiled when first needed.
+            plain = self._const(_Deferred(node, self._custom))
+            self._emit(f"{out} = {plain}({_ROOT})")
         self._emit(f"elif {slot} is None:")
         with self._block():
             self._emit(f"{out} = None")
@@ -334,6 +369,17 @@ class _PlanGenerator(_Generator):
             else:
                 self._emit(f"{out} = {self._project('True', bucket, right, rest)}")
         return out
+
+    def _group_filler(self, key_node: Node) -> str:
+        """A function bucketing a list's elements by `key` (None for no list)."""
+        saved = (self._lines, self._indent)
+        name, base, slot = self._tmp("_group"), self._tmp("v"), self._tmp("g")
+        self._lines, self._indent = [f"def {name}({base}):"], 1
+        self._fill_group(slot, base, key_node)
+        self._emit(f"return {slot}")
+        self._defs.append("\n".join(self._lines))
+        self._lines, self._indent = saved
+        return name
 
     def _fill_group(self, slot: str, base: str, key_node: Node) -> None:
         """Bucket the elements of `base` by `key` (None if it is no list)."""
@@ -366,6 +412,23 @@ class _PlanGenerator(_Generator):
             self._emit("except Exception:")
             with self._block():
                 self._emit(f"{slot} = _UNGROUPED")
+
+
+class _Deferred:
+    """A filter's own search, compiled when first called (it rarely is)."""
+
+    __slots__ = ("_node", "_functions", "_search")
+
+    def __init__(self, node: Node, functions: Mapping[str, JMESPathFunction]) -> None:
+        self._node = node
+        self._functions = functions
+        self._search: Callable[[Any], Any] | None = None
+
+    def __call__(self, document: Any) -> Any:
+        if self._search is None:
+            parsed = ParsedResult("<filter of a plan>", self._node)
+            self._search = compile_parsed(parsed, parsed.expression, self._functions)
+        return self._search(document)
 
 
 def _root_context_nodes(tree: Node) -> list[Node]:
