@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -335,6 +336,43 @@ def test_actions_sharing_parameters_render_their_own(tmp_path: Path) -> None:
     assert rendered == [
         {"label": "7-x"}, {"n": 5}, {"m": 5}, {"label": "7-x"}, {"n": 6}, {"label": "7-y"},
     ]  # fmt: skip
+
+
+def test_specs_are_what_their_classes_make(tmp_path: Path) -> None:
+    # engine.config makes rule and action specs without their __init__.
+    path = write_rules(
+        tmp_path,
+        """
+        [engine]
+        action_retries = 5
+
+        [[rule]]
+        name = "full"
+        on = ["meeting.started", "meeting.ended"]
+        when = "payload.object.id == '1'"
+        stop = true
+        enabled = false
+        description = "all keys"
+        throttle = { key = "payload.object.id", limit = 2, per = "1m" }
+
+          [[rule.action]]
+          type = "log"
+          timeout = "3s"
+          continue_on_error = true
+
+          [[rule.action]]
+          type = "print"
+          message = "{{ payload.object.id }}"
+          retries = 1
+        """
+        + RULE_OK,
+    )
+    specs = [spec for rule in load(path).config.rules for spec in (rule, *rule.actions)]
+    assert len(specs) == 5
+    for spec in specs:
+        made = dataclasses.replace(spec)  # every field through __init__
+        assert list(vars(spec).items()) == list(vars(made).items())
+        assert spec == made
 
 
 def test_mistyped_common_action_key(tmp_path: Path) -> None:
