@@ -12,7 +12,8 @@ Zoom's examples. Prints events/s for
 - a naive baseline: every rule's `jmespath.search` on every event,
 
 and the ratios; then the time to load and compile 10,000 rules (as
-`zoomrules check` does). Writes the figures to benchmarks/RESULTS.md.
+`zoomrules check` does), in this process and as the whole `zoomrules check`
+command in a new process. Writes the figures to benchmarks/RESULTS.md.
 
     python benchmarks/matcher.py [--events 100000] [--rules 1000]
 
@@ -23,8 +24,10 @@ events (they are 10-1000x slower); rates are per event either way.
 from __future__ import annotations
 
 import argparse
+import compileall
 import fnmatch
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +41,7 @@ import jmespath
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._results import write_section  # noqa: E402
-from benchmarks.workload import choose_names, events, rules_toml  # noqa: E402
+from benchmarks.workload import LOG_ACTION, choose_names, events, rules_toml  # noqa: E402
 from engine.events import Event  # noqa: E402
 from engine.expressions import _functions_class  # noqa: E402
 from engine.hookspecs import ActionContext, ActionType, Param, hookimpl  # noqa: E402
@@ -173,6 +176,32 @@ def time_load(count: int, names: list[str], runs: int = 3) -> list[float]:
     return seconds
 
 
+def time_check_command(count: int, names: list[str], runs: int = 3) -> list[float]:
+    """Seconds for each of `runs` runs of `zoomrules check` on the file of
+    `time_load` (with a built-in action), each a new process: Python's start
+    and the imports included. The project's modules are byte-compiled first,
+    as installing it does (without, each run compiles them: 0.1-0.2 s more)."""
+    root = Path(__file__).resolve().parents[1]
+    for package in ("engine", "plugins"):
+        compileall.compile_dir(root / package, quiet=1)
+    script = Path(sys.executable).with_name("zoomrules")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "engine.cli"]
+    text = rules_toml(count, names, seed=3, unique=True, action=LOG_ACTION)
+    seconds = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "rules.toml"
+        path.write_text("version = 1\n\n" + text)
+        for _ in range(runs):
+            start = time.perf_counter()
+            done = subprocess.run(
+                [*command, "check", "-c", str(path)], capture_output=True, text=True, cwd=root
+            )
+            seconds.append(time.perf_counter() - start)
+            if done.returncode != 0 or f"OK: {count} rules" not in done.stdout:
+                raise SystemExit(f"zoomrules check failed:\n{done.stdout}{done.stderr}")
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=100_000)
@@ -224,6 +253,7 @@ def main() -> None:
     interleaved([simple_fast, simple_interp])
     simple_rate, simple_interp_rate = simple_fast.rate, simple_interp.rate
     load_runs = time_load(10_000, names)
+    check_runs = time_check_command(10_000, names)
 
     lines = [
         f"{args.rules} rules over {len(names)} event names; {args.events} events "
@@ -250,6 +280,9 @@ def main() -> None:
         f"Firings: compiled {compiled_fired} over all events; compiled and interpreted agree on the slice ({interp_fired}); naive {naive_fired} on its slice, as compiled.",
         f"Load + compile 10,000 rules: {statistics.median(load_runs):.2f} s "
         f"(median of {len(load_runs)} loads: {', '.join(f'{t:.2f}' for t in load_runs)} s).",
+        f"`zoomrules check` on that file, the whole command in a new process: "
+        f"{statistics.median(check_runs):.2f} s "
+        f"(median of {len(check_runs)} runs: {', '.join(f'{t:.2f}' for t in check_runs)} s).",
     ]
     report = "\n".join(lines)
     print(report)

@@ -101,6 +101,12 @@ def _values(rng: random.Random) -> dict[str, Any]:
     }
 
 
+#: The action of every generated rule: the benchmarks' own `noop` type.
+NOOP_ACTION = 'type = "noop"\n  note = "{{ payload.object.topic }}"'
+#: A built-in action instead, for a file that `zoomrules` itself reads.
+LOG_ACTION = 'type = "log"\n  path = "/tmp/x-{{ payload.object.topic }}.log"'
+
+
 def rules_toml(
     rule_count: int,
     names: list[str],
@@ -109,12 +115,14 @@ def rules_toml(
     seed: int = 7,
     unique: bool = False,
     filters: bool = True,
+    action: str = NOOP_ACTION,
 ) -> str:
     """A rule file of `rule_count` rules spread over `names`.
 
     `unique` makes every condition text different (as in a real large rule
     file), so nothing is saved by the compiler's per-text cache. `filters`
-    False leaves out the shapes that filter lists (`[?...]`).
+    False leaves out the shapes that filter lists (`[?...]`). `action` is
+    the body of each rule's `[[rule.action]]` table.
     """
     conditions = [(c, need) for c, need in CONDITIONS if filters or "[?" not in c]
     rng = random.Random(seed)
@@ -132,7 +140,7 @@ def rules_toml(
             when = f"({when}) && event_ts != `{index}`"
         out.append(
             f'[[rule]]\nname = "r{index}"\non = ["{on}"]\nwhen = """{when}"""\n'
-            f'  [[rule.action]]\n  type = "noop"\n  note = "{{{{ payload.object.topic }}}}"\n'
+            f"  [[rule.action]]\n  {action}\n"
         )
     return "\n".join(out)
 

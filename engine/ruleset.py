@@ -75,12 +75,40 @@ def compile_rules(
     config: Config, registry: Registry, compiler: ExpressionCompiler
 ) -> tuple[list[CompiledRule], list[Problem]]:
     problems: list[Problem] = []
-    rules = [_compile_rule(spec, registry, compiler, problems) for spec in config.rules]
+    checked: _CheckedParams = {}
+    rules = [_compile_rule(spec, registry, compiler, problems, checked) for spec in config.rules]
     return rules, problems
 
 
+#: What checking and compiling one action's parameters gave (renderers, raw
+#: parameters, parameters typed after rendering), by action type and
+#: parameters (see `_params_key`), for parameters that passed every check.
+_CheckedParams = dict[tuple[Any, ...], tuple[dict[str, Renderer], dict[str, Any], dict[str, Param]]]
+
+
+def _params_key(spec: ActionSpec) -> tuple[Any, ...] | None:
+    """The key under which actions with these parameters share their checks
+    and compiled parameters: the type, and each parameter's name, class and
+    value. Only strings, integers and booleans: a value equal to another is
+    then the same value (unlike 0.0 and -0.0, or a list holding them). None
+    when a parameter's `${VAR}` was missing (that action is reported apart)."""
+    if spec.unresolved:
+        return None
+    key: list[Any] = [spec.type]
+    for name, value in spec.params.items():
+        cls = value.__class__
+        if cls is not str and cls is not int and cls is not bool:
+            return None
+        key.append((name, cls, value))
+    return tuple(key)
+
+
 def _compile_rule(
-    spec: RuleSpec, registry: Registry, compiler: ExpressionCompiler, problems: list[Problem]
+    spec: RuleSpec,
+    registry: Registry,
+    compiler: ExpressionCompiler,
+    problems: list[Problem],
+    checked: _CheckedParams,
 ) -> CompiledRule:
     def report(key: str | None, message: str, line: int | None = None) -> None:
         exact = spec.key_line(key) if key else None
@@ -92,7 +120,7 @@ def _compile_rule(
     )
     actions = []
     for action in spec.actions:
-        compiled = _compile_action(action, registry, compiler, report)
+        compiled = _compile_action(action, registry, compiler, report, checked)
         if compiled is not None:
             actions.append(compiled)
     # Guards serve the matcher's rule-by-rule loop. With the compiled
@@ -120,7 +148,11 @@ def _compile_expr(
 
 
 def _compile_action(
-    spec: ActionSpec, registry: Registry, compiler: ExpressionCompiler, report: Any
+    spec: ActionSpec,
+    registry: Registry,
+    compiler: ExpressionCompiler,
+    report: Any,
+    checked: _CheckedParams | None = None,
 ) -> CompiledAction | None:
     prefix = f"action[{spec.index + 1}]."
     if not spec.type:
@@ -133,6 +165,37 @@ def _compile_action(
             f"{prefix}type", f"unknown action type {spec.type!r}{hint}; known: {known}", spec.line
         )
         return None
+    # Many actions of a large file have the same parameters (the same
+    # message, the same URL): those are checked and compiled once per
+    # `checked` (one per load; without it, every action on its own).
+    key = _params_key(spec) if checked is not None else None
+    done = checked.get(key) if checked is not None and key is not None else None
+    if done is not None:
+        renderers, raw, typed_after = done
+    else:
+        compiled = _check_params(spec, action_type, compiler, report)
+        if compiled is None:
+            return None
+        renderers, raw, typed_after = compiled
+        if checked is not None and key is not None:
+            checked[key] = compiled
+    # A plugin's own check runs for every action, as it always did.
+    if action_type.validate is not None:
+        ok = True
+        for message in action_type.validate(spec.params):
+            report(prefix.rstrip("."), message, spec.line)
+            ok = False
+        if not ok:
+            return None
+    return CompiledAction(spec, action_type, renderers, raw, typed_after)
+
+
+def _check_params(
+    spec: ActionSpec, action_type: ActionType, compiler: ExpressionCompiler, report: Any
+) -> tuple[dict[str, Renderer], dict[str, Any], dict[str, Param]] | None:
+    """Check `spec`'s parameters against what `action_type` declares and
+    compile them; None (every problem reported) when one is wrong."""
+    prefix = f"action[{spec.index + 1}]."
     declared = {p.name: p for p in action_type.params}
     ok = True
     for key in spec.params:
@@ -179,13 +242,9 @@ def _compile_action(
             continue
         if isinstance(value, str) and has_template(value) and not _type_ok(value, param.type):
             typed_after[name] = param
-    if ok and action_type.validate is not None:
-        for message in action_type.validate(spec.params):
-            report(f"{prefix.rstrip('.')}", message, spec.line)
-            ok = False
     if not ok:
         return None
-    return CompiledAction(spec, action_type, renderers, raw, typed_after)
+    return renderers, raw, typed_after
 
 
 def compile_raw(value: Any, compiler: ExpressionCompiler) -> Any:

@@ -19,13 +19,17 @@ import email.utils
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import orjson
 
 from engine.hookspecs import ActionContext, ActionError
 from engine.templates import to_text
+
+# httpx (and the command-line tools it imports) loads on the first request,
+# not when the plugin is registered: `zoomrules check` sends none.
+if TYPE_CHECKING:
+    import httpx
 
 #: Methods the HTTP actions accept.
 METHODS: tuple[str, ...] = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
@@ -210,6 +214,8 @@ async def send(
     redacted description used in messages; the request URL itself is never
     logged because it may carry secrets.
     """
+    import httpx
+
     try:
         response = await client.send(request, follow_redirects=False)
     except httpx.TimeoutException as exc:

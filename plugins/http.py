@@ -16,12 +16,15 @@ path or query.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from engine.hookspecs import ActionContext, ActionError, ActionType, Param, hookimpl
 from plugins import _http_common as common
+
+# httpx (and the command-line tools it imports) loads on the first request,
+# not when the plugin is registered: `zoomrules check` sends none.
+if TYPE_CHECKING:
+    import httpx
 
 NAME = "http"
 
@@ -44,6 +47,8 @@ def validate(params: Mapping[str, Any]) -> list[str]:
 
 
 def build_request(client: httpx.AsyncClient, params: Mapping[str, Any]) -> httpx.Request:
+    import httpx
+
     try:
         url = httpx.URL(str(params["url"]))
     except httpx.InvalidURL:

@@ -16,7 +16,17 @@ import orjson
 from engine.hookspecs import ActionContext, ActionType, Param, hookimpl
 
 # One lock per process: concurrent firings append whole lines, never interleaved.
-_write_lock = anyio.Lock()
+# Made on the first firing: anyio.Lock() outside an event loop imports asyncio
+# to find out there is none (and then makes its lock on first use anyway),
+# which `zoomrules check` need not pay for.
+_write_lock: anyio.Lock | None = None
+
+
+def _lock() -> anyio.Lock:
+    global _write_lock
+    if _write_lock is None:
+        _write_lock = anyio.Lock()
+    return _write_lock
 
 
 def _line(ctx: ActionContext) -> bytes:
@@ -33,7 +43,7 @@ def _append(path: Path, data: bytes) -> None:
 async def run(params: Mapping[str, Any], ctx: ActionContext) -> None:
     data = _line(ctx)
     path = params.get("path")
-    async with _write_lock:
+    async with _lock():
         if path:
             await anyio.to_thread.run_sync(_append, Path(path), data)
         else:

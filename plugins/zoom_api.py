@@ -18,13 +18,17 @@ from __future__ import annotations
 import time
 import urllib.parse
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
-import httpx
 
 from engine.hookspecs import ActionContext, ActionError, ActionType, Param, hookimpl
 from plugins import _http_common as common
+
+# httpx (and the command-line tools it imports) loads on the first request,
+# not when the plugin is registered: `zoomrules check` sends none.
+if TYPE_CHECKING:
+    import httpx
 
 NAME = "zoom_api"
 DEFAULT_BASE_URL = "https://api.zoom.us/v2"
@@ -105,6 +109,8 @@ def build_url(base_url: str, path: str) -> httpx.URL:
         raise ActionError(
             "path: has an empty segment (a template value rendered empty?)", retryable=False
         )
+    import httpx
+
     base = httpx.URL(base_url)
     url = httpx.URL(base_url.rstrip("/") + "/" + path.lstrip("/"))
     if (url.scheme, url.host, url.port) != (base.scheme, base.host, base.port):

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import ZOOM_ENV, run_cli, write_rules
 
+from engine.hookspecs import ActionContext, ActionType, Param, hookimpl
 from engine.loader import LoadedRules, load_rules
 from engine.problems import ConfigError, Problem
 
@@ -260,6 +264,115 @@ def test_mistyped_action_parameter(tmp_path: Path) -> None:
     assert str(problem) == (
         f"{path}:8: rule 'typed', key 'action[1].expect': must be a list, got integer 200"
     )
+
+
+class _Sized:
+    """An action type with integer parameters and a check of its own."""
+
+    @hookimpl
+    def zoomrules_action_types(self) -> list[ActionType]:
+        async def run(params: Mapping[str, Any], ctx: ActionContext) -> None:
+            raise AssertionError("never run")
+
+        def validate(params: Mapping[str, Any]) -> list[str]:
+            return ["label: must not be 'bad'"] if params.get("label") == "bad" else []
+
+        params = [Param("n", int), Param("m", int), Param("label", str)]
+        return [ActionType(name="sized", run=run, params=params, validate=validate)]
+
+
+def _sized_rules(tmp_path: Path, *actions: str) -> Path:
+    """One rule per action table body, named r1, r2, ... (each 6 lines)."""
+    rules = [
+        f'[[rule]]\nname = "r{i}"\non = ["meeting.started"]\n'
+        f'  [[rule.action]]\n  type = "sized"\n  {body}\n'
+        for i, body in enumerate(actions, start=1)
+    ]
+    return write_rules(tmp_path, "\n".join(rules))
+
+
+def _load_sized(path: Path) -> LoadedRules:
+    return load_rules([path], env=dict(ZOOM_ENV), extra_plugins=[_Sized()])
+
+
+def test_actions_with_the_same_parameters_each_report_their_problems(tmp_path: Path) -> None:
+    # Parameters are checked once per distinct table (engine.ruleset); a
+    # broken table repeated is still reported at each place it is written.
+    path = _sized_rules(
+        tmp_path, 'n = "x"', 'n = "x"', "n = 2", 'label = "bad"', 'label = "bad"', "n = 2"
+    )
+    with pytest.raises(ConfigError) as info:
+        _load_sized(path)
+    found = [(p.line, p.where, p.key, p.message) for p in info.value.problems]
+    mistyped = "must be an integer, got string 'x'"
+    assert found == [
+        (6, "rule 'r1'", "action[1].n", mistyped),
+        (13, "rule 'r2'", "action[1].n", mistyped),
+        (25, "rule 'r4'", "action[1]", "label: must not be 'bad'"),
+        (32, "rule 'r5'", "action[1]", "label: must not be 'bad'"),
+    ]
+
+
+def test_equal_parameters_of_other_types_are_checked_apart(tmp_path: Path) -> None:
+    # 1 == true in Python; `true` is still not an integer.
+    path = _sized_rules(tmp_path, "n = 1", "n = true", "n = 0", "n = false")
+    with pytest.raises(ConfigError) as info:
+        _load_sized(path)
+    found = [(p.where, p.message) for p in info.value.problems]
+    assert found == [
+        ("rule 'r2'", "must be an integer, got boolean True"),
+        ("rule 'r4'", "must be an integer, got boolean False"),
+    ]
+
+
+def test_actions_sharing_parameters_render_their_own(tmp_path: Path) -> None:
+    label = 'label = "{{ payload.object.id }}-x"'
+    path = _sized_rules(
+        tmp_path, label, "n = 5", "m = 5", label, "n = 6", 'label = "{{ payload.object.id }}-y"'
+    )
+    loaded = _load_sized(path)
+    root = {"payload": {"object": {"id": 7}}}
+    rendered = [rule.actions[0].render(root) for rule in loaded.rules]
+    assert rendered == [
+        {"label": "7-x"}, {"n": 5}, {"m": 5}, {"label": "7-x"}, {"n": 6}, {"label": "7-y"},
+    ]  # fmt: skip
+
+
+def test_specs_are_what_their_classes_make(tmp_path: Path) -> None:
+    # engine.config makes rule and action specs without their __init__.
+    path = write_rules(
+        tmp_path,
+        """
+        [engine]
+        action_retries = 5
+
+        [[rule]]
+        name = "full"
+        on = ["meeting.started", "meeting.ended"]
+        when = "payload.object.id == '1'"
+        stop = true
+        enabled = false
+        description = "all keys"
+        throttle = { key = "payload.object.id", limit = 2, per = "1m" }
+
+          [[rule.action]]
+          type = "log"
+          timeout = "3s"
+          continue_on_error = true
+
+          [[rule.action]]
+          type = "print"
+          message = "{{ payload.object.id }}"
+          retries = 1
+        """
+        + RULE_OK,
+    )
+    specs = [spec for rule in load(path).config.rules for spec in (rule, *rule.actions)]
+    assert len(specs) == 5
+    for spec in specs:
+        made = dataclasses.replace(spec)  # every field through __init__
+        assert list(vars(spec).items()) == list(vars(made).items())
+        assert spec == made
 
 
 def test_mistyped_common_action_key(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import anyio
 import anyio.lowlevel
@@ -26,12 +26,15 @@ import anyio.lowlevel
 from engine.cli import EXIT_FAILURE, EXIT_INVALID, EXIT_OK
 from engine.commands import Command
 from engine.commands.common import iter_jsonl, load_or_report, open_input
-from engine.config import EngineConfig
-from engine.events import Event, InvalidEvent
-from engine.journal import JournalDB, JournalError, exclusive_lock, lock_holder
-from engine.loader import LoadedRules
-from engine.pipeline import Pipeline
-from engine.runtime import open_services, running_pipeline
+
+# The journal, the pipeline and what it runs (the HTTP client, the event
+# loop) load when a replay starts, not with every command's parser.
+if TYPE_CHECKING:
+    from engine.config import EngineConfig
+    from engine.events import Event
+    from engine.journal import JournalDB
+    from engine.loader import LoadedRules
+    from engine.pipeline import Pipeline
 
 
 class Progress:
@@ -86,6 +89,8 @@ class ReplayDedup:
         if not self.record_enabled:
             return
         if not await anyio.to_thread.run_sync(self._record_locked, event):
+            from engine.journal import lock_holder
+
             self.record_enabled = False
             self.notes.append(
                 f"a zoomrules daemon (pid {lock_holder(self.state_dir)}) holds the journal: "
@@ -95,6 +100,8 @@ class ReplayDedup:
     def _record_locked(self, event: Event) -> bool:
         # The lock for each write only, so a daemon can start during a long
         # replay; once it holds the lock its writer alone writes the file.
+        from engine.journal import exclusive_lock
+
         assert self.db is not None
         with exclusive_lock(self.state_dir) as locked:
             if not locked:
@@ -107,6 +114,8 @@ class ReplayDedup:
 @asynccontextmanager
 async def open_dedup(engine: EngineConfig, *, dry_run: bool) -> AsyncIterator[ReplayDedup | None]:
     """None with `journal = false`; else dedup against the existing journal, if any."""
+    from engine.journal import JournalDB, JournalError
+
     if not engine.journal:
         yield None
         return
@@ -131,6 +140,9 @@ def _without_journal(engine: EngineConfig, note: str) -> ReplayDedup:
 
 
 async def replay(loaded: LoadedRules, handle: IO[bytes], name: str, *, dry_run: bool) -> dict:
+    from engine.events import InvalidEvent
+    from engine.runtime import open_services, running_pipeline
+
     invalid: list[str] = []
     fired = 0
     progress = Progress(sys.stderr)
