@@ -255,14 +255,17 @@ class _PlanGenerator(_Generator):
     def _step(self, step: PlanStep) -> None:
         if step.tree is not None and step.search is not None:
             saved = (len(self._lines), self._indent, len(self._defs), len(self._exprefs))
+            computers = dict(self._computers)
             try:
                 self._emit_step(step)
                 return
             except RecursionError:
                 # An absurdly deep condition: call its own function instead
-                # (which may be jmespath's interpreter, see jmespath_compiler).
+                # (which may be jmespath's interpreter, see jmespath_compiler),
+                # forgetting everything its code had started to define.
                 lines, self._indent, defs, exprefs = saved
                 del self._lines[lines:], self._defs[defs:], self._exprefs[exprefs:]
+                self._computers = computers
                 step = PlanStep(step.item, None, step.search, step.stop)
         self._emit_step(step)
 
@@ -315,12 +318,10 @@ class _PlanGenerator(_Generator):
         return slot
 
     def _memoized(self, node: Node, slot: str) -> str:
+        """A shared sub-expression that may raise (the ones that cannot are
+        read eagerly): computed at its first use, its error kept."""
         compute = getattr(self, f"_n_{node['type']}")
         self._emit(f"if {slot} is _U:")
-        if _cannot_raise(node):
-            with self._block():
-                self._emit(f"{slot} = {compute(node, _ROOT)}")
-            return slot
         with self._block():
             self._emit("try:")
             with self._block():
