@@ -46,6 +46,7 @@ from engine.events import Event  # noqa: E402
 from engine.expressions import _functions_class  # noqa: E402
 from engine.hookspecs import ActionContext, ActionType, Param, hookimpl  # noqa: E402
 from engine.loader import LoadedRules, load_rules  # noqa: E402
+from engine.matcher import Matcher  # noqa: E402
 
 
 class NoopPlugin:
@@ -176,6 +177,19 @@ def time_load(count: int, names: list[str], runs: int = 3) -> list[float]:
     return seconds
 
 
+def time_plans(loaded: LoadedRules, names: list[str]) -> tuple[float, float, int]:
+    """Compiling each event name's rules into one function, as the first
+    event of each name does: (total seconds, worst seconds, most rules)."""
+    matcher = Matcher(loaded.rules, loaded.compiler)  # no plans yet
+    total = worst = 0.0
+    for name in names:
+        start = time.perf_counter()
+        matcher.match(name, {})
+        took = time.perf_counter() - start
+        total, worst = total + took, max(worst, took)
+    return total, worst, max(len(matcher.candidates(name)) for name in names)
+
+
 def time_check_command(count: int, names: list[str], runs: int = 3) -> list[float]:
     """Seconds for each of `runs` runs of `zoomrules check` on the file of
     `time_load` (with a built-in action), each a new process: Python's start
@@ -253,6 +267,10 @@ def main() -> None:
     interleaved([simple_fast, simple_interp])
     simple_rate, simple_interp_rate = simple_fast.rate, simple_interp.rate
     load_runs = time_load(10_000, names)
+    plans = [
+        time_plans(compiled, names),
+        time_plans(load(rules_toml(10_000, names, seed=3, unique=True), "compiled"), names),
+    ]
     check_runs = time_check_command(10_000, names)
 
     lines = [
@@ -280,6 +298,12 @@ def main() -> None:
         f"Firings: compiled {compiled_fired} over all events; compiled and interpreted agree on the slice ({interp_fired}); naive {naive_fired} on its slice, as compiled.",
         f"Load + compile 10,000 rules: {statistics.median(load_runs):.2f} s "
         f"(median of {len(load_runs)} loads: {', '.join(f'{t:.2f}' for t in load_runs)} s).",
+        *(
+            f"Compiling the rules of each of the {len(names)} event names into one function "
+            f"(once, at the first event of each name), {count:,} rules: {total:.2f} s in all, "
+            f"{worst * 1000:.0f} ms for the largest ({most} rules)."
+            for count, (total, worst, most) in zip((args.rules, 10_000), plans, strict=True)
+        ),
         f"`zoomrules check` on that file, the whole command in a new process: "
         f"{statistics.median(check_runs):.2f} s "
         f"(median of {len(check_runs)} runs: {', '.join(f'{t:.2f}' for t in check_runs)} s).",
