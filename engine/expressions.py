@@ -26,7 +26,7 @@ from jmespath.parser import ParsedResult
 from engine.expression_shapes import ShapeCache
 from engine.hookspecs import JMESPathFunction
 from engine.jmespath_compiler import Generated, generate
-from engine.prefilter import find_guard
+from engine.prefilter import find_guard, is_pure
 
 Search = Callable[[Any], Any]
 Evaluator = Literal["compiled", "interpreter"]
@@ -149,8 +149,7 @@ class ExpressionCompiler:
         return Guard(shape.key, search, shape.values, shape.exact)
 
     def _is_pure(self, name: str) -> bool:
-        custom = self.functions.get(name)
-        return custom.pure if custom is not None else name in self._builtin_names
+        return is_pure(name, self.functions)
 
     def _build(self, text: str, parsed: Any) -> Search:
         return self._generate(text, parsed)[0]

@@ -55,7 +55,8 @@ from __future__ import annotations
 import collections
 import itertools
 import operator
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import CodeType
 from typing import Any
@@ -390,14 +391,22 @@ class _Generator:
 
     def function(self, node: Node) -> str:
         """Generate `def <name>(v): ...` for `node`; returns the name."""
-        saved = (self._lines, self._indent)
         name = self._tmp("_f")
-        self._lines, self._indent = [f"def {name}(v):"], 1
-        result = self.node(node, "v")
-        self._emit(f"return {result}")
-        self._defs.append("\n".join(self._lines))
-        self._lines, self._indent = saved
+        with self._defining(name, "v"):
+            self._emit(f"return {self.node(node, 'v')}")
         return name
+
+    @contextmanager
+    def _defining(self, name: str, parameter: str) -> Iterator[None]:
+        """Statements emitted inside go to a new `def name(parameter):`,
+        added to the definitions; the current function resumes after."""
+        saved = (self._lines, self._indent)
+        self._lines, self._indent = [f"def {name}({parameter}):"], 1
+        try:
+            yield
+            self._defs.append("\n".join(self._lines))
+        finally:
+            self._lines, self._indent = saved
 
     def build(self, node: Node, text: str) -> Search:
         main = self.function(node)
@@ -608,9 +617,10 @@ class _Generator:
             return self._assign(fast)
         return self._assign(f"({fast}) if {' and '.join(checks)} else _{op}({left}, {right})")
 
-    def _truthy(self, var: str, node: Node) -> str:
-        """A Python condition that is true iff `var` is JMESPath-true."""
-        if _is_boolean_node(node, self._custom):
+    def _truthy(self, var: str, node: Node | None) -> str:
+        """A Python condition that is true iff `var` is JMESPath-true
+        (`node` computed it; None: something else did)."""
+        if node is not None and _is_boolean_node(node, self._custom):
             return var
         # Python-falsy values of these classes are exactly JMESPath's false
         # values; Python-truthy JSON values are JMESPath-true; 0/0.0 (and any

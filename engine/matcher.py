@@ -24,7 +24,13 @@ from typing import Any, Literal
 
 from engine.events import META_KEY, Event
 from engine.expressions import ExpressionCompiler, is_truthy
-from engine.plan_compiler import PlanFunction, PlanStep, compile_plan, reads_only_fields
+from engine.plan_compiler import (
+    PlanFunction,
+    PlanStep,
+    Raised,
+    compile_plan,
+    reads_only_fields,
+)
 from engine.ruleset import CompiledRule
 
 log = logging.getLogger("zoomrules.matcher")
@@ -74,20 +80,7 @@ class _Plan:
 _UNSET: Any = object()
 
 
-class _Raised:
-    """A shared evaluation that raised (each rule sharing it reports it)."""
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: Exception) -> None:
-        self.error = error
-
-
-def _plan(
-    rules: Sequence[CompiledRule],
-    compiled: PlanFunction | None = None,
-    body_will_do: bool = False,
-) -> _Plan:
+def _plan(rules: Sequence[CompiledRule]) -> _Plan:
     condition_slots: dict[Any, int] = {}
     conditions: list[Callable[[Any], Any]] = []
     guard_slots: dict[Any, int] = {}
@@ -104,7 +97,7 @@ def _plan(
             guard = _slot(guard_slots, guards, rule.guard.key, rule.guard.search)
             values, exact = rule.guard.values, rule.guard.exact
         steps.append(_Step(rule, condition, guard, values, exact))
-    return _Plan(tuple(steps), tuple(conditions), tuple(guards), compiled, body_will_do)
+    return _Plan(tuple(steps), tuple(conditions), tuple(guards))
 
 
 def _slot(slots: dict[Any, int], items: list[Any], key: Any, item: Any) -> int:
@@ -171,7 +164,8 @@ class Matcher:
         if plan is None:
             candidates = self.candidates(event_name)
             compiled = self._compile_plan(candidates)
-            plan = _plan(candidates, *compiled) if compiled else _plan(candidates)
+            # A compiled plan needs no steps to evaluate in turn.
+            plan = _Plan((), (), (), *compiled) if compiled else _plan(candidates)
             if len(self._plans) >= _CACHE_LIMIT:
                 self._plans.clear()
             self._plans[event_name] = plan
@@ -228,9 +222,9 @@ class Matcher:
                     try:
                         value = plan.guards[step.guard](root)
                     except Exception as exc:  # noqa: BLE001 - reported per rule below
-                        value = _Raised(exc)
+                        value = Raised(exc)
                     guard_values[step.guard] = value
-                if value.__class__ is not _Raised:
+                if value.__class__ is not Raised:
                     try:
                         hit = value in step.values
                     except TypeError:  # a list or object equals no string or number
@@ -251,9 +245,9 @@ class Matcher:
                     try:
                         value = plan.conditions[step.condition](root)
                     except Exception as exc:  # noqa: BLE001 - one bad rule must not stop the others
-                        value = _Raised(exc)
+                        value = Raised(exc)
                     results[step.condition] = value
-                if value.__class__ is _Raised:
+                if value.__class__ is Raised:
                     self._runtime_error(step.rule, event_name, value.error)
                     continue
                 # JMESPath truthiness inlined (hot loop): like Python's,

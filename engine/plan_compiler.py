@@ -37,19 +37,18 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import jmespath.functions
 from jmespath.parser import ParsedResult
 
 from engine.hookspecs import JMESPathFunction
 from engine.jmespath_compiler import _Expression, _Generator, compile_parsed
-from engine.prefilter import set_comparable, shareable
+from engine.prefilter import is_pure, set_comparable, shareable
 
 Node = dict[str, Any]
 #: `plan(root, context) -> fired items`, in file order.
 PlanFunction = Callable[[Any, Any], list[Any]]
 ErrorHandler = Callable[[Any, Any, Exception], None]
 
-__all__ = ["PlanStep", "PlanFunction", "compile_plan", "reads_only_fields"]
+__all__ = ["PlanFunction", "PlanStep", "Raised", "compile_plan", "reads_only_fields"]
 
 _ROOT = "r"
 
@@ -91,7 +90,7 @@ class _Unset:
         return "<unset>"
 
 
-class _Raised:
+class Raised:
     """A shared sub-expression that raised; every later use raises it again."""
 
     __slots__ = ("error",)
@@ -100,7 +99,6 @@ class _Raised:
         self.error = error
 
 
-_BUILTINS = frozenset(jmespath.functions.Functions.FUNCTION_TABLE)
 _UNSET = _Unset()
 #: A group whose key raised or gave an unexpected value: filters run their own loop.
 _UNGROUPED = _Unset()
@@ -108,7 +106,7 @@ _UNGROUPED = _Unset()
 _PLAN_RUNTIME: dict[str, Any] = {
     "_U": _UNSET,
     "_UNGROUPED": _UNGROUPED,
-    "_Raised": _Raised,
+    "_Raised": Raised,
     # Key classes that can never equal a grouped literal (a string, or a
     # number other than 0 and 1): null, booleans, arrays, objects.
     "_NEVER_EQUAL": frozenset({type(None), bool, list, dict}),
@@ -169,8 +167,7 @@ class _PlanGenerator(_Generator):
         self._computers: dict[str, str] = {}
 
     def _is_pure(self, name: str) -> bool:
-        custom = self._custom.get(name)
-        return custom.pure if custom is not None else name in _BUILTINS
+        return is_pure(name, self._custom)
 
     def _key(self, node: Node) -> str:
         known = self._keys.get(id(node))
@@ -280,11 +277,9 @@ class _PlanGenerator(_Generator):
         with self._block():
             if step.tree is not None:
                 value = self.node(step.tree, _ROOT)
-                test = self._truthy(value, step.tree)
             else:
                 value = self._assign(f"{self._const(step.search)}({_ROOT})")
-                test = f"{value} or ({value}.__class__ not in _PLAIN and _is_true({value}))"
-            self._emit(f"if {test}:")
+            self._emit(f"if {self._truthy(value, step.tree)}:")
             with self._block():
                 for line in fire:
                     self._emit(line)
@@ -373,13 +368,10 @@ class _PlanGenerator(_Generator):
 
     def _group_filler(self, key_node: Node) -> str:
         """A function bucketing a list's elements by `key` (None for no list)."""
-        saved = (self._lines, self._indent)
         name, base, slot = self._tmp("_group"), self._tmp("v"), self._tmp("g")
-        self._lines, self._indent = [f"def {name}({base}):"], 1
-        self._fill_group(slot, base, key_node)
-        self._emit(f"return {slot}")
-        self._defs.append("\n".join(self._lines))
-        self._lines, self._indent = saved
+        with self._defining(name, base):
+            self._fill_group(slot, base, key_node)
+            self._emit(f"return {slot}")
         return name
 
     def _fill_group(self, slot: str, base: str, key_node: Node) -> None:

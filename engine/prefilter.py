@@ -26,9 +26,13 @@ the full evaluation would.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import jmespath.functions
+
+from engine.hookspecs import JMESPathFunction
 
 Node = dict[str, Any]
 
@@ -47,6 +51,17 @@ class GuardShape:
     #: True when the condition *is* the test (true exactly for these values),
     #: so a hit fires the rule without evaluating it.
     exact: bool
+
+
+_BUILTINS = frozenset(jmespath.functions.Functions.FUNCTION_TABLE)
+
+
+def is_pure(name: str, functions: Mapping[str, JMESPathFunction]) -> bool:
+    """Whether calls of the function `name` may be shared: a custom function
+    (which overrides a built-in of its name) when declared `pure`; a
+    JMESPath built-in always."""
+    custom = functions.get(name)
+    return custom.pure if custom is not None else name in _BUILTINS
 
 
 def find_guard(tree: Node, is_pure: Callable[[str], bool]) -> GuardShape | None:
