@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -34,18 +33,83 @@ def event_id(body: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(body)).hexdigest()[:32]
 
 
-@dataclass(frozen=True, slots=True)
+#: orjson encodes containers nested at most this deep; a body nested deeper
+#: has no canonical JSON, hence no id.
+_ENCODABLE_DEPTH = 254
+
+
 class Event:
-    """A validated Zoom event object plus where and when we got it."""
+    """A validated Zoom event object plus where and when we got it.
+
+    Immutable. `id` is computed from `body` when first read: hashing the
+    canonical JSON is about half the cost of decoding an event, and with
+    the journal off an event that fires no rule never needs its id.
+    """
+
+    __slots__ = ("name", "body", "_id", "received_at", "source", "raw")
 
     name: str
     body: dict[str, Any]
-    id: str
     received_at: float
     source: str
     #: The event's JSON as received, when it came as text (the journal
     #: stores it as is rather than encoding `body` again).
-    raw: bytes | None = field(default=None, compare=False, repr=False)
+    raw: bytes | None
+
+    def __init__(
+        self,
+        name: str,
+        body: dict[str, Any],
+        id: str | None,  # noqa: A002 - the public name of the attribute
+        received_at: float,
+        source: str,
+        raw: bytes | None = None,
+    ) -> None:
+        """Wrap an already validated event; `id=None` computes it from `body` when read.
+
+        Only pass `None` for a body known to have canonical JSON (see
+        `from_json`): reading a lazily computed id must not fail.
+        """
+        setattr_ = object.__setattr__
+        setattr_(self, "name", name)
+        setattr_(self, "body", body)
+        setattr_(self, "_id", id)
+        setattr_(self, "received_at", received_at)
+        setattr_(self, "source", source)
+        setattr_(self, "raw", raw)
+
+    @property
+    def id(self) -> str:
+        """Stable id of the event (see `event_id`)."""
+        identity = self._id
+        if identity is None:
+            identity = event_id(self.body)
+            object.__setattr__(self, "_id", identity)
+        return identity
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"Event is immutable: cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"Event is immutable: cannot delete {name!r}")
+
+    def _key(self) -> tuple[Any, ...]:
+        return (self.name, self.body, self.id, self.received_at, self.source)
+
+    def __eq__(self, other: object) -> bool:
+        # `raw` is left out: the same event may have come as text or as an object.
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, Event)
+        return self._key() == other._key()
+
+    __hash__ = None  # type: ignore[assignment]  # the body is a mutable dict
+
+    def __repr__(self) -> str:
+        return (
+            f"Event(name={self.name!r}, body={self.body!r}, id={self.id!r}, "
+            f"received_at={self.received_at!r}, source={self.source!r})"
+        )
 
     @classmethod
     def from_body(
@@ -59,32 +123,31 @@ class Event:
         """Validate a decoded event object and wrap it.
 
         Raises InvalidEvent when `body` is not an object with a string
-        `event` name. `raw` is the JSON `body` was decoded from, if any.
+        `event` name, or is nested too deeply to have an id. `raw` is the
+        JSON `body` was decoded from, if any.
         """
-        if not isinstance(body, dict):
-            raise InvalidEvent(f"event must be a JSON object, got {type(body).__name__}")
-        name = body.get("event")
-        if not isinstance(name, str) or not name:
-            raise InvalidEvent("event object has no string 'event' name")
-        if META_KEY in body:
-            raise InvalidEvent(f"event object uses the reserved key {META_KEY!r}")
-        try:
-            identity = event_id(body)
-        except orjson.JSONEncodeError as exc:  # nested deeper than orjson encodes
-            raise InvalidEvent(f"event cannot be encoded: {exc}") from None
-        # Positional: a frozen dataclass's keyword call costs 1 µs more per event.
+        name = _checked_name(body)
+        identity = _identity_now(body)
         received_at = time.time() if received_at is None else received_at
         return cls(name, body, identity, received_at, source, raw)
 
     @classmethod
     def from_json(cls, data: str | bytes, *, source: str) -> Event:
-        """Decode JSON text holding one event object."""
+        """Decode JSON text holding one event object (raises InvalidEvent)."""
         try:
             body = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
             raise InvalidEvent(f"invalid JSON: {exc}") from None
+        name = _checked_name(body)
         raw = data.encode() if isinstance(data, str) else bytes(data)
-        return cls.from_body(body, source=source, raw=raw)
+        # Nesting is at most the number of opening brackets: only a body
+        # with more of them than orjson nests may fail to encode, and only
+        # such a body is encoded now, so that it is rejected here rather
+        # than when its id is first read. Every other id waits until read.
+        identity = None
+        if raw.count(b"[") + raw.count(b"{") > _ENCODABLE_DEPTH:
+            identity = _identity_now(body)
+        return cls(name, body, identity, time.time(), source, raw)
 
     def metadata(self) -> dict[str, Any]:
         """Engine metadata exposed under META_KEY (rule-independent part)."""
@@ -97,3 +160,22 @@ class Event:
     def root(self) -> dict[str, Any]:
         """The document conditions are evaluated against: the event plus metadata."""
         return {**self.body, META_KEY: self.metadata()}
+
+
+def _checked_name(body: Any) -> str:
+    """The event name of a decoded event object (raises InvalidEvent)."""
+    if not isinstance(body, dict):
+        raise InvalidEvent(f"event must be a JSON object, got {type(body).__name__}")
+    name = body.get("event")
+    if not isinstance(name, str) or not name:
+        raise InvalidEvent("event object has no string 'event' name")
+    if META_KEY in body:
+        raise InvalidEvent(f"event object uses the reserved key {META_KEY!r}")
+    return name
+
+
+def _identity_now(body: dict[str, Any]) -> str:
+    try:
+        return event_id(body)
+    except orjson.JSONEncodeError as exc:  # nested deeper than orjson encodes
+        raise InvalidEvent(f"event cannot be encoded: {exc}") from None

@@ -1,0 +1,100 @@
+"""The Event value: validation, the id, and its being computed only when read."""
+
+from __future__ import annotations
+
+import hashlib
+
+import orjson
+import pytest
+
+import engine.events
+from engine.events import Event, InvalidEvent, canonical_json, event_id
+from tests.conftest import example
+
+
+def _nested(depth: int) -> str:
+    """An event whose `d` holds lists nested so that the body is `depth` deep."""
+    return '{"event": "deep", "d": ' + "[" * (depth - 1) + "]" * (depth - 1) + "}"
+
+
+def test_the_id_is_the_hash_of_the_canonical_json() -> None:
+    body = example("meeting.started")
+    text = orjson.dumps(body).decode()
+    expected = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
+    assert Event.from_json(text, source="a").id == expected
+    assert Event.from_body(body, source="b").id == expected
+    assert canonical_json(body) == orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+
+
+def test_key_order_and_spacing_do_not_change_the_id() -> None:
+    compact = Event.from_json('{"event":"x.y","a":1,"b":{"c":2,"d":[3]}}', source="s")
+    spaced = Event.from_json('{ "b": {"d": [3], "c": 2}, "a": 1, "event": "x.y" }', source="s")
+    assert compact.id == spaced.id
+
+
+def test_an_event_from_text_hashes_only_when_its_id_is_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[object] = []
+
+    def counting(body: dict[str, object]) -> str:
+        calls.append(body)
+        return event_id(body)
+
+    monkeypatch.setattr(engine.events, "event_id", counting)
+    event = Event.from_json(orjson.dumps(example("meeting.ended")), source="s")
+    assert calls == []
+    assert event.metadata()["event_id"] == event.id == event_id(event.body)
+    assert len(calls) == 1  # read twice, computed once
+
+
+@pytest.mark.parametrize("depth", [2, 200, 254])
+def test_bodies_orjson_can_encode_are_accepted_with_their_id(depth: int) -> None:
+    event = Event.from_json(_nested(depth), source="s")
+    assert event.id == event_id(event.body)
+
+
+@pytest.mark.parametrize("depth", [255, 400])
+def test_a_body_nested_too_deeply_is_rejected_when_decoded(depth: int) -> None:
+    """Not later, when something first reads the id."""
+    with pytest.raises(InvalidEvent, match="cannot be encoded"):
+        Event.from_json(_nested(depth), source="s")
+    with pytest.raises(InvalidEvent, match="cannot be encoded"):
+        Event.from_body(orjson.loads(_nested(depth)), source="s")
+
+
+def test_many_shallow_brackets_are_not_mistaken_for_depth() -> None:
+    """More brackets than orjson nests, but shallow: accepted, id computed at once."""
+    text = orjson.dumps({"event": "wide", "lists": [[i] for i in range(600)]})
+    event = Event.from_json(text, source="s")
+    assert event.id == event_id(orjson.loads(text))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[1]", "must be a JSON object, got list"),
+        ('{"payload": {}}', "no string 'event' name"),
+        ('{"event": ""}', "no string 'event' name"),
+        ('{"event": "a.b", "zoomrules": 1}', "reserved key 'zoomrules'"),
+        ('{"event": ', "invalid JSON"),
+    ],
+)
+def test_what_is_not_an_event_says_why(text: str, message: str) -> None:
+    with pytest.raises(InvalidEvent, match=message):
+        Event.from_json(text, source="s")
+
+
+def test_events_are_immutable_and_compare_without_their_text() -> None:
+    body = example("meeting.started")
+    from_text = Event.from_json(orjson.dumps(body), source="s")
+    event = Event(from_text.name, from_text.body, None, from_text.received_at, "s")
+    assert event == from_text  # `raw` is not compared; the lazy id is
+    assert event != Event(event.name, event.body, "other", event.received_at, "s")
+    with pytest.raises(AttributeError, match="immutable"):
+        event.name = "x"  # type: ignore[misc]
+    with pytest.raises(AttributeError, match="immutable"):
+        del event.body
+    with pytest.raises(TypeError):
+        hash(event)
+    assert f"id={event.id!r}" in repr(event)
