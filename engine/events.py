@@ -93,6 +93,10 @@ class Event:
     def __delattr__(self, name: str) -> None:
         raise AttributeError(f"Event is immutable: cannot delete {name!r}")
 
+    def __reduce__(self) -> tuple[type[Event], tuple[Any, ...]]:
+        # Pickle and copy through __init__: __setattr__ refuses.
+        return Event, (self.name, self.body, self._id, self.received_at, self.source, self.raw)
+
     def _key(self) -> tuple[Any, ...]:
         return (self.name, self.body, self.id, self.received_at, self.source)
 

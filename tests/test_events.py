@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import pickle
 
 import orjson
 import pytest
@@ -98,3 +100,14 @@ def test_events_are_immutable_and_compare_without_their_text() -> None:
     with pytest.raises(TypeError):
         hash(event)
     assert f"id={event.id!r}" in repr(event)
+
+
+@pytest.mark.parametrize("read_id_first", [False, True])
+def test_events_pickle_and_copy(read_id_first: bool) -> None:
+    event = Event.from_json(orjson.dumps(example("meeting.started")), source="s")
+    if read_id_first:
+        assert event.id
+    for again in (pickle.loads(pickle.dumps(event)), copy.copy(event), copy.deepcopy(event)):
+        assert again == event
+        assert again.raw == event.raw
+        assert again.id == event_id(event.body)
