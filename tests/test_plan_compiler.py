@@ -9,6 +9,7 @@ several rules is evaluated once per event, a filter group is built once.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -153,6 +154,14 @@ CONDITIONS = [
     "count > `2` || topic > `1`",
     "people[0].email == 'a@example.com'",
     "people[?status == 'joined'] | length(@) == `4`",
+    # Only tested (a whole condition): may stop at the first element that passes.
+    "people[?status == 'joined' && starts_with(email, 'c')]",
+    "people[?'joined' == status && contains(email, 'vip')]",
+    "people[?status == 'left' && ends_with(email, 'm')]",
+    "people[?status == 'joined' && ends_with(email, '@example.com')] | length(@)",
+    "!people[?status == 'joined' && ends_with(email, '@vip.example.com')]",
+    "people[?status == 'joined' && ends_with(email, 'm')].name",
+    "people[?length(@) == `2` && ends_with(email, 'm')]",
     "sort_by(people[?status == 'joined' && email_domain(email) == 'example.com'], &email)[0].name",
     "people[*].status",
     None,
@@ -165,6 +174,18 @@ DOCUMENTS: list[Any] = [
     {"topic": "board", "count": 3, "people": [None, None]},
     {"people": [{"email": "a@example.com", "status": "joined", "name": "Ann"}] * 3},
     {"people": [{"name": "x", "status": "joined", "email": {"not": "hashable"}}]},
+    {
+        "people": [
+            {"email": "c@vip.example.com", "status": "joined"},
+            {"email": "a@example.com", "status": "joined"},
+            {"email": "b@example.com", "status": "left"},
+            {"email": None, "status": "lurking"},
+            "not an object",
+            None,
+        ]
+    },
+    {"people": [{"email": "c@example.com", "status": "joined"}, {"status": "joined"}]},
+    {"people": [{"email": "c@example.com", "status": "joined"}, ["status", "joined"]]},
     {},
     [],
     None,
@@ -241,6 +262,55 @@ def test_a_group_key_that_raises_gives_each_rule_its_own_first_error() -> None:
     outcome = planned(texts, [False, False], {"people": people}, functions)
     assert outcome == reference(texts, [False, False], {"people": people}, functions)
     assert [error[1] for error in outcome[1]] == ["JMESPathTypeError", "ValueError"]
+
+
+def test_a_tested_string_filter_stops_at_the_first_element_that_passes() -> None:
+    """`list[?key == lit && ends_with(field, 'text')]` as a whole condition only
+    needs to know whether some element passes: the plan gathers the field's
+    strings once per bucket and scans them, stopping at the first hit; where
+    a value is not a string it runs the full loop, which raises where the
+    interpreter does (a match before the bad element changes nothing)."""
+    functions = Calls().functions()
+    texts = [
+        "people[?status == 'joined' && ends_with(email, '@example.com')]",
+        "people[?status == 'joined' && starts_with(email, 'b')]",
+        "people[?status == 'joined' && contains(email, 'vip')]",
+        "people[?status == 'left' && contains(email, 'vip')]",
+    ]
+    steps = [PlanStep(t, jmespath.compile(t).parsed, None, False) for t in texts]
+    source = compile_plan(steps, functions, print).__jmespath_source__  # type: ignore[attr-defined]
+    gathered = set(re.findall(r"(\w+) = _strings\(", source))
+    assert len(gathered) == 2  # one list per bucket and field: 'joined', 'left'
+    good = [{"email": "a@example.com", "status": "joined"}] * 2
+    for people in (
+        good,
+        [*good, {"email": "b@vip.example.com", "status": "joined"}],
+        [*good, {"email": 5, "status": "joined"}],  # raises after the first hit
+        [*good, {"status": "joined"}],
+        [{"email": "b@x", "status": "left"}, {"email": None, "status": "left"}],
+        [],
+    ):
+        document = {"people": people}
+        expected = reference(texts, [False] * 4, document, functions)
+        assert planned(texts, [False] * 4, document, functions) == expected, people
+
+
+def test_a_custom_function_named_like_a_string_test_is_called_as_itself() -> None:
+    functions = Calls().functions()
+
+    def not_ends_with(subject: Any, suffix: Any) -> bool:
+        return not subject.endswith(suffix)
+
+    functions["ends_with"] = JMESPathFunction(
+        "ends_with", not_ends_with, [{"types": ["string"]}] * 2, pure=True
+    )
+    texts = ["people[?status == 'joined' && ends_with(email, 'x')]"] * 2
+    document = {
+        "people": [{"email": "a@x", "status": "joined"}, {"email": "b@x", "status": "joined"}]
+    }
+    expected = reference(texts, [False, False], document, functions)
+    assert expected == ([], [])
+    assert planned(texts, [False, False], document, functions) == expected
 
 
 def test_a_rule_set_too_deep_for_python_still_matches(tmp_path: Path) -> None:
