@@ -203,48 +203,68 @@ class _PlanGenerator(_Generator):
 
     def _find_sharing(self, trees: list[Node]) -> None:
         """Slots for the sub-expressions and filter groups used twice or more."""
-        uses: dict[str, int] = {}
         group_uses: dict[tuple[str, str], int] = {}
+        counted: list[Node] = []
         for tree in trees:
             try:
-                self._count_uses(tree, uses, group_uses)
+                for node in _root_context_nodes(tree):
+                    group = self._group_key(node)
+                    if group is not None:
+                        group_uses[group] = group_uses.get(group, 0) + 1
             except RecursionError:  # too deep to canonicalise: shares nothing
                 continue
+            counted.append(tree)
         for group, count in group_uses.items():
             if count >= 2:
                 self._groups[group] = f"g{len(self._groups)}"
-        for key in [k for k in uses if k.startswith(_TEST)]:
-            if self._string_filter(self._nodes[key]) is None:
-                # Its group is not shared, so _test computes the filtered
-                # list as usual: these are uses of its value after all.
-                value_key = key[len(_TEST) :]
-                uses[value_key] = uses.get(value_key, 0) + uses.pop(key)
-                self._nodes.setdefault(value_key, self._nodes[key])
+        # Sub-expressions used twice or more; then only those still used
+        # twice once the sub-expressions of a shared one count only once:
+        # computed once per event through it, they need no slot of their own
+        # (a rule's condition repeated in another rule shares the whole
+        # condition, not each of its parts).
+        every = self._count_uses(counted, None)
+        uses = self._count_uses(counted, {key for key, count in every.items() if count >= 2})
         for key, count in uses.items():
             if count >= 2:
                 self._memo[key] = f"m{len(self._memo)}"
                 if _cannot_raise(self._nodes[key]):
                     self._eager[key] = self._memo[key]
 
-    def _count_uses(
-        self, tree: Node, uses: dict[str, int], group_uses: dict[tuple[str, str], int]
-    ) -> None:
-        for node in _root_context_nodes(tree):
-            if node["type"] in ("literal", "identity", "current"):
-                continue
-            group = self._group_key(node)
-            if group is not None:
-                group_uses[group] = group_uses.get(group, 0) + 1
-            if node is tree and _string_filter_shape(node, self._custom) is not None:
-                # A whole condition that is only tested (see _test): rules
-                # with the same one share the test, not the filtered list.
-                key = _TEST + self._key(node)
-                uses[key] = uses.get(key, 0) + 1
-                self._nodes.setdefault(key, node)
-            elif shareable(node, self._is_pure):
-                key = self._key(node)
-                uses[key] = uses.get(key, 0) + 1
-                self._nodes.setdefault(key, node)
+    def _count_uses(self, trees: list[Node], shared: set[str] | None) -> dict[str, int]:
+        """How many times each shareable sub-expression is evaluated per
+        event; with `shared`, the keys that will have a slot, below which
+        only their first occurrence is evaluated."""
+        uses: dict[str, int] = {}
+        expanded: set[str] = set()
+
+        def count(node: Node) -> bool:
+            key = self._use_key(node, tree)
+            if key is None:
+                return True
+            uses[key] = uses.get(key, 0) + 1
+            self._nodes.setdefault(key, node)
+            if shared is None or key not in shared:
+                return True
+            if key in expanded:
+                return False  # computed by its first occurrence
+            expanded.add(key)
+            return True
+
+        for tree in trees:
+            _root_context_nodes(tree, count)
+        return uses
+
+    def _use_key(self, node: Node, tree: Node) -> str | None:
+        """The key under which a use of `node` (in condition `tree`) is shared."""
+        if node["type"] in ("literal", "identity", "current"):
+            return None
+        if node is tree and self._string_filter(node) is not None:
+            # A whole condition that is only tested (see _test): rules with
+            # the same one share the test, not the filtered list.
+            return _TEST + self._key(node)
+        if shareable(node, self._is_pure):
+            return self._key(node)
+        return None
 
     def _group_key(self, node: Node) -> tuple[str, str] | None:
         """Filters with equal group keys can share one bucketing of their list.
@@ -544,13 +564,16 @@ class _Deferred:
         return self._search(document)
 
 
-def _root_context_nodes(tree: Node) -> list[Node]:
-    """The nodes of `tree` that are evaluated on the event itself."""
+def _root_context_nodes(tree: Node, descend: Callable[[Node], bool] | None = None) -> list[Node]:
+    """The nodes of `tree` that are evaluated on the event itself; with
+    `descend`, only below the nodes for which it answers true."""
     found: list[Node] = []
     stack = [tree]
     while stack:
         node = stack.pop()
         found.append(node)
+        if descend is not None and not descend(node):
+            continue
         kind = node["type"]
         children = node.get("children", ())
         if kind in _CHAINS:

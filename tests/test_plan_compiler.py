@@ -239,6 +239,23 @@ def test_a_pure_sub_expression_is_evaluated_once_per_event() -> None:
     assert calls.count == {"key_of": 1, "impure": 2}
 
 
+def test_a_repeated_condition_is_shared_whole_not_part_by_part() -> None:
+    """The parts of a shared condition are computed once, through it: they
+    get no slot of their own, unless something else uses them too."""
+    calls = Calls()
+    functions = calls.functions()
+    repeated = "length(people[?key_of(email) == 'x'] || `[]`) > `0` && lower(topic) == 'a'"
+    texts = [repeated, repeated, "lower(topic) == 'b'", "lower(topic) == 'a'"]
+    steps = [PlanStep(t, jmespath.compile(t).parsed, None, False) for t in texts]
+    source = compile_plan(steps, functions, print).__jmespath_source__  # type: ignore[attr-defined]
+    # The condition, and lower(topic) used outside it; people (read eagerly).
+    assert set(re.findall(r"\bm\d+\b", source)) == {"m0", "m1", "m2"}
+    document = {"people": [{"email": "x"}], "topic": "A"}
+    fired, errors = planned(texts, [False] * 4, document, functions)
+    assert (fired, errors) == (["r0", "r1", "r3"], [])
+    assert calls.count["key_of"] == 1
+
+
 def test_filters_on_the_same_key_share_one_pass_over_the_list() -> None:
     calls = Calls()
     functions = calls.functions()
