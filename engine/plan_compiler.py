@@ -30,7 +30,9 @@ sharing across rules:
   once per event for every such filter on that bucket) and stops at the
   first hit. Exact because that shortcut is only taken when every `email`
   in the bucket is a string, where the test cannot raise; otherwise the
-  filter's own loop runs and raises where the interpreter would.
+  filter's own loop runs and raises where the interpreter would. When only
+  such tests use a key, no buckets are built: one pass gathers the strings
+  of the elements whose key equals the literal.
 
 Each rule's code runs in its own `try`: an error is passed to `on_error` and
 the next rule runs, as in the rule-by-rule matcher. `stop` returns at once.
@@ -187,6 +189,8 @@ class _PlanGenerator(_Generator):
         #: (group slot, literal, field) -> the variable holding that field of
         #: every element of the literal's bucket, as `_strings` gives it.
         self._strings: dict[tuple[str, Any, str], str] = {}
+        #: Groups only used by string tests: never bucketed, see _string_filter_test.
+        self._direct: set[str] = set()
 
     def _is_pure(self, name: str) -> bool:
         return is_pure(name, self._custom)
@@ -204,6 +208,7 @@ class _PlanGenerator(_Generator):
     def _find_sharing(self, trees: list[Node]) -> None:
         """Slots for the sub-expressions and filter groups used twice or more."""
         group_uses: dict[tuple[str, str], int] = {}
+        group_tests: dict[tuple[str, str], int] = {}
         counted: list[Node] = []
         for tree in trees:
             try:
@@ -211,12 +216,16 @@ class _PlanGenerator(_Generator):
                     group = self._group_key(node)
                     if group is not None:
                         group_uses[group] = group_uses.get(group, 0) + 1
+                        if node is tree and _string_filter_shape(node, self._custom):
+                            group_tests[group] = group_tests.get(group, 0) + 1
             except RecursionError:  # too deep to canonicalise: shares nothing
                 continue
             counted.append(tree)
         for group, count in group_uses.items():
             if count >= 2:
-                self._groups[group] = f"g{len(self._groups)}"
+                slot = self._groups[group] = f"g{len(self._groups)}"
+                if group_tests.get(group) == count:
+                    self._direct.add(slot)
         # Sub-expressions used twice or more; then only those still used
         # twice once the sub-expressions of a shared one count only once:
         # computed once per event through it, they need no slot of their own
@@ -296,7 +305,7 @@ class _PlanGenerator(_Generator):
         eager = set(self._eager.values())
         slots = [
             *(m for m in self._memo.values() if m not in eager),
-            *self._groups.values(),
+            *(g for g in self._groups.values() if g not in self._direct),
             *self._strings.values(),
         ]
         if slots:
@@ -467,22 +476,32 @@ class _PlanGenerator(_Generator):
         """
         slot, (literal, field, method, text) = found
         base_node, key_node, _, rest = _grouped_filter(node)  # type: ignore[misc]
-        self._fill(slot, base_node, key_node)
+        strings = self._strings.get((slot, literal, field))
+        if strings is None:
+            strings = self._strings[(slot, literal, field)] = self._tmp("s")
         out = self._tmp()
+        if slot in self._direct:
+            self._gather_directly(strings, base_node, key_node, literal, field)
+            self._emit(f"if {strings} is None:")
+            with self._block():
+                self._emit(f"{out} = False")  # no list: the filter gives null
+            self._emit(f"elif {strings} is _UNGROUPED:")
+            with self._block():
+                self._deferred_test(out, node)
+            self._emit("else:")
+            with self._block():
+                self._scan(out, strings, method, text)
+            return out
+        self._fill(slot, base_node, key_node)
         self._emit(f"if {slot} is _UNGROUPED:")
         with self._block():
-            plain = self._const(_Deferred(node, self._custom))
-            value = self._assign(f"{plain}({_ROOT})")
-            self._emit(f"{out} = True if {self._truthy(value, None)} else False")
+            self._deferred_test(out, node)
         self._emit(f"elif {slot} is None:")
         with self._block():
             self._emit(f"{out} = False")  # no list: the filter gives null
         self._emit("else:")
         with self._block():
             bucket = self._assign(f"{slot}.get({self._literal(literal)}, ())")
-            strings = self._strings.get((slot, literal, field))
-            if strings is None:
-                strings = self._strings[(slot, literal, field)] = self._tmp("s")
             self._emit(f"if {strings} is _U:")
             with self._block():
                 self._emit(f"{strings} = _strings({bucket}, {field!r})")
@@ -492,19 +511,84 @@ class _PlanGenerator(_Generator):
                 self._emit(f"{out} = True if {full} else False")
             self._emit("else:")
             with self._block():
-                self._emit(f"{out} = False")
-                each = self._tmp("s")
-                needle = self._const(text)
-                found_it = (
-                    f"{needle} in {each}" if method == "contains" else f"{each}.{method}({needle})"
-                )
-                self._emit(f"for {each} in {strings}:")
-                with self._block():
-                    self._emit(f"if {found_it}:")
-                    with self._block():
-                        self._emit(f"{out} = True")
-                        self._emit("break")
+                self._scan(out, strings, method, text)
         return out
+
+    def _deferred_test(self, out: str, node: Node) -> None:
+        """`out` = whether the filter `node`, evaluated on its own, is true."""
+        plain = self._const(_Deferred(node, self._custom))
+        value = self._assign(f"{plain}({_ROOT})")
+        self._emit(f"{out} = True if {self._truthy(value, None)} else False")
+
+    def _scan(self, out: str, strings: str, method: str, text: str) -> None:
+        """`out` = whether some of `strings` passes the test, stopping at the first."""
+        self._emit(f"{out} = False")
+        each = self._tmp("s")
+        needle = self._const(text)
+        found = f"{needle} in {each}" if method == "contains" else f"{each}.{method}({needle})"
+        self._emit(f"for {each} in {strings}:")
+        with self._block():
+            self._emit(f"if {found}:")
+            with self._block():
+                self._emit(f"{out} = True")
+                self._emit("break")
+
+    def _gather_directly(
+        self, strings: str, base_node: Node, key_node: Node, literal: Any, field: str
+    ) -> None:
+        """Fill `strings` (once per event) with the `field` strings of the
+        elements whose key equals `literal`, in one pass over the list, for a
+        group that only string tests use (the bucket itself is never needed,
+        so the group is not built). None when the base is no list;
+        _UNGROUPED when the key raises or gives an unexpected class, or an
+        element whose key equals the literal is not a dict or its field no
+        str: the test then evaluates the filter on its own."""
+        base = self.node(base_node, _ROOT)
+        name = f"{self._key(key_node)}\0{field}"
+        gather = self._computers.get(name)
+        if gather is None:
+            gather = self._computers[name] = self._gatherer(key_node, field)
+        self._emit(f"if {strings} is _U:")
+        with self._block():
+            self._emit(
+                f"{strings} = {gather}({base}, {self._literal(literal)}) "
+                f"if isinstance({base}, list) else None"
+            )
+
+    def _gatherer(self, key_node: Node, field: str) -> str:
+        """A function `(list, literal)` for _gather_directly."""
+        name, base, literal = self._tmp("_gather"), self._tmp("v"), self._tmp("l")
+        out, elem, cls, text = self._tmp("s"), self._tmp("e"), self._tmp("c"), self._tmp("x")
+        with self._defining(name, f"{base}, {literal}"):
+            self._emit(f"{out} = []")
+            self._emit("try:")
+            with self._block():
+                self._emit(f"for {elem} in {base}:")
+                with self._block():
+                    key = self.node(key_node, elem)
+                    self._emit(f"{cls} = {key}.__class__")
+                    # As in _fill_group: for these classes and the grouped
+                    # literals, JMESPath's equality is Python's.
+                    self._emit(f"if {cls} is str or {cls} is int or {cls} is float:")
+                    with self._block():
+                        self._emit(f"if {key} == {literal}:")
+                        with self._block():
+                            self._emit(
+                                f"{text} = {elem}.get({field!r}) "
+                                f"if {elem}.__class__ is dict else None"
+                            )
+                            self._emit(f"if {text}.__class__ is not str:")
+                            with self._block():
+                                self._emit("return _UNGROUPED")
+                            self._emit(f"{out}.append({text})")
+                    self._emit(f"elif {cls} not in _NEVER_EQUAL:")
+                    with self._block():
+                        self._emit("return _UNGROUPED")
+            self._emit("except Exception:")
+            with self._block():
+                self._emit("return _UNGROUPED")
+            self._emit(f"return {out}")
+        return name
 
     def _group_filler(self, key_node: Node) -> str:
         """A function bucketing a list's elements by `key` (None for no list)."""

@@ -281,12 +281,16 @@ def test_a_group_key_that_raises_gives_each_rule_its_own_first_error() -> None:
     assert [error[1] for error in outcome[1]] == ["JMESPathTypeError", "ValueError"]
 
 
-def test_a_tested_string_filter_stops_at_the_first_element_that_passes() -> None:
+@pytest.mark.parametrize("bucketed", [False, True])
+def test_a_tested_string_filter_stops_at_the_first_element_that_passes(bucketed: bool) -> None:
     """`list[?key == lit && ends_with(field, 'text')]` as a whole condition only
     needs to know whether some element passes: the plan gathers the field's
-    strings once per bucket and scans them, stopping at the first hit; where
-    a value is not a string it runs the full loop, which raises where the
-    interpreter does (a match before the bad element changes nothing)."""
+    strings once per key literal and scans them, stopping at the first hit;
+    where a value is not a string it evaluates the full filter, which raises
+    where the interpreter does (a match before the bad element changes
+    nothing). The strings come straight from the list when only such tests
+    use the key, else from the key's buckets (`bucketed`: a rule also uses
+    the filtered list itself)."""
     functions = Calls().functions()
     texts = [
         "people[?status == 'joined' && ends_with(email, '@example.com')]",
@@ -294,18 +298,45 @@ def test_a_tested_string_filter_stops_at_the_first_element_that_passes() -> None
         "people[?status == 'joined' && contains(email, 'vip')]",
         "people[?status == 'left' && contains(email, 'vip')]",
     ]
+    if bucketed:
+        texts.append("people[?status == 'joined'].email")
     steps = [PlanStep(t, jmespath.compile(t).parsed, None, False) for t in texts]
     source = compile_plan(steps, functions, print).__jmespath_source__  # type: ignore[attr-defined]
-    gathered = set(re.findall(r"(\w+) = _strings\(", source))
-    assert len(gathered) == 2  # one list per bucket and field: 'joined', 'left'
+    gathered = set(re.findall(r"(s\d+) = (?:_strings|_gather\d+)\(", source))
+    assert len(gathered) == 2  # one list per key literal and field: 'joined', 'left'
+    assert ("_group" in source, "_gather" in source) == (bucketed, not bucketed)
     good = [{"email": "a@example.com", "status": "joined"}] * 2
+    for document in (
+        {"people": good},
+        {"people": [*good, {"email": "b@vip.example.com", "status": "joined"}]},
+        {"people": [*good, {"email": 5, "status": "joined"}]},  # raises after the first hit
+        {"people": [*good, {"status": "joined"}]},
+        {"people": [*good, ["status", "joined"], {"email": "c", "status": ["joined"]}]},
+        {"people": [*good, {"email": "b@vip.example.com", "status": {"joined": 1}}]},
+        {"people": [{"email": "b@x", "status": "left"}, {"email": None, "status": "left"}]},
+        {"people": [*good, None, "joined", {"email": "b@vip.example.com", "status": "left"}]},
+        {"people": []},
+        {"people": "not a list"},
+        {},
+    ):
+        expected = reference(texts, [False] * len(texts), document, functions)
+        assert planned(texts, [False] * len(texts), document, functions) == expected, document
+
+
+def test_a_tested_string_filter_on_a_key_that_raises_evaluates_the_filter_alone() -> None:
+    """The key raises (or has a class grouping does not know) at some element:
+    each filter is evaluated on its own, so each rule reports its first error."""
+    functions = Calls().functions()
+    texts = [
+        "people[?picky(name) == 'ann' && ends_with(email, 'x')]",
+        "people[?picky(name) == 'ann' && ends_with(email, '.com')]",
+        "people[?shout(name) == 'ANN' && ends_with(email, '.com')]",
+        "people[?shout(name) == 'BOB' && ends_with(email, '.com')]",
+    ]
     for people in (
-        good,
-        [*good, {"email": "b@vip.example.com", "status": "joined"}],
-        [*good, {"email": 5, "status": "joined"}],  # raises after the first hit
-        [*good, {"status": "joined"}],
-        [{"email": "b@x", "status": "left"}, {"email": None, "status": "left"}],
-        [],
+        [{"name": "Ann", "email": "a@x.com"}, {"name": 4, "email": "b@x.com"}],
+        [{"name": "Ann", "email": 5}, {"name": 4}],
+        [{"name": "Bob", "email": "b@x.com"}, {"name": "Ann", "email": "a@x.com"}],
     ):
         document = {"people": people}
         expected = reference(texts, [False] * 4, document, functions)
