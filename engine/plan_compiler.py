@@ -450,7 +450,8 @@ class _PlanGenerator(_Generator):
             fill = self._computers[slot] = self._group_filler(key_node)
         self._emit(f"if {slot} is _U:")
         with self._block():
-            self._emit(f"{slot} = {fill}({base})")
+            # No call for the events without the list (most of them).
+            self._emit(f"{slot} = {fill}({base}) if isinstance({base}, list) else None")
 
     def _string_filter(self, node: Node) -> tuple[str, _StringFilter] | None:
         """`node`'s group slot and string-filter shape, if it has both."""
