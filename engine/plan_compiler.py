@@ -37,7 +37,8 @@ sharing across rules:
 Each rule's code runs in its own `try`: an error is passed to `on_error` and
 the next rule runs, as in the rule-by-rule matcher. `stop` returns at once.
 Nothing is evaluated that rule-by-rule evaluation would not evaluate, except
-the grouping pass (pure functions only, errors discarded).
+the grouping pass (pure functions only, errors discarded) and, once when the
+plan is compiled, each group key on null (see `_null_never_bucketed`).
 """
 
 from __future__ import annotations
@@ -191,6 +192,8 @@ class _PlanGenerator(_Generator):
         self._strings: dict[tuple[str, Any, str], str] = {}
         #: Groups only used by string tests: never bucketed, see _string_filter_test.
         self._direct: set[str] = set()
+        #: Group key -> whether null elements never get into its buckets.
+        self._null_keys: dict[str, bool] = {}
 
     def _is_pure(self, name: str) -> bool:
         return is_pure(name, self._custom)
@@ -437,7 +440,10 @@ class _PlanGenerator(_Generator):
             right = node["children"][1]
             if rest is None and right["type"] == "identity":
                 # The bucket itself, less null elements (the projection drops them).
-                self._emit(f"{out} = [e for e in {bucket} if e is not None]")
+                if self._null_never_bucketed(key_node):
+                    self._emit(f"{out} = list({bucket})")
+                else:
+                    self._emit(f"{out} = [e for e in {bucket} if e is not None]")
             else:
                 self._emit(f"{out} = {self._project('True', bucket, right, rest)}")
         return out
@@ -590,6 +596,28 @@ class _PlanGenerator(_Generator):
                 self._emit("return _UNGROUPED")
             self._emit(f"return {out}")
         return name
+
+    def _null_never_bucketed(self, key_node: Node) -> bool:
+        """Whether a null element can never be in a bucket of `key`.
+
+        A null element is bucketed when its key is a string or number. The
+        key is pure, so its value on null is the same in every event: it is
+        computed once, here. If that raises, or gives a value of a class the
+        grouping does not know, the answer is no (though such a null element
+        would in fact make the pass give up grouping).
+        """
+        key = self._key(key_node)
+        known = self._null_keys.get(key)
+        if known is None:
+            try:
+                parsed = ParsedResult("<group key>", key_node)
+                value = compile_parsed(parsed, parsed.expression, self._custom)(None)
+            except Exception:  # noqa: BLE001 - any error: assume the worst
+                known = False
+            else:
+                known = value.__class__ in _PLAN_RUNTIME["_NEVER_EQUAL"]
+            self._null_keys[key] = known
+        return known
 
     def _group_filler(self, key_node: Node) -> str:
         """A function bucketing a list's elements by `key` (None for no list)."""

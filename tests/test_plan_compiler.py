@@ -251,8 +251,9 @@ def test_a_repeated_condition_is_shared_whole_not_part_by_part() -> None:
     # The condition, and lower(topic) used outside it; people (read eagerly).
     assert set(re.findall(r"\bm\d+\b", source)) == {"m0", "m1", "m2"}
     document = {"people": [{"email": "x"}], "topic": "A"}
-    fired, errors = planned(texts, [False] * 4, document, functions)
-    assert (fired, errors) == (["r0", "r1", "r3"], [])
+    plan = compile_plan(steps, functions, print)
+    calls.count.clear()  # compiling evaluated the group key on null, once
+    assert plan(document, "ctx") == [texts[0], texts[1], texts[3]]
     assert calls.count["key_of"] == 1
 
 
@@ -262,9 +263,28 @@ def test_filters_on_the_same_key_share_one_pass_over_the_list() -> None:
     people = [{"email": f"p{i}@x{i % 3}.com", "domain": f"x{i % 3}.com"} for i in range(30)]
     texts = [f"people[?key_of(@).domain == 'x{d}.com']" for d in range(3)]
     texts.append("people[?key_of(@).domain == 'x1.com' && ends_with(email, '1@x1.com')]")
-    fired, errors = planned(texts, [False] * 4, {"people": people}, functions)
-    assert (fired, errors) == (["r0", "r1", "r2", "r3"], [])
+    steps = [
+        PlanStep(f"r{i}", jmespath.compile(t).parsed, None, False) for i, t in enumerate(texts)
+    ]
+    plan = compile_plan(steps, functions, print)
+    calls.count.clear()  # compiling evaluated the group key on null, once
+    assert plan({"people": people}, "ctx") == ["r0", "r1", "r2", "r3"]
     assert calls.count["key_of"] == len(people)
+
+
+@pytest.mark.parametrize(
+    "key", ["key_of(email)", "to_string(@)", "picky(name)", "shout(name)", "name", "@"]
+)
+def test_a_bucket_without_null_elements_is_copied_whole(key: str) -> None:
+    """`list[?key == lit]` is its bucket less null elements; when the key of
+    null is no string or number (computed once, when compiling), no null is
+    ever bucketed and the bucket is copied as it is."""
+    functions = Calls().functions()
+    texts = [f"people[?{key} == 'null']", f"people[?{key} == 'Ann'] | length(@)"] * 2
+    for people in ([None, {"name": "Ann", "email": "null"}, "null", None], [None], []):
+        document = {"people": people}
+        expected = reference(texts, [False] * 4, document, functions)
+        assert planned(texts, [False] * 4, document, functions) == expected, people
 
 
 def test_a_group_key_that_raises_gives_each_rule_its_own_first_error() -> None:
