@@ -221,6 +221,8 @@ class _PlanGenerator(_Generator):
                         group_uses[group] = group_uses.get(group, 0) + 1
                         if node is tree and _string_filter_shape(node, self._custom):
                             group_tests[group] = group_tests.get(group, 0) + 1
+                    if node["type"] not in _UNKEYED and shareable(node, self._is_pure):
+                        self._key(node)  # canonicalised here, where a tree can be left out
             except RecursionError:  # too deep to canonicalise: shares nothing
                 continue
             counted.append(tree)
@@ -268,7 +270,7 @@ class _PlanGenerator(_Generator):
 
     def _use_key(self, node: Node, tree: Node) -> str | None:
         """The key under which a use of `node` (in condition `tree`) is shared."""
-        if node["type"] in ("literal", "identity", "current"):
+        if node["type"] in _UNKEYED:
             return None
         if node is tree and self._string_filter(node) is not None:
             # A whole condition that is only tested (see _test): rules with
@@ -719,6 +721,9 @@ def _cannot_raise(node: Node) -> bool:
 #: (literal, field, method, text) of a filter `list[?key == literal &&
 #: f(field, 'text')]`: see _string_filter_shape.
 _StringFilter = tuple[Any, str, str, str]
+
+#: Nodes never worth a slot of their own.
+_UNKEYED = frozenset({"literal", "identity", "current"})
 
 #: Canonical-key prefix of a condition's test, as opposed to its value.
 _TEST = "?"
