@@ -178,6 +178,9 @@ class _PlanGenerator(_Generator):
         self._namespace.update(_PLAN_RUNTIME)
         #: id(node) -> (node, canonical key); the node is kept so its id stays unique.
         self._keys: dict[int, tuple[Node, str]] = {}
+        #: id(node) -> its canonical key if it is shareable, else None
+        #: (the nodes are kept alive by _keys or the trees).
+        self._shared: dict[int, str | None] = {}
         self._memo: dict[str, str] = {}
         #: Shared field reads (they cannot raise): read once at the top of
         #: the plan, so each use is a plain variable (and the plan shorter).
@@ -221,8 +224,12 @@ class _PlanGenerator(_Generator):
                         group_uses[group] = group_uses.get(group, 0) + 1
                         if node is tree and _string_filter_shape(node, self._custom):
                             group_tests[group] = group_tests.get(group, 0) + 1
-                    if node["type"] not in _UNKEYED and shareable(node, self._is_pure):
-                        self._key(node)  # canonicalised here, where a tree can be left out
+                    # Canonicalised here, where a tree too deep for it can be left out.
+                    self._shared[id(node)] = (
+                        self._key(node)
+                        if node["type"] not in _UNKEYED and shareable(node, self._is_pure)
+                        else None
+                    )
             except RecursionError:  # too deep to canonicalise: shares nothing
                 continue
             counted.append(tree)
@@ -270,15 +277,12 @@ class _PlanGenerator(_Generator):
 
     def _use_key(self, node: Node, tree: Node) -> str | None:
         """The key under which a use of `node` (in condition `tree`) is shared."""
-        if node["type"] in _UNKEYED:
-            return None
-        if node is tree and self._string_filter(node) is not None:
+        key = self._shared[id(node)]
+        if key is not None and node is tree and self._string_filter(node) is not None:
             # A whole condition that is only tested (see _test): rules with
             # the same one share the test, not the filtered list.
-            return _TEST + self._key(node)
-        if shareable(node, self._is_pure):
-            return self._key(node)
-        return None
+            return _TEST + key
+        return key
 
     def _group_key(self, node: Node) -> tuple[str, str] | None:
         """Filters with equal group keys can share one bucketing of their list.
