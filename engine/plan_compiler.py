@@ -24,11 +24,21 @@ sharing across rules:
   Python's, see engine.prefilter). If `key` raises on any element, or gives a
   value of an unexpected class, every filter falls back to its own loop, which
   raises the error at the same element as before.
+- **Tested filters.** A grouped filter that is a whole condition, such as
+  `list[?status == 'joined' && ends_with(email, '@x.com')]`, is only tested
+  for being non-empty: the plan scans the bucket's `email` strings (gathered
+  once per event for every such filter on that bucket) and stops at the
+  first hit. Exact because that shortcut is only taken when every `email`
+  in the bucket is a string, where the test cannot raise; otherwise the
+  filter's own loop runs and raises where the interpreter would. When only
+  such tests use a key, no buckets are built: one pass gathers the strings
+  of the elements whose key equals the literal.
 
 Each rule's code runs in its own `try`: an error is passed to `on_error` and
 the next rule runs, as in the rule-by-rule matcher. `stop` returns at once.
 Nothing is evaluated that rule-by-rule evaluation would not evaluate, except
-the grouping pass (pure functions only, errors discarded).
+the grouping pass (pure functions only, errors discarded) and, once when the
+plan is compiled, each group key on null (see `_null_never_bucketed`).
 """
 
 from __future__ import annotations
@@ -103,8 +113,20 @@ _UNSET = _Unset()
 #: A group whose key raised or gave an unexpected value: filters run their own loop.
 _UNGROUPED = _Unset()
 
+
+def _strings(elements: Any, name: str) -> list[str] | None:
+    """The values of field `name` of `elements` when every element is exactly
+    a dict and every value exactly a str; otherwise None."""
+    values = [e.get(name) if e.__class__ is dict else None for e in elements]
+    for value in values:
+        if value.__class__ is not str:
+            return None
+    return values
+
+
 _PLAN_RUNTIME: dict[str, Any] = {
     "_U": _UNSET,
+    "_strings": _strings,
     "_UNGROUPED": _UNGROUPED,
     "_Raised": Raised,
     # Key classes that can never equal a grouped literal (a string, or a
@@ -156,6 +178,9 @@ class _PlanGenerator(_Generator):
         self._namespace.update(_PLAN_RUNTIME)
         #: id(node) -> (node, canonical key); the node is kept so its id stays unique.
         self._keys: dict[int, tuple[Node, str]] = {}
+        #: id(node) -> its canonical key if it is shareable, else None
+        #: (the nodes are kept alive by _keys or the trees).
+        self._shared: dict[int, str | None] = {}
         self._memo: dict[str, str] = {}
         #: Shared field reads (they cannot raise): read once at the top of
         #: the plan, so each use is a plain variable (and the plan shorter).
@@ -165,6 +190,13 @@ class _PlanGenerator(_Generator):
         self._groups: dict[tuple[str, str], str] = {}
         #: Slot -> the name of the generated function computing it.
         self._computers: dict[str, str] = {}
+        #: (group slot, literal, field) -> the variable holding that field of
+        #: every element of the literal's bucket, as `_strings` gives it.
+        self._strings: dict[tuple[str, Any, str], str] = {}
+        #: Groups only used by string tests: never bucketed, see _string_filter_test.
+        self._direct: set[str] = set()
+        #: Group key -> whether null elements never get into its buckets.
+        self._null_keys: dict[str, bool] = {}
 
     def _is_pure(self, name: str) -> bool:
         return is_pure(name, self._custom)
@@ -181,35 +213,76 @@ class _PlanGenerator(_Generator):
 
     def _find_sharing(self, trees: list[Node]) -> None:
         """Slots for the sub-expressions and filter groups used twice or more."""
-        uses: dict[str, int] = {}
         group_uses: dict[tuple[str, str], int] = {}
+        group_tests: dict[tuple[str, str], int] = {}
+        counted: list[Node] = []
         for tree in trees:
             try:
-                self._count_uses(tree, uses, group_uses)
+                for node in _root_context_nodes(tree):
+                    group = self._group_key(node)
+                    if group is not None:
+                        group_uses[group] = group_uses.get(group, 0) + 1
+                        if node is tree and _string_filter_shape(node, self._custom):
+                            group_tests[group] = group_tests.get(group, 0) + 1
+                    # Canonicalised here, where a tree too deep for it can be left out.
+                    self._shared[id(node)] = (
+                        self._key(node)
+                        if node["type"] not in _UNKEYED and shareable(node, self._is_pure)
+                        else None
+                    )
             except RecursionError:  # too deep to canonicalise: shares nothing
                 continue
+            counted.append(tree)
+        for group, count in group_uses.items():
+            if count >= 2:
+                slot = self._groups[group] = f"g{len(self._groups)}"
+                if group_tests.get(group) == count:
+                    self._direct.add(slot)
+        # Sub-expressions used twice or more; then only those still used
+        # twice once the sub-expressions of a shared one count only once:
+        # computed once per event through it, they need no slot of their own
+        # (a rule's condition repeated in another rule shares the whole
+        # condition, not each of its parts).
+        every = self._count_uses(counted, None)
+        uses = self._count_uses(counted, {key for key, count in every.items() if count >= 2})
         for key, count in uses.items():
             if count >= 2:
                 self._memo[key] = f"m{len(self._memo)}"
                 if _cannot_raise(self._nodes[key]):
                     self._eager[key] = self._memo[key]
-        for group, count in group_uses.items():
-            if count >= 2:
-                self._groups[group] = f"g{len(self._groups)}"
 
-    def _count_uses(
-        self, tree: Node, uses: dict[str, int], group_uses: dict[tuple[str, str], int]
-    ) -> None:
-        for node in _root_context_nodes(tree):
-            if node["type"] in ("literal", "identity", "current"):
-                continue
-            group = self._group_key(node)
-            if group is not None:
-                group_uses[group] = group_uses.get(group, 0) + 1
-            if shareable(node, self._is_pure):
-                key = self._key(node)
-                uses[key] = uses.get(key, 0) + 1
-                self._nodes.setdefault(key, node)
+    def _count_uses(self, trees: list[Node], shared: set[str] | None) -> dict[str, int]:
+        """How many times each shareable sub-expression is evaluated per
+        event; with `shared`, the keys that will have a slot, below which
+        only their first occurrence is evaluated."""
+        uses: dict[str, int] = {}
+        expanded: set[str] = set()
+
+        def count(node: Node) -> bool:
+            key = self._use_key(node, tree)
+            if key is None:
+                return True
+            uses[key] = uses.get(key, 0) + 1
+            self._nodes.setdefault(key, node)
+            if shared is None or key not in shared:
+                return True
+            if key in expanded:
+                return False  # computed by its first occurrence
+            expanded.add(key)
+            return True
+
+        for tree in trees:
+            _root_context_nodes(tree, count)
+        return uses
+
+    def _use_key(self, node: Node, tree: Node) -> str | None:
+        """The key under which a use of `node` (in condition `tree`) is shared."""
+        key = self._shared[id(node)]
+        if key is not None and node is tree and self._string_filter(node) is not None:
+            # A whole condition that is only tested (see _test): rules with
+            # the same one share the test, not the filtered list.
+            return _TEST + key
+        return key
 
     def _group_key(self, node: Node) -> tuple[str, str] | None:
         """Filters with equal group keys can share one bucketing of their list.
@@ -232,14 +305,20 @@ class _PlanGenerator(_Generator):
         self._lines, self._indent = [f"def {name}({_ROOT}, ctx):"], 1
         for key in self._eager:
             self._read_eagerly(key)
-        eager = set(self._eager.values())
-        slots = [*(m for m in self._memo.values() if m not in eager), *self._groups.values()]
-        if slots:
-            self._emit(" = ".join(slots) + " = _U")
+        slots_at = len(self._lines)
         self._emit("fired = []")
         for step in steps:
             self._step(step)
         self._emit("return fired")
+        # Known now that the steps have asked for their `_strings` variables.
+        eager = set(self._eager.values())
+        slots = [
+            *(m for m in self._memo.values() if m not in eager),
+            *(g for g in self._groups.values() if g not in self._direct),
+            *self._strings.values(),
+        ]
+        if slots:
+            self._lines.insert(slots_at, "    " + " = ".join(slots) + " = _U")
         self._defs.append("\n".join(self._lines))
         source = "\n\n".join(self._defs)
         exec(compile(source, f"<plan of {len(steps)} rules>", "exec"), self._namespace)
@@ -249,10 +328,21 @@ class _PlanGenerator(_Generator):
         plan.__jmespath_source__ = source  # type: ignore[attr-defined]
         return plan
 
+    def _test(self, tree: Node) -> str:
+        """A Python condition true iff the condition `tree` is JMESPath-true
+        on the event."""
+        shape = self._string_filter(tree)
+        if shape is None:
+            return self._truthy(self.node(tree, _ROOT), tree)
+        slot = self._memo.get(_TEST + self._key(tree))
+        if slot is None:
+            return self._string_filter_test(tree, shape)
+        return self._memoized(slot, lambda: self._string_filter_test(tree, shape))
+
     def _step(self, step: PlanStep) -> None:
         if step.tree is not None and step.search is not None:
             saved = (len(self._lines), self._indent, len(self._defs), len(self._exprefs))
-            computers = dict(self._computers)
+            computers, strings = dict(self._computers), dict(self._strings)
             try:
                 self._emit_step(step)
                 return
@@ -262,7 +352,7 @@ class _PlanGenerator(_Generator):
                 # forgetting everything its code had started to define.
                 lines, self._indent, defs, exprefs = saved
                 del self._lines[lines:], self._defs[defs:], self._exprefs[exprefs:]
-                self._computers = computers
+                self._computers, self._strings = computers, strings
                 step = PlanStep(step.item, None, step.search, step.stop)
         self._emit_step(step)
 
@@ -276,10 +366,11 @@ class _PlanGenerator(_Generator):
         self._emit("try:")
         with self._block():
             if step.tree is not None:
-                value = self.node(step.tree, _ROOT)
+                test = self._test(step.tree)
             else:
                 value = self._assign(f"{self._const(step.search)}({_ROOT})")
-            self._emit(f"if {self._truthy(value, step.tree)}:")
+                test = self._truthy(value, None)
+            self._emit(f"if {test}:")
             with self._block():
                 for line in fire:
                     self._emit(line)
@@ -297,7 +388,8 @@ class _PlanGenerator(_Generator):
                 return self._read_eagerly(key)
             slot = self._memo.get(key)
             if slot is not None:
-                return self._memoized(node, slot)
+                compute = getattr(self, f"_n_{node['type']}")
+                return self._memoized(slot, lambda: compute(node, _ROOT))
         return super().node(node, cur)
 
     def _read_eagerly(self, key: str) -> str:
@@ -312,15 +404,14 @@ class _PlanGenerator(_Generator):
             self._emit(f"{slot} = {read(node, _ROOT)}")
         return slot
 
-    def _memoized(self, node: Node, slot: str) -> str:
+    def _memoized(self, slot: str, compute: Callable[[], str]) -> str:
         """A shared sub-expression that may raise (the ones that cannot are
         read eagerly): computed at its first use, its error kept."""
-        compute = getattr(self, f"_n_{node['type']}")
         self._emit(f"if {slot} is _U:")
         with self._block():
             self._emit("try:")
             with self._block():
-                self._emit(f"{slot} = {compute(node, _ROOT)}")
+                self._emit(f"{slot} = {compute()}")
             self._emit("except Exception as _y:")
             with self._block():
                 self._emit(f"{slot} = _Raised(_y)")
@@ -339,13 +430,7 @@ class _PlanGenerator(_Generator):
         if slot is None or split is None:
             return super()._n_filter_projection(node, cur)
         base_node, key_node, literal, rest = split
-        base = self.node(base_node, cur)
-        fill = self._computers.get(slot)
-        if fill is None:
-            fill = self._computers[slot] = self._group_filler(key_node)
-        self._emit(f"if {slot} is _U:")
-        with self._block():
-            self._emit(f"{slot} = {fill}({base})")
+        self._fill(slot, base_node, key_node)
         out = self._tmp()
         self._emit(f"if {slot} is _UNGROUPED:")
         with self._block():
@@ -361,10 +446,184 @@ class _PlanGenerator(_Generator):
             right = node["children"][1]
             if rest is None and right["type"] == "identity":
                 # The bucket itself, less null elements (the projection drops them).
-                self._emit(f"{out} = [e for e in {bucket} if e is not None]")
+                if self._null_never_bucketed(key_node):
+                    self._emit(f"{out} = list({bucket})")
+                else:
+                    self._emit(f"{out} = [e for e in {bucket} if e is not None]")
             else:
                 self._emit(f"{out} = {self._project('True', bucket, right, rest)}")
         return out
+
+    def _fill(self, slot: str, base_node: Node, key_node: Node) -> None:
+        """Make sure the group `slot` is filled (by its first use in the event)."""
+        base = self.node(base_node, _ROOT)
+        fill = self._computers.get(slot)
+        if fill is None:
+            fill = self._computers[slot] = self._group_filler(key_node)
+        self._emit(f"if {slot} is _U:")
+        with self._block():
+            # No call for the events without the list (most of them).
+            self._emit(f"{slot} = {fill}({base}) if isinstance({base}, list) else None")
+
+    def _string_filter(self, node: Node) -> tuple[str, _StringFilter] | None:
+        """`node`'s group slot and string-filter shape, if it has both."""
+        shape = _string_filter_shape(node, self._custom)
+        group_key = self._group_key(node) if shape is not None else None
+        slot = self._groups.get(group_key) if group_key is not None else None
+        if slot is None or shape is None:
+            return None
+        return slot, shape
+
+    def _string_filter_test(self, node: Node, found: tuple[str, _StringFilter]) -> str:
+        """Whether the grouped filter `list[?key == lit && ends_with(field, 'text')]`
+        (or starts_with, contains) is non-empty: a variable holding True or False.
+
+        The filtered list itself is not needed, only whether some element of
+        the bucket passes, so the scan may stop at the first that does, but
+        only where no later element could have raised: when every element of
+        the bucket is a dict whose `field` is a str, the test cannot raise
+        (both arguments are strings). The strings are gathered once per
+        event and bucket (`_strings`), for every filter on that bucket and
+        field; where they are not all strings, the filter runs its full
+        loop, which raises at the same element as the interpreter.
+        """
+        slot, (literal, field, method, text) = found
+        base_node, key_node, _, rest = _grouped_filter(node)  # type: ignore[misc]
+        strings = self._strings.get((slot, literal, field))
+        if strings is None:
+            strings = self._strings[(slot, literal, field)] = self._tmp("s")
+        out = self._tmp()
+        if slot in self._direct:
+            self._gather_directly(strings, base_node, key_node, literal, field)
+            self._emit(f"if {strings} is None:")
+            with self._block():
+                self._emit(f"{out} = False")  # no list: the filter gives null
+            self._emit(f"elif {strings} is _UNGROUPED:")
+            with self._block():
+                self._deferred_test(out, node)
+            self._emit("else:")
+            with self._block():
+                self._scan(out, strings, method, text)
+            return out
+        self._fill(slot, base_node, key_node)
+        self._emit(f"if {slot} is _UNGROUPED:")
+        with self._block():
+            self._deferred_test(out, node)
+        self._emit(f"elif {slot} is None:")
+        with self._block():
+            self._emit(f"{out} = False")  # no list: the filter gives null
+        self._emit("else:")
+        with self._block():
+            bucket = self._assign(f"{slot}.get({self._literal(literal)}, ())")
+            self._emit(f"if {strings} is _U:")
+            with self._block():
+                self._emit(f"{strings} = _strings({bucket}, {field!r})")
+            self._emit(f"if {strings} is None:")
+            with self._block():
+                full = self._project("True", bucket, node["children"][1], rest)
+                self._emit(f"{out} = True if {full} else False")
+            self._emit("else:")
+            with self._block():
+                self._scan(out, strings, method, text)
+        return out
+
+    def _deferred_test(self, out: str, node: Node) -> None:
+        """`out` = whether the filter `node`, evaluated on its own, is true."""
+        plain = self._const(_Deferred(node, self._custom))
+        value = self._assign(f"{plain}({_ROOT})")
+        self._emit(f"{out} = True if {self._truthy(value, None)} else False")
+
+    def _scan(self, out: str, strings: str, method: str, text: str) -> None:
+        """`out` = whether some of `strings` passes the test, stopping at the first."""
+        self._emit(f"{out} = False")
+        each = self._tmp("s")
+        needle = self._const(text)
+        found = f"{needle} in {each}" if method == "contains" else f"{each}.{method}({needle})"
+        self._emit(f"for {each} in {strings}:")
+        with self._block():
+            self._emit(f"if {found}:")
+            with self._block():
+                self._emit(f"{out} = True")
+                self._emit("break")
+
+    def _gather_directly(
+        self, strings: str, base_node: Node, key_node: Node, literal: Any, field: str
+    ) -> None:
+        """Fill `strings` (once per event) with the `field` strings of the
+        elements whose key equals `literal`, in one pass over the list, for a
+        group that only string tests use (the bucket itself is never needed,
+        so the group is not built). None when the base is no list;
+        _UNGROUPED when the key raises or gives an unexpected class, or an
+        element whose key equals the literal is not a dict or its field no
+        str: the test then evaluates the filter on its own."""
+        base = self.node(base_node, _ROOT)
+        name = f"{self._key(key_node)}\0{field}"
+        gather = self._computers.get(name)
+        if gather is None:
+            gather = self._computers[name] = self._gatherer(key_node, field)
+        self._emit(f"if {strings} is _U:")
+        with self._block():
+            self._emit(
+                f"{strings} = {gather}({base}, {self._literal(literal)}) "
+                f"if isinstance({base}, list) else None"
+            )
+
+    def _gatherer(self, key_node: Node, field: str) -> str:
+        """A function `(list, literal)` for _gather_directly."""
+        name, base, literal = self._tmp("_gather"), self._tmp("v"), self._tmp("l")
+        out, elem, cls, text = self._tmp("s"), self._tmp("e"), self._tmp("c"), self._tmp("x")
+        with self._defining(name, f"{base}, {literal}"):
+            self._emit(f"{out} = []")
+            self._emit("try:")
+            with self._block():
+                self._emit(f"for {elem} in {base}:")
+                with self._block():
+                    key = self.node(key_node, elem)
+                    self._emit(f"{cls} = {key}.__class__")
+                    # As in _fill_group: for these classes and the grouped
+                    # literals, JMESPath's equality is Python's.
+                    self._emit(f"if {cls} is str or {cls} is int or {cls} is float:")
+                    with self._block():
+                        self._emit(f"if {key} == {literal}:")
+                        with self._block():
+                            self._emit(
+                                f"{text} = {elem}.get({field!r}) "
+                                f"if {elem}.__class__ is dict else None"
+                            )
+                            self._emit(f"if {text}.__class__ is not str:")
+                            with self._block():
+                                self._emit("return _UNGROUPED")
+                            self._emit(f"{out}.append({text})")
+                    self._emit(f"elif {cls} not in _NEVER_EQUAL:")
+                    with self._block():
+                        self._emit("return _UNGROUPED")
+            self._emit("except Exception:")
+            with self._block():
+                self._emit("return _UNGROUPED")
+            self._emit(f"return {out}")
+        return name
+
+    def _null_never_bucketed(self, key_node: Node) -> bool:
+        """Whether a null element can never be in a bucket of `key`.
+
+        A null element is bucketed when its key is a string or number. The
+        key is pure, so its value on null is the same in every event: it is
+        computed once, here. If that raises, or gives a value of a class the
+        grouping does not know, the answer is no (though such a null element
+        would in fact make the pass give up grouping).
+        """
+        key = self._key(key_node)
+        known = self._null_keys.get(key)
+        if known is None:
+            try:
+                parsed = ParsedResult("<group key>", key_node)
+                value = compile_parsed(parsed, parsed.expression, self._custom)(None)
+            except Exception:  # noqa: BLE001 - any error: assume the worst
+                known = False
+            else:
+                known = value.__class__ in _PLAN_RUNTIME["_NEVER_EQUAL"]
+            self._null_keys[key] = known
+        return known
 
     def _group_filler(self, key_node: Node) -> str:
         """A function bucketing a list's elements by `key` (None for no list)."""
@@ -424,13 +683,16 @@ class _Deferred:
         return self._search(document)
 
 
-def _root_context_nodes(tree: Node) -> list[Node]:
-    """The nodes of `tree` that are evaluated on the event itself."""
+def _root_context_nodes(tree: Node, descend: Callable[[Node], bool] | None = None) -> list[Node]:
+    """The nodes of `tree` that are evaluated on the event itself; with
+    `descend`, only below the nodes for which it answers true."""
     found: list[Node] = []
     stack = [tree]
     while stack:
         node = stack.pop()
         found.append(node)
+        if descend is not None and not descend(node):
+            continue
         kind = node["type"]
         children = node.get("children", ())
         if kind in _CHAINS:
@@ -458,6 +720,45 @@ def _cannot_raise(node: Node) -> bool:
     if kind in _SAFE_CHAINS:
         return all(child["type"] in _SAFE or child["type"] == "index" for child in node["children"])
     return False
+
+
+#: (literal, field, method, text) of a filter `list[?key == literal &&
+#: f(field, 'text')]`: see _string_filter_shape.
+_StringFilter = tuple[Any, str, str, str]
+
+#: Nodes never worth a slot of their own.
+_UNKEYED = frozenset({"literal", "identity", "current"})
+
+#: Canonical-key prefix of a condition's test, as opposed to its value.
+_TEST = "?"
+
+#: The string tests a `_string_filter_test` knows, as Python's str method (or
+#: `contains`, Python's `in`).
+_STRING_TESTS = {"ends_with": "endswith", "starts_with": "startswith", "contains": "contains"}
+
+
+def _string_filter_shape(
+    node: Node, custom: Mapping[str, JMESPathFunction]
+) -> _StringFilter | None:
+    """`list[?key == literal && f(field, 'text')]` with `f` JMESPath's own
+    ends_with, starts_with or contains, `field` a plain field of the element,
+    and nothing projected after the filter: (literal, field, f's str
+    method, text)."""
+    split = _grouped_filter(node)
+    if split is None or node["children"][1]["type"] != "identity":
+        return None
+    _, _, literal, rest = split
+    if rest is None or rest["type"] != "function_expression":
+        return None
+    name = rest["value"]
+    if name not in _STRING_TESTS or name in custom or len(rest["children"]) != 2:
+        return None
+    subject, needle = rest["children"]
+    if subject["type"] != "field" or needle["type"] != "literal":
+        return None
+    if needle["value"].__class__ is not str:
+        return None
+    return literal, subject["value"], _STRING_TESTS[name], needle["value"]
 
 
 def _grouped_filter(node: Node) -> tuple[Node, Node, Any, Node | None] | None:

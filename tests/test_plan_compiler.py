@@ -9,6 +9,7 @@ several rules is evaluated once per event, a filter group is built once.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -153,6 +154,14 @@ CONDITIONS = [
     "count > `2` || topic > `1`",
     "people[0].email == 'a@example.com'",
     "people[?status == 'joined'] | length(@) == `4`",
+    # Only tested (a whole condition): may stop at the first element that passes.
+    "people[?status == 'joined' && starts_with(email, 'c')]",
+    "people[?'joined' == status && contains(email, 'vip')]",
+    "people[?status == 'left' && ends_with(email, 'm')]",
+    "people[?status == 'joined' && ends_with(email, '@example.com')] | length(@)",
+    "!people[?status == 'joined' && ends_with(email, '@vip.example.com')]",
+    "people[?status == 'joined' && ends_with(email, 'm')].name",
+    "people[?length(@) == `2` && ends_with(email, 'm')]",
     "sort_by(people[?status == 'joined' && email_domain(email) == 'example.com'], &email)[0].name",
     "people[*].status",
     None,
@@ -165,6 +174,18 @@ DOCUMENTS: list[Any] = [
     {"topic": "board", "count": 3, "people": [None, None]},
     {"people": [{"email": "a@example.com", "status": "joined", "name": "Ann"}] * 3},
     {"people": [{"name": "x", "status": "joined", "email": {"not": "hashable"}}]},
+    {
+        "people": [
+            {"email": "c@vip.example.com", "status": "joined"},
+            {"email": "a@example.com", "status": "joined"},
+            {"email": "b@example.com", "status": "left"},
+            {"email": None, "status": "lurking"},
+            "not an object",
+            None,
+        ]
+    },
+    {"people": [{"email": "c@example.com", "status": "joined"}, {"status": "joined"}]},
+    {"people": [{"email": "c@example.com", "status": "joined"}, ["status", "joined"]]},
     {},
     [],
     None,
@@ -218,15 +239,52 @@ def test_a_pure_sub_expression_is_evaluated_once_per_event() -> None:
     assert calls.count == {"key_of": 1, "impure": 2}
 
 
+def test_a_repeated_condition_is_shared_whole_not_part_by_part() -> None:
+    """The parts of a shared condition are computed once, through it: they
+    get no slot of their own, unless something else uses them too."""
+    calls = Calls()
+    functions = calls.functions()
+    repeated = "length(people[?key_of(email) == 'x'] || `[]`) > `0` && lower(topic) == 'a'"
+    texts = [repeated, repeated, "lower(topic) == 'b'", "lower(topic) == 'a'"]
+    steps = [PlanStep(t, jmespath.compile(t).parsed, None, False) for t in texts]
+    source = compile_plan(steps, functions, print).__jmespath_source__  # type: ignore[attr-defined]
+    # The condition, and lower(topic) used outside it; people (read eagerly).
+    assert set(re.findall(r"\bm\d+\b", source)) == {"m0", "m1", "m2"}
+    document = {"people": [{"email": "x"}], "topic": "A"}
+    plan = compile_plan(steps, functions, print)
+    calls.count.clear()  # compiling evaluated the group key on null, once
+    assert plan(document, "ctx") == [texts[0], texts[1], texts[3]]
+    assert calls.count["key_of"] == 1
+
+
 def test_filters_on_the_same_key_share_one_pass_over_the_list() -> None:
     calls = Calls()
     functions = calls.functions()
     people = [{"email": f"p{i}@x{i % 3}.com", "domain": f"x{i % 3}.com"} for i in range(30)]
     texts = [f"people[?key_of(@).domain == 'x{d}.com']" for d in range(3)]
     texts.append("people[?key_of(@).domain == 'x1.com' && ends_with(email, '1@x1.com')]")
-    fired, errors = planned(texts, [False] * 4, {"people": people}, functions)
-    assert (fired, errors) == (["r0", "r1", "r2", "r3"], [])
+    steps = [
+        PlanStep(f"r{i}", jmespath.compile(t).parsed, None, False) for i, t in enumerate(texts)
+    ]
+    plan = compile_plan(steps, functions, print)
+    calls.count.clear()  # compiling evaluated the group key on null, once
+    assert plan({"people": people}, "ctx") == ["r0", "r1", "r2", "r3"]
     assert calls.count["key_of"] == len(people)
+
+
+@pytest.mark.parametrize(
+    "key", ["key_of(email)", "to_string(@)", "picky(name)", "shout(name)", "name", "@"]
+)
+def test_a_bucket_without_null_elements_is_copied_whole(key: str) -> None:
+    """`list[?key == lit]` is its bucket less null elements; when the key of
+    null is no string or number (computed once, when compiling), no null is
+    ever bucketed and the bucket is copied as it is."""
+    functions = Calls().functions()
+    texts = [f"people[?{key} == 'null']", f"people[?{key} == 'Ann'] | length(@)"] * 2
+    for people in ([None, {"name": "Ann", "email": "null"}, "null", None], [None], []):
+        document = {"people": people}
+        expected = reference(texts, [False] * 4, document, functions)
+        assert planned(texts, [False] * 4, document, functions) == expected, people
 
 
 def test_a_group_key_that_raises_gives_each_rule_its_own_first_error() -> None:
@@ -241,6 +299,86 @@ def test_a_group_key_that_raises_gives_each_rule_its_own_first_error() -> None:
     outcome = planned(texts, [False, False], {"people": people}, functions)
     assert outcome == reference(texts, [False, False], {"people": people}, functions)
     assert [error[1] for error in outcome[1]] == ["JMESPathTypeError", "ValueError"]
+
+
+@pytest.mark.parametrize("bucketed", [False, True])
+def test_a_tested_string_filter_stops_at_the_first_element_that_passes(bucketed: bool) -> None:
+    """`list[?key == lit && ends_with(field, 'text')]` as a whole condition only
+    needs to know whether some element passes: the plan gathers the field's
+    strings once per key literal and scans them, stopping at the first hit;
+    where a value is not a string it evaluates the full filter, which raises
+    where the interpreter does (a match before the bad element changes
+    nothing). The strings come straight from the list when only such tests
+    use the key, else from the key's buckets (`bucketed`: a rule also uses
+    the filtered list itself)."""
+    functions = Calls().functions()
+    texts = [
+        "people[?status == 'joined' && ends_with(email, '@example.com')]",
+        "people[?status == 'joined' && starts_with(email, 'b')]",
+        "people[?status == 'joined' && contains(email, 'vip')]",
+        "people[?status == 'left' && contains(email, 'vip')]",
+    ]
+    if bucketed:
+        texts.append("people[?status == 'joined'].email")
+    steps = [PlanStep(t, jmespath.compile(t).parsed, None, False) for t in texts]
+    source = compile_plan(steps, functions, print).__jmespath_source__  # type: ignore[attr-defined]
+    gathered = set(re.findall(r"(s\d+) = (?:_strings|_gather\d+)\(", source))
+    assert len(gathered) == 2  # one list per key literal and field: 'joined', 'left'
+    assert ("_group" in source, "_gather" in source) == (bucketed, not bucketed)
+    good = [{"email": "a@example.com", "status": "joined"}] * 2
+    for document in (
+        {"people": good},
+        {"people": [*good, {"email": "b@vip.example.com", "status": "joined"}]},
+        {"people": [*good, {"email": 5, "status": "joined"}]},  # raises after the first hit
+        {"people": [*good, {"status": "joined"}]},
+        {"people": [*good, ["status", "joined"], {"email": "c", "status": ["joined"]}]},
+        {"people": [*good, {"email": "b@vip.example.com", "status": {"joined": 1}}]},
+        {"people": [{"email": "b@x", "status": "left"}, {"email": None, "status": "left"}]},
+        {"people": [*good, None, "joined", {"email": "b@vip.example.com", "status": "left"}]},
+        {"people": []},
+        {"people": "not a list"},
+        {},
+    ):
+        expected = reference(texts, [False] * len(texts), document, functions)
+        assert planned(texts, [False] * len(texts), document, functions) == expected, document
+
+
+def test_a_tested_string_filter_on_a_key_that_raises_evaluates_the_filter_alone() -> None:
+    """The key raises (or has a class grouping does not know) at some element:
+    each filter is evaluated on its own, so each rule reports its first error."""
+    functions = Calls().functions()
+    texts = [
+        "people[?picky(name) == 'ann' && ends_with(email, 'x')]",
+        "people[?picky(name) == 'ann' && ends_with(email, '.com')]",
+        "people[?shout(name) == 'ANN' && ends_with(email, '.com')]",
+        "people[?shout(name) == 'BOB' && ends_with(email, '.com')]",
+    ]
+    for people in (
+        [{"name": "Ann", "email": "a@x.com"}, {"name": 4, "email": "b@x.com"}],
+        [{"name": "Ann", "email": 5}, {"name": 4}],
+        [{"name": "Bob", "email": "b@x.com"}, {"name": "Ann", "email": "a@x.com"}],
+    ):
+        document = {"people": people}
+        expected = reference(texts, [False] * 4, document, functions)
+        assert planned(texts, [False] * 4, document, functions) == expected, people
+
+
+def test_a_custom_function_named_like_a_string_test_is_called_as_itself() -> None:
+    functions = Calls().functions()
+
+    def not_ends_with(subject: Any, suffix: Any) -> bool:
+        return not subject.endswith(suffix)
+
+    functions["ends_with"] = JMESPathFunction(
+        "ends_with", not_ends_with, [{"types": ["string"]}] * 2, pure=True
+    )
+    texts = ["people[?status == 'joined' && ends_with(email, 'x')]"] * 2
+    document = {
+        "people": [{"email": "a@x", "status": "joined"}, {"email": "b@x", "status": "joined"}]
+    }
+    expected = reference(texts, [False, False], document, functions)
+    assert expected == ([], [])
+    assert planned(texts, [False, False], document, functions) == expected
 
 
 def test_a_rule_set_too_deep_for_python_still_matches(tmp_path: Path) -> None:
