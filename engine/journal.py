@@ -29,7 +29,6 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
 
@@ -912,27 +911,82 @@ def _flush_jobs(db: JournalDB, jobs: list[Any], finished: list[Any]) -> None:
     finished.clear()
 
 
+#: An action outcome as queued and sent to the writer: the fields of
+#: `ActionOutcome`, then when it was recorded.
+OutcomeRow = tuple[int, int, int, str | None, int, bool, float]
+#: New jobs as queued: (firings, when, first job id), see `Journal.queue_jobs`.
+JobsRow = tuple[Sequence[tuple[int, Sequence[str]]], float, int]
+#: The writer's answer for a segment: per appended row, (previous seq, seq)
+#: or None (a duplicate, or failed); then the (position, message) of every
+#: op that failed, positions counted over rows, then jobs, then outcomes;
+#: None when all committed.
+SegmentAnswer = tuple[list[tuple[int, int] | None], list[tuple[int, str]] | None]
+
+
+def apply_segment(
+    db: JournalDB,
+    rows: Sequence[EventRow],
+    jobs: Sequence[JobsRow],
+    finished: Sequence[OutcomeRow],
+    dedup_window: float,
+) -> SegmentAnswer:
+    """Commit a segment (see `_Segment`) as one batch: its appends, then its
+    jobs, then its outcomes, the order `_run_ops` would give them anyway.
+
+    Takes and returns plain tuples and lists only: this is what travels to and
+    from the writer process (marshal), and what the thread fallback runs.
+    """
+    ops: list[WireOp] = [(_APPEND, row) for row in rows]
+    ops.extend((_JOBS, job) for job in jobs)
+    ops.extend((_FINISHED, (ActionOutcome(*row[:6]), row[6])) for row in finished)
+    results = apply_batch(db, ops, dedup_window)
+    errors = [
+        (index, f"{type(error).__name__}: {error}")
+        for index, (_, error) in enumerate(results)
+        if error is not None
+    ]
+    return [result for result, _ in results[: len(rows)]], errors or None
+
+
 # --------------------------------------------------------------------------
 # the async side: one writer task, group commit
 
 
-def _store_results(ops: Sequence[_Op], results: Sequence[OpResult]) -> None:
-    for op, (result, error) in zip(ops, results, strict=True):
-        op.result, op.error = result, error
-
-
 @dataclass(slots=True)
 class _Op:
-    """One journal operation queued for the writer."""
+    """A call (`_CALL`: a function of the database) queued for the writer."""
 
     kind: int
-    #: See the op kinds above.
-    arg: Any
-    #: Run on the event loop after the commit, with the op's result.
-    after: Callable[[Any], None] | None = None
+    arg: Callable[[JournalDB], Any]
+    #: Set once committed, for a caller that waits for the result.
     done: anyio.Event | None = None
     result: Any = None
     error: BaseException | None = None
+
+
+class _Segment:
+    """The appends, new jobs and action outcomes queued one after another with
+    no call between them, column by column.
+
+    Queuing one of these ops is a list append, with no object of its own to
+    build, queue, send and finish (measured: that per-op bookkeeping and
+    pickling each op was most of the journal's cost on the event loop). A
+    segment is committed as one batch (`apply_segment`: appends, then jobs,
+    then outcomes), so the order that matters is kept: a job's pending row is
+    queued before its outcomes, into the same segment or an earlier one, and
+    segments commit in queue order.
+    """
+
+    __slots__ = ("events", "finished", "jobs", "rows", "size")
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.jobs: list[JobsRow] = []
+        self.finished: list[OutcomeRow] = []
+        #: Ops queued in it (an append, a `queue_jobs` call, an outcome: one each).
+        self.size = 0
+        #: The events as stored (`event_row`), built when it is sent.
+        self.rows: list[EventRow] = []
 
 
 @dataclass
@@ -963,6 +1017,11 @@ class Journal:
     events' JSON size (`hot_bytes`, 4 MiB: some 20-30 MiB of Python objects)
     as well as their number, so it holds many small events or a few large
     ones, never more memory than that.
+
+    The queue holds segments (`_Segment`: appends, new jobs and outcomes, at
+    most `max_batch` ops each) and, between them, calls that do not wait for
+    their result (`mark_dead`), in queue order; calls someone waits for jump
+    ahead of it (see `_collect`).
     """
 
     def __init__(
@@ -975,7 +1034,6 @@ class Journal:
         commit_delay: float = 0.002,
         hot_window: int = 32768,
         hot_bytes: int = 4 << 20,
-        call_batch: int = 128,
         writer: Literal["process", "thread"] = "process",
         max_in_flight: int = 4,
     ) -> None:
@@ -985,8 +1043,8 @@ class Journal:
         #: loop for it), or a thread of this process.
         self._writer = writer
         self._process: WriterProcess | None = None
-        #: Parts of batches sent to the writer process and not answered yet, in order.
-        self._in_flight: deque[list[_Op]] = deque()
+        #: Segments sent to the writer process and not answered yet, in order.
+        self._in_flight: deque[_Segment] = deque()
         self.max_in_flight = max_in_flight
         self._sent = anyio.Event()
         self._answered = anyio.Event()
@@ -996,11 +1054,15 @@ class Journal:
         self.counters = JournalCounters()
         # A plain deque, not a memory object stream: queuing an op is then a
         # list append with no task switch (a stream send cost ~40 us here).
-        self._queue: deque[_Op] = deque()
-        #: Calls someone waits for (the consumer's record_jobs is one): they
-        #: jump the queue of appends, see `_collect`.
+        self._queue: deque[_Segment | _Op] = deque()
+        #: The segment new appends, jobs and outcomes go to: the queue's last
+        #: entry, until the writer takes it or a call is queued behind it.
+        self._open: _Segment | None = None
+        #: Ops in `_queue` (what `queue_size` bounds).
+        self._queued = 0
+        #: Calls someone waits for (the consumer's first `queue_jobs`, resume,
+        #: retries, retention): they jump the queue, see `_collect`.
         self._calls: deque[_Op] = deque()
-        self.call_batch = call_batch
         self._queue_size = queue_size
         self._closed = False
         #: The writer waits on `_work` (queue empty) / on `_urgent` (lingering).
@@ -1017,7 +1079,6 @@ class Journal:
         self._hot_window = hot_window
         self._hot_budget = hot_bytes
         self._hot_bytes = 0
-        self._new_events = False
         #: Set (and replaced) after each commit that stored new events.
         self.changed = anyio.Event()
         #: Next job id to hand out (`queue_jobs`); read from the database once.
@@ -1038,12 +1099,12 @@ class Journal:
             task_status.started()
             try:
                 while True:
-                    batch = await self._collect()
-                    if not batch:
+                    calls, entries = await self._collect()
+                    if not calls and not entries:
                         break
                     # Shielded: a cancelled daemon still commits what it already took.
                     with anyio.CancelScope(shield=True):
-                        await self._write(batch)
+                        await self._write(calls, entries)
             finally:
                 # Also when cancelled: what was sent is finished, and the
                 # process goes (killed if it does not answer in time).
@@ -1075,20 +1136,21 @@ class Journal:
             log.warning("journal: %s; writing from a thread of the daemon instead", exc)
             return None
 
-    async def _collect(self) -> list[_Op]:
-        """Wait for ops, linger up to `commit_delay` for more, take a batch.
+    async def _collect(self) -> tuple[list[_Op], list[_Segment | _Op]]:
+        """Wait for ops, linger up to `commit_delay` for more, take a batch:
+        (calls someone waits for, queue entries of at most `max_batch` ops).
 
-        A waited-for call goes first, with at most `call_batch` other ops:
-        behind a burst of appends it would otherwise wait for several full
-        batches, and the consumer (waiting for its jobs to be recorded)
-        with it. Jumping ahead is safe: queued appends and action updates
-        are not visible to anyone yet, and every call's subject (committed
-        events, jobs recorded earlier, retry/dead jobs) is not touched by them.
+        Waited-for calls are taken alone, and run first: behind a burst of
+        appends they would otherwise wait for several full batches, and the
+        consumer (waiting for its first job id, say) with them. Jumping ahead
+        is safe: queued appends and action updates are not visible to anyone
+        yet, and every call's subject (committed events, jobs recorded
+        earlier, retry/dead jobs) is not touched by them.
         """
         queue, calls = self._queue, self._calls
         while not queue and not calls:
             if self._closed:
-                return []
+                return [], []
             if self._work.is_set():
                 self._work = anyio.Event()
             self._writer_waiting = True
@@ -1096,7 +1158,11 @@ class Journal:
                 await self._work.wait()
             finally:
                 self._writer_waiting = False
-        if not calls and len(queue) < self.max_batch and not self._closed:
+        if calls:
+            taken = list(calls)
+            calls.clear()
+            return taken, []
+        if self._queued < self.max_batch and not self._closed:
             self._lingering = True
             try:
                 with anyio.move_on_after(self.commit_delay):
@@ -1105,63 +1171,81 @@ class Journal:
                 self._lingering = False
         if self._urgent.is_set():
             self._urgent = anyio.Event()
-        batch = list(calls)
-        calls.clear()
-        limit = self.call_batch if batch else self.max_batch
-        batch.extend(queue.popleft() for _ in range(min(len(queue), limit)))
+        entries: list[_Segment | _Op] = []
+        ops = 0
+        while queue:
+            entry = queue[0]
+            size = entry.size if isinstance(entry, _Segment) else 1
+            if entries and ops + size > self.max_batch:
+                break
+            queue.popleft()
+            entries.append(entry)
+            ops += size
+        if not queue:
+            self._open = None  # taken: what comes next goes to a new segment
+        self._queued -= ops
         self._space.set()
-        return batch
+        return list(calls), entries
 
-    async def _write(self, batch: list[_Op]) -> None:
-        """Commit `batch` (in order), finishing each part once committed.
+    async def _write(self, calls: list[_Op], entries: list[_Segment | _Op]) -> None:
+        """Commit `calls`, then `entries` in order, finishing each once committed.
 
-        With a writer process: its ops are sent there and finished when the
-        answer comes back (`_receive_answers`), up to `max_in_flight` parts
-        at a time. Calls (arbitrary functions of the database) cannot travel
-        to another process: each waits for everything sent before it, then
-        runs in a thread on this process's connection.
+        With a writer process: segments are sent there and finished when the
+        answer comes back (`_receive_answers`), up to `max_in_flight` at a
+        time. Calls (arbitrary functions of the database) cannot travel to
+        another process: each waits for everything sent before it, then runs
+        in a thread on this process's connection.
         """
-        if self._process is None:
-            # If a writer process was lost, what it had in flight goes first.
-            await self._wait_answered()
-            await self._write_in_thread(batch)
-            return
-        segment = [op for op in batch if op.kind == _APPEND]  # see _run_ops
-        for op in batch:
-            if op.kind == _CALL:
-                await self._send(segment)
-                segment = []
-                await self._wait_answered()
-                await self._write_in_thread([op])
-            elif op.kind != _APPEND:
-                segment.append(op)
-        await self._send(segment)
+        for op in calls:
+            await self._run_call(op)
+        for entry in entries:
+            if isinstance(entry, _Segment):
+                await self._send(entry)
+            else:
+                await self._run_call(entry)
 
-    async def _write_in_thread(self, ops: list[_Op]) -> None:
-        wire = [(op.kind, op.arg) for op in ops]
+    async def _run_call(self, op: _Op) -> None:
+        # If a writer process was lost, what it had in flight goes first.
+        await self._wait_answered()
         results = await anyio.to_thread.run_sync(
-            apply_batch, self.db, wire, self.config.dedup_window, limiter=self._limiter
-        )
-        _store_results(ops, results)
-        self._finish(ops)
+            apply_batch, self.db, [(op.kind, op.arg)], self.config.dedup_window,
+            limiter=self._limiter,
+        )  # fmt: skip
+        ((op.result, op.error),) = results
+        self.counters.commits += 1
+        self.counters.ops += 1
+        if op.error is not None:
+            self.counters.write_errors += 1
+            if op.done is None:
+                log.error("journal: write failed: %s", op.error)
+        if op.done is not None:
+            op.done.set()
 
-    async def _send(self, ops: list[_Op]) -> None:
-        if not ops:
-            return
+    async def _write_in_thread(self, segment: _Segment) -> None:
+        answer = await anyio.to_thread.run_sync(
+            apply_segment, self.db, segment.rows, segment.jobs, segment.finished,
+            self.config.dedup_window, limiter=self._limiter,
+        )  # fmt: skip
+        self._finish(segment, answer)
+
+    async def _send(self, segment: _Segment) -> None:
+        segment.rows = [event_row(event) for event in segment.events]
         while len(self._in_flight) >= self.max_in_flight:
             await self._answered_event().wait()
-        if self._process is None:  # lost while we waited
+        if self._process is None:  # writing from a thread, or lost while we waited
             # After `_writer_lost` has rewritten what was in flight: order matters.
             await self._wait_answered()
-            await self._write_in_thread(ops)
+            await self._write_in_thread(segment)
             return
         from engine.journal_writer import JournalWriterLost
 
-        self._in_flight.append(ops)
+        self._in_flight.append(segment)
         self._sent.set()
         # If it is gone, `_receive_answers` finds out too and rewrites what is in flight.
         with contextlib.suppress(JournalWriterLost):
-            await self._process.send([(op.kind, op.arg) for op in ops], self.config.dedup_window)
+            await self._process.send(
+                segment.rows, segment.jobs, segment.finished, self.config.dedup_window
+            )
 
     def _answered_event(self) -> anyio.Event:
         if self._answered.is_set():
@@ -1169,12 +1253,12 @@ class Journal:
         return self._answered
 
     async def _wait_answered(self) -> None:
-        """Until every part sent to the writer process has been finished."""
+        """Until every segment sent to the writer process has been finished."""
         while self._in_flight:
             await self._answered_event().wait()
 
     async def _receive_answers(self) -> None:
-        """Finish the parts sent to the writer process, in order, as their answers come.
+        """Finish the segments sent to the writer process, in order, as their answers come.
 
         Shielded as a whole: what was sent gets finished even in a cancelled
         daemon. It ends when the process is gone (`run` lets it go last).
@@ -1189,17 +1273,15 @@ class Journal:
                     await self._sent.wait()
                     continue
                 try:
-                    results = await self._process.receive()
+                    answer = await self._process.receive()
                 except JournalWriterLost as exc:
                     await self._writer_lost(exc)
                     return
-                ops = self._in_flight.popleft()
-                _store_results(ops, results)
-                self._finish(ops)
+                self._finish(self._in_flight.popleft(), answer)
                 self._answered.set()
 
     async def _writer_lost(self, exc: Exception) -> None:
-        """Go on in a thread, rewriting every part the process may not have committed.
+        """Go on in a thread, rewriting every segment the process may not have committed.
 
         Nothing is lost: what it committed stays committed; written again,
         an append of it is a duplicate of itself (the consumer reads committed
@@ -1216,20 +1298,36 @@ class Journal:
             self._in_flight.popleft()
         self._answered.set()
 
-    def _finish(self, batch: list[_Op]) -> None:
-        self.counters.commits += 1
-        self.counters.ops += len(batch)
-        for op in batch:
-            if op.error is not None:
-                self.counters.write_errors += 1
-                if op.done is None:
-                    log.error("journal: write failed: %s", op.error)
-            elif op.after is not None:
-                op.after(op.result)
-            if op.done is not None:
-                op.done.set()
-        if self._new_events:
-            self._new_events = False
+    def _finish(self, segment: _Segment, answer: SegmentAnswer) -> None:
+        """A committed segment: count it, log its failures, hand its new events on."""
+        stored, errors = answer
+        counters = self.counters
+        counters.commits += 1
+        counters.ops += segment.size
+        failed: set[int] = set()
+        if errors:
+            for index, message in errors:
+                counters.write_errors += 1
+                failed.add(index)
+                log.error("journal: write failed: %s", message)
+        hot, window, budget = self._hot, self._hot_window, self._hot_budget
+        appended = 0
+        for index, (event, row, result) in enumerate(
+            zip(segment.events, segment.rows, stored, strict=True)
+        ):
+            if result is None:
+                if index not in failed:
+                    counters.duplicates += 1
+                    log.info("duplicate of event %s (%s) dropped", event.id, event.name)
+                continue
+            appended += 1
+            # Beyond the window the consumer reads events back from the journal.
+            size = len(row[4])
+            if len(hot) < window and self._hot_bytes + size <= budget:
+                hot.append(HotEvent(result[0], result[1], event, size))
+                self._hot_bytes += size
+        if appended:
+            counters.appended += appended
             changed, self.changed = self.changed, anyio.Event()
             changed.set()
 
@@ -1239,44 +1337,58 @@ class Journal:
         self._work.set()
         self._urgent.set()
 
-    async def _put(self, op: _Op) -> None:
-        """Queue `op`; waits only while the queue is full."""
-        while not self._try_put(op):
+    async def _room(self) -> None:
+        """Wait while the queue is full; raise once the journal is closed."""
+        while True:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            if self._queued < self._queue_size:
+                return
             if self._space.is_set():
                 self._space = anyio.Event()
             await self._space.wait()
 
-    def _try_put(self, op: _Op) -> bool:
-        """Queue `op` unless the queue is full (False then).
+    def _segment(self) -> _Segment:
+        """The open segment, if it has room for one more op; else a new one."""
+        segment = self._open
+        if segment is None or segment.size >= self.max_batch:
+            segment = self._open = _Segment()
+            self._queue.append(segment)
+        return segment
 
-        Wakes the writer only when it waits for exactly this: this runs
-        once or twice per event, and a needless `Event.set()` showed.
-        """
+    def _added(self, segment: _Segment) -> None:
+        """One op was added to `segment`: count it, wake the writer if it
+        waits for exactly this (this runs once or twice per event, and a
+        needless `Event.set()` showed)."""
+        segment.size += 1
+        self._queued += 1
+        if self._lingering and self._queued >= self.max_batch:
+            self._urgent.set()
+        if self._writer_waiting:
+            self._work.set()
+
+    async def _put_call(self, op: _Op) -> None:
         if self._closed:
             raise anyio.ClosedResourceError
         if op.done is not None:
+            # Not counted against the queue's bound: its caller waits for it.
             self._calls.append(op)
             if self._lingering:
                 self._urgent.set()
-        elif len(self._queue) < self._queue_size:
-            self._queue.append(op)
-            if self._lingering and len(self._queue) >= self.max_batch:
-                self._urgent.set()
         else:
-            return False
+            await self._room()
+            self._queue.append(op)
+            self._open = None  # what is queued after the call commits after it
+            self._queued += 1
+            if self._lingering and self._queued >= self.max_batch:
+                self._urgent.set()
         if self._writer_waiting:
             self._work.set()
-        return True
-
-    async def _submit(
-        self, fn: Callable[[JournalDB], Any], after: Callable[[Any], None] | None = None
-    ) -> None:
-        await self._put(_Op(_CALL, fn, after))
 
     async def call(self, fn: Callable[[JournalDB], Any]) -> Any:
         """Run `fn` in the next batch and wait for its commit; returns its result."""
         op = _Op(_CALL, fn, done=anyio.Event())
-        await self._put(op)
+        await self._put_call(op)
         assert op.done is not None
         await op.done.wait()
         if op.error is not None:
@@ -1287,22 +1399,11 @@ class Journal:
 
     async def append(self, event: Event) -> None:
         """Queue `event` for the journal (waits only while the queue is full)."""
-        row = event_row(event)
-        op = _Op(_APPEND, row, partial(self._appended, event, len(row[4])))
-        if not self._try_put(op):
-            await self._put(op)
-
-    def _appended(self, event: Event, size: int, result: tuple[int, int] | None) -> None:
-        if result is None:
-            self.counters.duplicates += 1
-            log.info("duplicate of event %s (%s) dropped", event.id, event.name)
-            return
-        self.counters.appended += 1
-        self._new_events = True
-        # Beyond the window the consumer reads events back from the journal.
-        if len(self._hot) < self._hot_window and self._hot_bytes + size <= self._hot_budget:
-            self._hot.append(HotEvent(result[0], result[1], event, size))
-            self._hot_bytes += size
+        if self._closed or self._queued >= self._queue_size:
+            await self._room()
+        segment = self._segment()
+        segment.events.append(event)
+        self._added(segment)
 
     def take_hot(self, after_seq: int, limit: int) -> list[StoredEvent]:
         """Committed events directly following `after_seq`, from memory."""
@@ -1352,27 +1453,50 @@ class Journal:
 
         The ids are handed out here (this process is the journal's only
         writer: the state-directory lock), so the jobs can start at once.
-        Ordering keeps this safe: the writer commits ops in queue order, so
-        a job's `pending` row always commits before its outcome; and if the
-        process dies before that commit, the event is still unmatched in the
-        journal, so the next start matches it again and runs its jobs
-        (at least once).
+        Ordering keeps this safe: the writer commits ops in queue order (a
+        segment's jobs before its outcomes), so a job's `pending` row always
+        commits before its outcome; and if the process dies before that
+        commit, the event is still unmatched in the journal, so the next
+        start matches it again and runs its jobs (at least once).
+
+        `firings` travels to the writer process as it is: (seq, rule names)
+        pairs of ints and strings, in lists or tuples.
         """
         count = sum(len(rules) for _, rules in firings)
         if self._next_job_id is None:
             self._next_job_id = await self.call(lambda db: db.max_job_id()) + 1
         first, self._next_job_id = self._next_job_id, self._next_job_id + count
-        await self._put(_Op(_JOBS, (firings, time.time(), first)))
+        if self._closed or self._queued >= self._queue_size:
+            await self._room()
+        segment = self._segment()
+        segment.jobs.append((firings, time.time(), first))
+        self._added(segment)
         return list(range(first, first + count))
 
     async def action_finished(self, outcome: ActionOutcome) -> None:
-        op = _Op(_FINISHED, (outcome, time.time()))
-        if not self._try_put(op):
-            await self._put(op)
+        await self.record_outcome(*outcome)
+
+    async def record_outcome(
+        self,
+        job_id: int,
+        index: int,
+        last_index: int,
+        error: str | None,
+        attempts: int,
+        continue_on_error: bool,
+    ) -> None:
+        """`action_finished(ActionOutcome(...))` without building the ActionOutcome."""
+        if self._closed or self._queued >= self._queue_size:
+            await self._room()
+        segment = self._segment()
+        segment.finished.append(
+            (job_id, index, last_index, error, attempts, continue_on_error, time.time())
+        )
+        self._added(segment)
 
     async def mark_dead(self, job_id: int, error: str) -> None:
         now = time.time()
-        await self._submit(lambda db: db.mark_dead(job_id, error, now))
+        await self._put_call(_Op(_CALL, lambda db: db.mark_dead(job_id, error, now)))
 
 
 @asynccontextmanager

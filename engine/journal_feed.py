@@ -23,7 +23,7 @@ from anyio.abc import TaskStatus
 
 from engine.dispatch import ActionFailed, Job
 from engine.events import Event
-from engine.journal import PENDING, RETRY, ActionOutcome, JobRow, Journal, JournalDB, StoredEvent
+from engine.journal import PENDING, RETRY, JobRow, Journal, JournalDB, StoredEvent
 from engine.pipeline import Pipeline
 from engine.ruleset import CompiledRule
 
@@ -65,22 +65,23 @@ class JournalFeed:
         """The dispatcher's callback after each action: record progress."""
         if job.id is None:
             return
-        spec = job.rule.actions[index].spec
-        outcome = ActionOutcome(
-            job_id=job.id,
-            index=index,
-            last_index=len(job.rule.actions) - 1,
-            error=None if error is None else str(error),
-            attempts=attempts,
-            continue_on_error=spec.continue_on_error,
-        )
-        if error is not None and not spec.continue_on_error:
+        actions = job.rule.actions
+        continue_on_error = actions[index].spec.continue_on_error
+        if error is not None and not continue_on_error:
             log.error(
                 "job %d (rule %r, event %s) is a dead letter: see `zoomrules dlq show %d`",
                 job.id, job.rule.name, job.event.id, job.id,
                 extra={"rule": job.rule.name, "event_id": job.event.id, "job_id": job.id},
             )  # fmt: skip
-        await self.journal.action_finished(outcome)
+        # The fields of an ActionOutcome, without building one per action.
+        await self.journal.record_outcome(
+            job.id,
+            index,
+            len(actions) - 1,
+            None if error is None else str(error),
+            attempts,
+            continue_on_error,
+        )
 
     async def run(self, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Resume, then consume forever (until cancelled), with retention and retry polling."""
