@@ -204,6 +204,11 @@ _JOB_COLUMNS = (
 
 #: An event as the `events` table stores it: (event_id, name, source, received_at, body).
 EventRow = tuple[str, str, str, float, bytes]
+#: An action outcome as queued and sent to the writer: the fields of
+#: `ActionOutcome`, then when it was recorded.
+OutcomeRow = tuple[int, int, int, str | None, int, bool, float]
+#: New jobs as queued: (firings, when, first job id), see `Journal.queue_jobs`.
+JobsRow = tuple[Sequence[tuple[int, Sequence[str]]], float, int]
 
 
 def event_row(event: Event) -> EventRow:
@@ -293,10 +298,10 @@ _INSERT_JOB = (
 )
 
 
-def _apply_outcome(row: list[Any], outcome: ActionOutcome, now: float) -> None:
+def _apply_outcome(row: list[Any], outcome: OutcomeRow) -> None:
     """`_ACTION_FINISHED` on a row of `_INSERT_JOB` columns not written yet
     (the same rules, in Python)."""
-    counted, next_action, attempts, error, now, dead, last, _ = _finished_args(outcome, now)
+    counted, next_action, attempts, error, now, dead, last, _ = _finished_args(outcome)
     row[6] += counted
     row[4] = next_action
     row[5] = attempts
@@ -311,20 +316,25 @@ def _apply_outcome(row: list[Any], outcome: ActionOutcome, now: float) -> None:
         row[3] = "failed" if row[6] > 0 else "done"
 
 
-def _finished_args(outcome: ActionOutcome, now: float) -> tuple[Any, ...]:
+def _finished_args(outcome: OutcomeRow) -> tuple[Any, ...]:
     """Parameters of `_ACTION_FINISHED` for one outcome."""
-    failed = outcome.error is not None
-    dead = failed and not outcome.continue_on_error
+    job_id, index, last_index, error, attempts, continue_on_error, now = outcome
+    failed = error is not None
+    dead = failed and not continue_on_error
     return (
         int(failed and not dead),
-        outcome.index if dead else outcome.index + 1,
-        outcome.attempts,
-        outcome.error,
+        index if dead else index + 1,
+        attempts,
+        error,
         now,
         dead,
-        outcome.index >= outcome.last_index,
-        outcome.job_id,
+        index >= last_index,
+        job_id,
     )
+
+
+def _outcome_rows(outcomes: Sequence[tuple[ActionOutcome, float]]) -> list[OutcomeRow]:
+    return [(*outcome, now) for outcome, now in outcomes]
 
 
 # --------------------------------------------------------------------------
@@ -604,7 +614,16 @@ class JournalDB:
         outcomes: Sequence[tuple[ActionOutcome, float]] = (),
     ) -> None:
         """`record_jobs(firings, now, first_id)` for each batch, then
-        `actions_finished(outcomes)`, in a few statements.
+        `actions_finished(outcomes)`, in a few statements."""
+        self.record_jobs_and_outcomes(batches, _outcome_rows(outcomes))
+
+    def record_jobs_and_outcomes(
+        self,
+        batches: Sequence[tuple[Sequence[tuple[int, Sequence[str]]], float, int]],
+        outcomes: Sequence[OutcomeRow],
+    ) -> None:
+        """`record_numbered_jobs` with outcomes as `OutcomeRow`s (no
+        ActionOutcome built per outcome: the writer process's usual work).
 
         An outcome of a job inserted here is folded into the inserted row
         (the job is stored as it ends up, instead of inserted as pending and
@@ -622,13 +641,13 @@ class JournalDB:
                     # The columns of _INSERT_JOB, in order.
                     rows[job_id] = [job_id, seq, rule, "pending", 0, 0, 0, None, now, now]
                     job_id += 1
-        later: list[tuple[ActionOutcome, float]] = []
-        for outcome, now in outcomes:
-            row = rows.get(outcome.job_id)
+        later: list[OutcomeRow] = []
+        for outcome in outcomes:
+            row = rows.get(outcome[0])
             if row is None:
-                later.append((outcome, now))
+                later.append(outcome)
             else:
-                _apply_outcome(row, outcome, now)
+                _apply_outcome(row, outcome)
         self._mark_matched(seqs)
         for chunk in _chunks(list(rows.values())):
             self.conn.execute(
@@ -636,7 +655,7 @@ class JournalDB:
                 [value for row in chunk for value in row],
             )
         if later:
-            self.actions_finished(later)
+            self.outcomes_finished(later)
 
     def _mark_matched(self, seqs: Sequence[int]) -> None:
         for chunk in _chunks(seqs):
@@ -648,19 +667,24 @@ class JournalDB:
         self.actions_finished([(outcome, now)])
 
     def actions_finished(self, outcomes: Sequence[tuple[ActionOutcome, float]]) -> None:
-        """Record each (outcome, when) in order, a chunk of jobs per statement.
+        """Record each (outcome, when) in order, a chunk of jobs per statement."""
+        self.outcomes_finished(_outcome_rows(outcomes))
+
+    def outcomes_finished(self, outcomes: Sequence[OutcomeRow]) -> None:
+        """`actions_finished` with outcomes as `OutcomeRow`s.
 
         A job appears at most once per chunk: UPDATE ... FROM would apply
         only one of two rows for the same job, in no defined order.
         """
         chunk: list[tuple[Any, ...]] = []
         ids: set[int] = set()
-        for outcome, now in outcomes:
-            if outcome.job_id in ids or len(chunk) == _CHUNK:
+        for outcome in outcomes:
+            job_id = outcome[0]
+            if job_id in ids or len(chunk) == _CHUNK:
                 self._update_jobs(chunk)
                 chunk, ids = [], set()
-            chunk.append(_finished_args(outcome, now))
-            ids.add(outcome.job_id)
+            chunk.append(_finished_args(outcome))
+            ids.add(job_id)
         if chunk:
             self._update_jobs(chunk)
 
@@ -838,7 +862,7 @@ def lock_holder(state_dir: Path) -> str:
 _WRITER_STOP_TIMEOUT = 30.0
 
 #: Kinds of queued ops; see `apply_batch` for how a batch of them runs.
-#: _CALL: fn(db); _APPEND: an EventRow; _FINISHED: (ActionOutcome, when);
+#: _CALL: fn(db); _APPEND: an EventRow; _FINISHED: an OutcomeRow;
 #: _JOBS: (firings, when, first job id), see `Journal.queue_jobs`.
 _CALL, _APPEND, _FINISHED, _JOBS = 0, 1, 2, 3
 #: One op as the writer sees it.
@@ -857,6 +881,10 @@ def apply_batch(db: JournalDB, ops: Sequence[WireOp], dedup_window: float) -> li
         return [(result, None) for result in results]
     except Exception:  # noqa: BLE001 - isolate the failing op below
         log.warning("journal: a batch of %d failed; retrying one by one", len(ops))
+    return _one_by_one(db, ops, dedup_window)
+
+
+def _one_by_one(db: JournalDB, ops: Sequence[WireOp], dedup_window: float) -> list[OpResult]:
     out: list[OpResult] = []
     for op in ops:
         one: list[Any] = [None]
@@ -904,18 +932,13 @@ def _run_ops(db: JournalDB, ops: Sequence[WireOp], results: list[Any], dedup_win
 
 def _flush_jobs(db: JournalDB, jobs: list[Any], finished: list[Any]) -> None:
     if jobs:
-        db.record_numbered_jobs(jobs, finished)
+        db.record_jobs_and_outcomes(jobs, finished)
     elif finished:
-        db.actions_finished(finished)
+        db.outcomes_finished(finished)
     jobs.clear()
     finished.clear()
 
 
-#: An action outcome as queued and sent to the writer: the fields of
-#: `ActionOutcome`, then when it was recorded.
-OutcomeRow = tuple[int, int, int, str | None, int, bool, float]
-#: New jobs as queued: (firings, when, first job id), see `Journal.queue_jobs`.
-JobsRow = tuple[Sequence[tuple[int, Sequence[str]]], float, int]
 #: The writer's answer for a segment: per appended row, (previous seq, seq)
 #: or None (a duplicate, or failed); then the (position, message) of every
 #: op that failed, positions counted over rows, then jobs, then outcomes;
@@ -930,16 +953,30 @@ def apply_segment(
     finished: Sequence[OutcomeRow],
     dedup_window: float,
 ) -> SegmentAnswer:
-    """Commit a segment (see `_Segment`) as one batch: its appends, then its
-    jobs, then its outcomes, the order `_run_ops` would give them anyway.
+    """Commit a segment (see `_Segment`) in one transaction: its appends,
+    then its jobs, then its outcomes, as `_run_ops` orders a batch of them;
+    if that fails, each op in its own transaction, so one bad op fails alone.
 
     Takes and returns plain tuples and lists only: this is what travels to and
     from the writer process (marshal), and what the thread fallback runs.
     """
+    try:
+        with db.transaction():
+            stored = db.append_rows(rows, dedup_window)
+            if jobs:
+                db.record_jobs_and_outcomes(jobs, finished)
+            elif finished:
+                db.outcomes_finished(finished)
+        return stored, None
+    except Exception:  # noqa: BLE001 - isolate the failing op below
+        log.warning(
+            "journal: a batch of %d failed; retrying one by one",
+            len(rows) + len(jobs) + len(finished),
+        )
     ops: list[WireOp] = [(_APPEND, row) for row in rows]
     ops.extend((_JOBS, job) for job in jobs)
-    ops.extend((_FINISHED, (ActionOutcome(*row[:6]), row[6])) for row in finished)
-    results = apply_batch(db, ops, dedup_window)
+    ops.extend((_FINISHED, outcome) for outcome in finished)
+    results = _one_by_one(db, ops, dedup_window)
     errors = [
         (index, f"{type(error).__name__}: {error}")
         for index, (_, error) in enumerate(results)
@@ -985,7 +1022,7 @@ class _Segment:
         self.finished: list[OutcomeRow] = []
         #: Ops queued in it (an append, a `queue_jobs` call, an outcome: one each).
         self.size = 0
-        #: The events as stored (`event_row`), built when it is sent.
+        #: `events` as stored (`event_row`).
         self.rows: list[EventRow] = []
 
 
@@ -1081,7 +1118,7 @@ class Journal:
         self._hot_bytes = 0
         #: Set (and replaced) after each commit that stored new events.
         self.changed = anyio.Event()
-        #: Next job id to hand out (`queue_jobs`); read from the database once.
+        #: Next job id to hand out (`queue_jobs`); read from the database by `run`.
         self._next_job_id: int | None = None
         #: Read-only connection for reading events back (`unmatched`).
         self._reader: JournalDB | None = None
@@ -1091,6 +1128,12 @@ class Journal:
 
     async def run(self, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """The writer: returns once `close()` was called and every queued op is committed."""
+        # Read once, before any job can be queued: the consumer's first batch
+        # then starts its jobs at once instead of waiting (as a call) behind
+        # every append already sent to the writer.
+        self._next_job_id = (
+            await anyio.to_thread.run_sync(self.db.max_job_id, limiter=self._limiter) + 1
+        )
         if self._writer == "process":
             self._process = await self._start_process()
         async with anyio.create_task_group() as tg:
@@ -1229,7 +1272,6 @@ class Journal:
         self._finish(segment, answer)
 
     async def _send(self, segment: _Segment) -> None:
-        segment.rows = [event_row(event) for event in segment.events]
         while len(self._in_flight) >= self.max_in_flight:
             await self._answered_event().wait()
         if self._process is None:  # writing from a thread, or lost while we waited
@@ -1401,8 +1443,10 @@ class Journal:
         """Queue `event` for the journal (waits only while the queue is full)."""
         if self._closed or self._queued >= self._queue_size:
             await self._room()
+        row = event_row(event)  # here, so a bad event fails its caller, not the writer
         segment = self._segment()
         segment.events.append(event)
+        segment.rows.append(row)
         self._added(segment)
 
     def take_hot(self, after_seq: int, limit: int) -> list[StoredEvent]:
@@ -1464,7 +1508,7 @@ class Journal:
         """
         count = sum(len(rules) for _, rules in firings)
         if self._next_job_id is None:
-            self._next_job_id = await self.call(lambda db: db.max_job_id()) + 1
+            raise RuntimeError("the journal is not running")
         first, self._next_job_id = self._next_job_id, self._next_job_id + count
         if self._closed or self._queued >= self._queue_size:
             await self._room()

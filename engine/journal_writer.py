@@ -247,6 +247,8 @@ def main() -> None:
     # the whole service) must not cut a batch short.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
+    if os.environ.get("ZR_BATCH") and hasattr(os, "sched_setscheduler"):
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
     logging.basicConfig(level=logging.WARNING, format="zoomrules journal writer: %(message)s")
     serve(Path(sys.argv[1]), sys.stdin.buffer, sys.stdout.buffer)
 
