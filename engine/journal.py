@@ -1530,13 +1530,31 @@ class Journal:
         continue_on_error: bool,
     ) -> None:
         """`action_finished(ActionOutcome(...))` without building the ActionOutcome."""
-        if self._closed or self._queued >= self._queue_size:
+        while not self.try_record_outcome(
+            job_id, index, last_index, error, attempts, continue_on_error
+        ):
             await self._room()
+
+    def try_record_outcome(
+        self,
+        job_id: int,
+        index: int,
+        last_index: int,
+        error: str | None,
+        attempts: int,
+        continue_on_error: bool,
+    ) -> bool:
+        """`record_outcome` if the queue has room; False (nothing done) if it
+        is full or closed. The dispatcher's observer calls this first: one
+        coroutine less per action."""
+        if self._closed or self._queued >= self._queue_size:
+            return False
         segment = self._segment()
         segment.finished.append(
             (job_id, index, last_index, error, attempts, continue_on_error, time.time())
         )
         self._added(segment)
+        return True
 
     async def mark_dead(self, job_id: int, error: str) -> None:
         now = time.time()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
 from anyio.abc import TaskStatus
@@ -52,12 +52,11 @@ class JournalFeed:
         self._last_seq = 0
         self._waiting = False
         self._went_waiting = anyio.Event()
+        #: The listener's callback: journal the event (never waits for
+        #: actions). The journal's own method: no coroutine of ours around it.
+        self.accept: Callable[[Event], Awaitable[None]] = journal.append
 
     # -- the three ends: listener, dispatcher, lifecycle ----------------------
-
-    async def accept(self, event: Event) -> None:
-        """The listener's callback: journal the event (never waits for actions)."""
-        await self.journal.append(event)
 
     async def observer(
         self, job: Job, index: int, error: ActionFailed | None, attempts: int
@@ -73,8 +72,9 @@ class JournalFeed:
                 job.id, job.rule.name, job.event.id, job.id,
                 extra={"rule": job.rule.name, "event_id": job.event.id, "job_id": job.id},
             )  # fmt: skip
-        # The fields of an ActionOutcome, without building one per action.
-        await self.journal.record_outcome(
+        # The fields of an ActionOutcome, without building one per action;
+        # waits (record_outcome) only when the journal's queue is full.
+        fields = (
             job.id,
             index,
             len(actions) - 1,
@@ -82,6 +82,8 @@ class JournalFeed:
             attempts,
             continue_on_error,
         )
+        if not self.journal.try_record_outcome(*fields):
+            await self.journal.record_outcome(*fields)
 
     async def run(self, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Resume, then consume forever (until cancelled), with retention and retry polling."""
