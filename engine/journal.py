@@ -939,11 +939,13 @@ def _flush_jobs(db: JournalDB, jobs: list[Any], finished: list[Any]) -> None:
     finished.clear()
 
 
-#: The writer's answer for a segment: per appended row, (previous seq, seq)
-#: or None (a duplicate, or failed); then the (position, message) of every
-#: op that failed, positions counted over rows, then jobs, then outcomes;
-#: None when all committed.
-SegmentAnswer = tuple[list[tuple[int, int] | None], list[tuple[int, str]] | None]
+#: The writer's answer for a segment: (seq before the first row, seq of the
+#: first row) when every row was stored, with consecutive seqs (the usual
+#: case, answered without a pair per row); otherwise per row, (previous seq,
+#: seq) or None (a duplicate, or failed). Then the (position, message) of
+#: every op that failed, positions counted over rows, then jobs, then
+#: outcomes; None when all committed.
+SegmentAnswer = tuple[tuple[int, int] | list[tuple[int, int] | None], list[tuple[int, str]] | None]
 
 
 def apply_segment(
@@ -967,6 +969,9 @@ def apply_segment(
                 db.record_jobs_and_outcomes(jobs, finished)
             elif finished:
                 db.outcomes_finished(finished)
+        if stored and None not in stored:
+            # All stored: append_rows numbers them consecutively.
+            return stored[0], None
         return stored, None
     except Exception:  # noqa: BLE001 - isolate the failing op below
         log.warning(
@@ -1014,7 +1019,7 @@ class _Segment:
     segments commit in queue order.
     """
 
-    __slots__ = ("events", "finished", "jobs", "rows", "size")
+    __slots__ = ("bytes", "events", "finished", "jobs", "rows", "size")
 
     def __init__(self) -> None:
         self.events: list[Event] = []
@@ -1024,6 +1029,8 @@ class _Segment:
         self.size = 0
         #: `events` as stored (`event_row`).
         self.rows: list[EventRow] = []
+        #: The size of their JSON bodies.
+        self.bytes = 0
 
 
 @dataclass
@@ -1035,12 +1042,25 @@ class JournalCounters:
     write_errors: int = 0
 
 
-class HotEvent(NamedTuple):
-    previous: int
-    seq: int
-    event: Event
-    #: Its JSON's size: the window is bounded in bytes (see `Journal`).
-    size: int
+class _HotRun:
+    """Committed events with consecutive seqs, kept for the consumer (`take_hot`).
+
+    One per segment in the usual case (no duplicates in it), so neither the
+    commit nor the consumer handles a window entry per event.
+    """
+
+    __slots__ = ("events", "first", "previous", "size", "taken")
+
+    def __init__(self, previous: int, first: int, events: list[Event], size: int) -> None:
+        #: The seq of the committed event just before the first one.
+        self.previous = previous
+        #: The first event's seq; event i has seq `first + i`.
+        self.first = first
+        self.events = events
+        #: The events' JSON size, released once all are taken.
+        self.size = size
+        #: How many the consumer has taken (or read back from disk) so far.
+        self.taken = 0
 
 
 class Journal:
@@ -1112,7 +1132,9 @@ class Journal:
         #: Set when the writer took ops off a full queue.
         self._space = anyio.Event()
         self._limiter = anyio.CapacityLimiter(1)
-        self._hot: deque[HotEvent] = deque()
+        self._hot: deque[_HotRun] = deque()
+        #: Events in `_hot` not taken yet (at most `hot_window`).
+        self._hot_count = 0
         self._hot_window = hot_window
         self._hot_budget = hot_bytes
         self._hot_bytes = 0
@@ -1346,14 +1368,31 @@ class Journal:
         counters = self.counters
         counters.commits += 1
         counters.ops += segment.size
+        if isinstance(stored, tuple):
+            # The usual case: every event stored, with consecutive seqs.
+            previous, first = stored
+            count = len(segment.events)
+            counters.appended += count
+            self._keep_hot(_HotRun(previous, first, segment.events, segment.bytes))
+        else:
+            self._finish_one_by_one(segment, stored, errors)
+            count = sum(result is not None for result in stored)
+        if count:
+            changed, self.changed = self.changed, anyio.Event()
+            changed.set()
+
+    def _finish_one_by_one(
+        self,
+        segment: _Segment,
+        stored: list[tuple[int, int] | None],
+        errors: list[tuple[int, str]] | None,
+    ) -> None:
+        counters = self.counters
         failed: set[int] = set()
-        if errors:
-            for index, message in errors:
-                counters.write_errors += 1
-                failed.add(index)
-                log.error("journal: write failed: %s", message)
-        hot, window, budget = self._hot, self._hot_window, self._hot_budget
-        appended = 0
+        for index, message in errors or ():
+            counters.write_errors += 1
+            failed.add(index)
+            log.error("journal: write failed: %s", message)
         for index, (event, row, result) in enumerate(
             zip(segment.events, segment.rows, stored, strict=True)
         ):
@@ -1362,16 +1401,19 @@ class Journal:
                     counters.duplicates += 1
                     log.info("duplicate of event %s (%s) dropped", event.id, event.name)
                 continue
-            appended += 1
-            # Beyond the window the consumer reads events back from the journal.
-            size = len(row[4])
-            if len(hot) < window and self._hot_bytes + size <= budget:
-                hot.append(HotEvent(result[0], result[1], event, size))
-                self._hot_bytes += size
-        if appended:
-            counters.appended += appended
-            changed, self.changed = self.changed, anyio.Event()
-            changed.set()
+            counters.appended += 1
+            self._keep_hot(_HotRun(result[0], result[1], [event], len(row[4])))
+
+    def _keep_hot(self, run: _HotRun) -> None:
+        # Beyond the window the consumer reads events back from the journal.
+        count = len(run.events)
+        if (
+            self._hot_count + count <= self._hot_window
+            and self._hot_bytes + run.size <= self._hot_budget
+        ):
+            self._hot.append(run)
+            self._hot_count += count
+            self._hot_bytes += run.size
 
     async def close(self) -> None:
         """No more operations: the writer commits what is queued, then ends."""
@@ -1447,20 +1489,42 @@ class Journal:
         segment = self._segment()
         segment.events.append(event)
         segment.rows.append(row)
+        segment.bytes += len(row[4])
         self._added(segment)
 
-    def take_hot(self, after_seq: int, limit: int) -> list[StoredEvent]:
-        """Committed events directly following `after_seq`, from memory."""
+    def take_hot(self, after_seq: int, limit: int) -> tuple[list[int], list[Event]]:
+        """Committed events directly following `after_seq`, from memory, at
+        most `limit`: their seqs and the events (empty if the next one is
+        not in memory)."""
         hot = self._hot
-        while hot and hot[0].seq <= after_seq:
-            self._hot_bytes -= hot.popleft().size  # already read back from disk
-        out: list[StoredEvent] = []
-        while hot and len(out) < limit and hot[0].previous == after_seq:
-            item = hot.popleft()
-            self._hot_bytes -= item.size
-            out.append(StoredEvent(item.seq, item.event))
-            after_seq = item.seq
-        return out
+        seqs: list[int] = []
+        events: list[Event] = []
+        while hot and len(seqs) < limit:
+            run = hot[0]
+            first, taken, available = run.first, run.taken, len(run.events)
+            if first + available - 1 <= after_seq:  # all read back from disk meanwhile
+                self._drop_hot()
+                continue
+            if first + taken <= after_seq:  # partly read back from disk
+                skipped = after_seq + 1 - (first + taken)
+                self._hot_count -= skipped
+                taken = run.taken = taken + skipped
+            if (run.previous if taken == 0 else first + taken - 1) != after_seq:
+                break  # the next committed event is not in memory
+            count = min(limit - len(seqs), available - taken)
+            seqs.extend(range(first + taken, first + taken + count))
+            events.extend(run.events[taken : taken + count])
+            taken = run.taken = taken + count
+            self._hot_count -= count
+            after_seq = first + taken - 1
+            if taken == available:
+                self._drop_hot()
+        return seqs, events
+
+    def _drop_hot(self) -> None:
+        run = self._hot.popleft()
+        self._hot_count -= len(run.events) - run.taken
+        self._hot_bytes -= run.size
 
     async def unmatched(self, after_seq: int, limit: int) -> list[StoredEvent]:
         """Committed, unmatched events after `after_seq`, read back from disk.

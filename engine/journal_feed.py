@@ -110,8 +110,8 @@ class JournalFeed:
             ahead: _ReadAhead | None = None
             while True:
                 signal = self.journal.changed
-                batch = self.journal.take_hot(self._last_seq, self.batch)
-                if not batch:
+                seqs, events = self.journal.take_hot(self._last_seq, self.batch)
+                if not seqs:
                     if ahead is not None and ahead.after == self._last_seq:
                         batch = await ahead.result()
                     else:
@@ -123,11 +123,13 @@ class JournalFeed:
                         # for the read.
                         ahead = _ReadAhead(self.journal, batch[-1].seq, self.batch)
                         tg.start_soon(ahead.run)
-                if not batch:
+                    seqs = [stored.seq for stored in batch]
+                    events = [stored.event for stored in batch]
+                if not seqs:
                     await self._idle_until(signal)
                     continue
-                self._last_seq = batch[-1].seq
-                await self._process(batch)
+                self._last_seq = seqs[-1]
+                await self._process(seqs, events)
 
     async def _idle_until(self, signal: anyio.Event) -> None:
         self._waiting = True
@@ -138,19 +140,25 @@ class JournalFeed:
         finally:
             self._waiting = False
 
-    async def _process(self, batch: Sequence[StoredEvent]) -> None:
-        fired = [(stored, self.pipeline.select(stored.event)) for stored in batch]
+    async def _process(self, seqs: Sequence[int], events: Sequence[Event]) -> None:
+        """Match committed events (`seqs[i]` is the seq of `events[i]`) and start their jobs."""
+        select = self.pipeline.select
+        fired = [select(event) for event in events]
         # The events are durable already; the jobs' pending rows are queued
         # ahead of anything their actions record (see Journal.queue_jobs), so
         # the jobs need not wait for that commit.
         ids = iter(
             await self.journal.queue_jobs(
-                [(stored.seq, [rule.name for rule in rules]) for stored, rules in fired]
+                [
+                    (seq, [rule.name for rule in rules])
+                    for seq, rules in zip(seqs, fired, strict=True)
+                ]
             )
         )
-        for stored, rules in fired:
+        submit = self.pipeline.dispatcher.submit
+        for event, rules in zip(events, fired, strict=True):
             for rule in rules:
-                await self.pipeline.dispatcher.submit(Job(stored.event, rule, id=next(ids)))
+                await submit(Job(event, rule, id=next(ids)))
 
     # -- resuming and retrying ---------------------------------------------------
 
