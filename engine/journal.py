@@ -1019,11 +1019,16 @@ class _Segment:
     segments commit in queue order.
     """
 
-    __slots__ = ("bytes", "events", "finished", "jobs", "rows", "size")
+    __slots__ = ("bytes", "carried", "events", "finished", "job_counts", "jobs", "rows", "size")
 
     def __init__(self) -> None:
         self.events: list[Event] = []
         self.jobs: list[JobsRow] = []
+        #: How many jobs each entry of `jobs` numbers.
+        self.job_counts: list[int] = []
+        #: The first entries of `jobs` were carried here from the segment
+        #: before (`Journal._carry`): they are not carried again.
+        self.carried = 0
         self.finished: list[OutcomeRow] = []
         #: Ops queued in it (an append, a `queue_jobs` call, an outcome: one each).
         self.size = 0
@@ -1040,6 +1045,8 @@ class JournalCounters:
     commits: int = 0
     ops: int = 0
     write_errors: int = 0
+    #: Batches of new jobs held back one segment to meet their outcomes (`_carry`).
+    carried: int = 0
 
 
 class _HotRun:
@@ -1246,11 +1253,65 @@ class Journal:
             queue.popleft()
             entries.append(entry)
             ops += size
-        if not queue:
-            self._open = None  # taken: what comes next goes to a new segment
         self._queued -= ops
+        if not queue:
+            last, self._open = self._open, None  # taken: what comes next goes to a new segment
+            if last is not None and not self._closed and self._carry(last) and not last.size:
+                # Everything in it was carried on: take the next segment
+                # instead (whose carried jobs are not held back again).
+                entries.pop()
+                if not entries:
+                    return await self._collect()
         self._space.set()
         return list(calls), entries
+
+    def _carry(self, segment: _Segment) -> bool:
+        """Carry new jobs that have no outcome yet over to the next segment,
+        with the outcomes of theirs that are here; True if any were.
+
+        Their `pending` rows and outcomes then usually commit together: the
+        writer folds an outcome into its job's row as it inserts it, instead
+        of inserting the row and updating it (measured: an outcome that
+        misses its job's segment costs the writer about a third more per
+        event). The order that matters holds: a carried job's row still
+        commits before, or with, each of its outcomes, which all follow it
+        into the new segment. Each batch of jobs is carried at most once
+        (its rows commit at most one segment later; if the daemon dies
+        first, its event is still unmatched and runs again at the next
+        start, as before), only from the last segment queued (no call
+        queued after it can be overtaken), and never while closing.
+        """
+        counts, jobs = segment.job_counts, segment.jobs
+        if len(counts) <= segment.carried:
+            return False
+        finished = segment.finished
+        ended = {row[0] for row in finished}
+        held = [
+            index
+            for index in range(segment.carried, len(counts))
+            if not ended.issuperset(range(jobs[index][2], jobs[index][2] + counts[index]))
+        ]
+        if not held:
+            return False
+        held_ids: set[int] = set()
+        for index in held:
+            held_ids.update(range(jobs[index][2], jobs[index][2] + counts[index]))
+        new = self._segment()
+        new.jobs = [jobs[index] for index in held]
+        new.job_counts = [counts[index] for index in held]
+        new.carried = len(held)
+        new.finished = [row for row in finished if row[0] in held_ids]
+        if new.finished:
+            segment.finished = [row for row in finished if row[0] not in held_ids]
+        kept = [index for index in range(len(counts)) if index not in held]
+        segment.jobs = [jobs[index] for index in kept]
+        segment.job_counts = [counts[index] for index in kept]
+        moved = len(new.jobs) + len(new.finished)
+        new.size = moved
+        segment.size -= moved
+        self._queued += moved
+        self.counters.carried += len(held)
+        return True
 
     async def _write(self, calls: list[_Op], entries: list[_Segment | _Op]) -> None:
         """Commit `calls`, then `entries` in order, finishing each once committed.
@@ -1578,6 +1639,7 @@ class Journal:
             await self._room()
         segment = self._segment()
         segment.jobs.append((firings, time.time(), first))
+        segment.job_counts.append(count)
         self._added(segment)
         return list(range(first, first + count))
 

@@ -280,3 +280,34 @@ async def test_a_run_beyond_the_window_is_read_back_from_disk(tmp_path: Path) ->
         assert [(stored.seq, stored.event.id) for stored in back] == [
             (seq, event.id) for seq, event in zip(range(4, 9), events[3:], strict=True)
         ]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("writer", ["process", "thread"])
+async def test_new_jobs_are_carried_one_segment_to_meet_their_outcomes(
+    writer: str, tmp_path: Path
+) -> None:
+    config = EngineConfig(state_dir=tmp_path / "state")
+    async with open_journal(config, writer=writer) as journal:
+        for event in _events(3):
+            await journal.append(event)
+        await _committed(journal, 3)
+        seqs, _ = journal.take_hot(0, 10)
+        first, second, third = await journal.queue_jobs([(seq, ["rule"]) for seq in seqs])
+        await journal.record_outcome(first, 0, 0, None, 1, False)  # one has ended already
+        # The writer takes the segment (waited for through the event in it):
+        # the jobs, two of them still running, go on to the next segment,
+        # with the outcome of the first.
+        for event in _events(1, start=3):
+            await journal.append(event)
+        await _committed(journal, 4)
+        assert journal.counters.carried == 1
+        await journal.record_outcome(second, 0, 0, None, 1, False)
+        await journal.record_outcome(third, 0, 0, "boom", 2, False)
+    jobs = _jobs(tmp_path / "state")
+    assert jobs == {
+        first: ("done", 1, 1, None),
+        second: ("done", 1, 1, None),
+        third: ("dead", 0, 2, "boom"),
+    }
+    assert [matched for _, _, matched in _events_stored(tmp_path / "state")] == [1, 1, 1, 0]
