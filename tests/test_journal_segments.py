@@ -107,8 +107,7 @@ def test_a_failing_op_fails_alone_and_is_reported_by_position(
     db = JournalDB.open(tmp_path)
     try:
         good, other = (event_row(event) for event in _events(2))
-        bad = (*good[:4], None)  # body NOT NULL: the INSERT fails
-        bad = ("bad-id", *bad[1:])
+        bad = ("bad-id", *good[1:4], None)  # body is NOT NULL: its INSERT fails
         jobs = [([(1, ["rule"])], 1.0, 1)]
         stored, errors = apply_segment(db, [good, bad, other], jobs, [_outcome(1)], 600.0)  # type: ignore[list-item]
     finally:
