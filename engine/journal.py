@@ -1547,11 +1547,19 @@ class Journal:
         if self._closed or self._queued >= self._queue_size:
             await self._room()
         row = event_row(event)  # here, so a bad event fails its caller, not the writer
-        segment = self._segment()
+        # `_segment()` and `_added()`, inlined: this runs for every event.
+        segment = self._open
+        if segment is None or segment.size >= self.max_batch:
+            segment = self._segment()
         segment.events.append(event)
         segment.rows.append(row)
         segment.bytes += len(row[4])
-        self._added(segment)
+        segment.size += 1
+        self._queued += 1
+        if self._lingering and self._queued >= self.max_batch:
+            self._urgent.set()
+        if self._writer_waiting:
+            self._work.set()
 
     def take_hot(self, after_seq: int, limit: int) -> tuple[list[int], list[Event]]:
         """Committed events directly following `after_seq`, from memory, at
@@ -1675,11 +1683,19 @@ class Journal:
         coroutine less per action."""
         if self._closed or self._queued >= self._queue_size:
             return False
-        segment = self._segment()
+        # `_segment()` and `_added()`, inlined: this runs for every action.
+        segment = self._open
+        if segment is None or segment.size >= self.max_batch:
+            segment = self._segment()
         segment.finished.append(
             (job_id, index, last_index, error, attempts, continue_on_error, time.time())
         )
-        self._added(segment)
+        segment.size += 1
+        self._queued += 1
+        if self._lingering and self._queued >= self.max_batch:
+            self._urgent.set()
+        if self._writer_waiting:
+            self._work.set()
         return True
 
     async def mark_dead(self, job_id: int, error: str) -> None:
