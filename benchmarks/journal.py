@@ -201,9 +201,10 @@ def write_results(figures: dict[str, Any], count: int, rules: int, rounds: int) 
         Where the time goes: the SQLite work (about 35 us per event: the event, its
         job and the job's outcome, a few multi-row statements per batch) runs in
         the journal's writer process, on the other core; the event loop pays for
-        queuing each operation, pickling each batch to the writer and the
-        consumer's bookkeeping. Events are committed before they are matched;
-        jobs start once their pending rows are queued (committed in queue order).
+        queuing each operation (a list append), marshalling each batch to the
+        writer and the consumer's bookkeeping. Events are committed before they
+        are matched; jobs start once their pending rows are queued (committed in
+        queue order, with their outcomes when those arrive in time).
         Measured on a shared 2-core machine with other work running; figures vary
         by 20% or more between runs (the ratio less: both sides share the run).
         """

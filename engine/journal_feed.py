@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
 from anyio.abc import TaskStatus
 
 from engine.dispatch import ActionFailed, Job
 from engine.events import Event
-from engine.journal import PENDING, RETRY, ActionOutcome, JobRow, Journal, JournalDB, StoredEvent
+from engine.journal import PENDING, RETRY, JobRow, Journal, JournalDB, StoredEvent
 from engine.pipeline import Pipeline
 from engine.ruleset import CompiledRule
 
@@ -52,12 +52,11 @@ class JournalFeed:
         self._last_seq = 0
         self._waiting = False
         self._went_waiting = anyio.Event()
+        #: The listener's callback: journal the event (never waits for
+        #: actions). The journal's own method: no coroutine of ours around it.
+        self.accept: Callable[[Event], Awaitable[None]] = journal.append
 
     # -- the three ends: listener, dispatcher, lifecycle ----------------------
-
-    async def accept(self, event: Event) -> None:
-        """The listener's callback: journal the event (never waits for actions)."""
-        await self.journal.append(event)
 
     async def observer(
         self, job: Job, index: int, error: ActionFailed | None, attempts: int
@@ -65,22 +64,26 @@ class JournalFeed:
         """The dispatcher's callback after each action: record progress."""
         if job.id is None:
             return
-        spec = job.rule.actions[index].spec
-        outcome = ActionOutcome(
-            job_id=job.id,
-            index=index,
-            last_index=len(job.rule.actions) - 1,
-            error=None if error is None else str(error),
-            attempts=attempts,
-            continue_on_error=spec.continue_on_error,
-        )
-        if error is not None and not spec.continue_on_error:
+        actions = job.rule.actions
+        continue_on_error = actions[index].spec.continue_on_error
+        if error is not None and not continue_on_error:
             log.error(
                 "job %d (rule %r, event %s) is a dead letter: see `zoomrules dlq show %d`",
                 job.id, job.rule.name, job.event.id, job.id,
                 extra={"rule": job.rule.name, "event_id": job.event.id, "job_id": job.id},
             )  # fmt: skip
-        await self.journal.action_finished(outcome)
+        # The fields of an ActionOutcome, without building one per action;
+        # waits (record_outcome) only when the journal's queue is full.
+        fields = (
+            job.id,
+            index,
+            len(actions) - 1,
+            None if error is None else str(error),
+            attempts,
+            continue_on_error,
+        )
+        if not self.journal.try_record_outcome(*fields):
+            await self.journal.record_outcome(*fields)
 
     async def run(self, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Resume, then consume forever (until cancelled), with retention and retry polling."""
@@ -107,8 +110,8 @@ class JournalFeed:
             ahead: _ReadAhead | None = None
             while True:
                 signal = self.journal.changed
-                batch = self.journal.take_hot(self._last_seq, self.batch)
-                if not batch:
+                seqs, events = self.journal.take_hot(self._last_seq, self.batch)
+                if not seqs:
                     if ahead is not None and ahead.after == self._last_seq:
                         batch = await ahead.result()
                     else:
@@ -120,11 +123,13 @@ class JournalFeed:
                         # for the read.
                         ahead = _ReadAhead(self.journal, batch[-1].seq, self.batch)
                         tg.start_soon(ahead.run)
-                if not batch:
+                    seqs = [stored.seq for stored in batch]
+                    events = [stored.event for stored in batch]
+                if not seqs:
                     await self._idle_until(signal)
                     continue
-                self._last_seq = batch[-1].seq
-                await self._process(batch)
+                self._last_seq = seqs[-1]
+                await self._process(seqs, events)
 
     async def _idle_until(self, signal: anyio.Event) -> None:
         self._waiting = True
@@ -135,19 +140,25 @@ class JournalFeed:
         finally:
             self._waiting = False
 
-    async def _process(self, batch: Sequence[StoredEvent]) -> None:
-        fired = [(stored, self.pipeline.select(stored.event)) for stored in batch]
+    async def _process(self, seqs: Sequence[int], events: Sequence[Event]) -> None:
+        """Match committed events (`seqs[i]` is the seq of `events[i]`) and start their jobs."""
+        select = self.pipeline.select
+        fired = [select(event) for event in events]
         # The events are durable already; the jobs' pending rows are queued
         # ahead of anything their actions record (see Journal.queue_jobs), so
         # the jobs need not wait for that commit.
         ids = iter(
             await self.journal.queue_jobs(
-                [(stored.seq, [rule.name for rule in rules]) for stored, rules in fired]
+                [
+                    (seq, [rule.name for rule in rules])
+                    for seq, rules in zip(seqs, fired, strict=True)
+                ]
             )
         )
-        for stored, rules in fired:
+        submit = self.pipeline.dispatcher.submit
+        for event, rules in zip(events, fired, strict=True):
             for rule in rules:
-                await self.pipeline.dispatcher.submit(Job(stored.event, rule, id=next(ids)))
+                await submit(Job(event, rule, id=next(ids)))
 
     # -- resuming and retrying ---------------------------------------------------
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import io
 import logging
+import marshal
 import os
-import pickle
 import signal
 import sqlite3
 import sys
@@ -22,7 +22,7 @@ from test_journal_support import meeting_events
 
 from engine.config import EngineConfig
 from engine.events import Event, InvalidEvent
-from engine.journal import _APPEND, ActionOutcome, Journal, JournalDB, event_row, open_journal
+from engine.journal import ActionOutcome, Journal, JournalDB, event_row, open_journal
 from engine.journal_writer import serve
 
 EVENTS = 3000
@@ -195,9 +195,9 @@ def test_the_writer_stops_quietly_when_the_daemon_goes_mid_message(tmp_path: Pat
     """A daemon killed half-way through sending a batch: no traceback, no write."""
     JournalDB.open(tmp_path / "state").close()
     event = Event.from_body(meeting_events(1)[0], source="test")
-    data = pickle.dumps(([(_APPEND, event_row(event))], 0.0))
+    data = marshal.dumps(([event_row(event)], [], [], 0.0))
     truncated = len(data).to_bytes(8, "big") + data[: len(data) // 2]
     out = io.BytesIO()
     serve(tmp_path / "state" / "journal.db", io.BytesIO(truncated), out)
-    assert out.getvalue().endswith(pickle.dumps("ready", pickle.HIGHEST_PROTOCOL))
+    assert out.getvalue().endswith(marshal.dumps("ready"))
     assert _stored(tmp_path / "state")[:2] == (0, 0)
