@@ -87,6 +87,21 @@ class Event:
             object.__setattr__(self, "_id", identity)
         return identity
 
+    @property
+    def known_id(self) -> str | None:
+        """The id if it was given or has been computed, else None (nothing is computed)."""
+        return self._id
+
+    def settle_id(self, identity: str) -> None:
+        """Take the id as computed elsewhere from this event's `raw` text.
+
+        The journal's writer process computes the ids of the events it
+        stores, on the other core; the event loop then need not. Ignored
+        when the id is already known.
+        """
+        if self._id is None:
+            object.__setattr__(self, "_id", identity)
+
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"Event is immutable: cannot set {name!r}")
 

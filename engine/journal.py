@@ -38,6 +38,7 @@ from anyio.abc import TaskStatus
 
 from engine.config import EngineConfig
 from engine.events import Event
+from engine.events import event_id as identify
 
 if TYPE_CHECKING:
     from engine.journal_writer import WriterProcess
@@ -203,7 +204,10 @@ _JOB_COLUMNS = (
 
 
 #: An event as the `events` table stores it: (event_id, name, source, received_at, body).
-EventRow = tuple[str, str, str, float, bytes]
+#: The event loop leaves the id None when it has not been computed yet and
+#: the body is the event's JSON as received: the writer computes it
+#: (`with_ids`).
+EventRow = tuple[str | None, str, str, float, bytes]
 #: An action outcome as queued and sent to the writer: the fields of
 #: `ActionOutcome`, then when it was recorded.
 OutcomeRow = tuple[int, int, int, str | None, int, bool, float]
@@ -212,10 +216,31 @@ JobsRow = tuple[Sequence[tuple[int, Sequence[str]]], float, int]
 
 
 def event_row(event: Event) -> EventRow:
-    # The JSON as received when there is one (no second encoding on the
-    # event loop); it decodes to the same body.
-    body = event.raw if event.raw is not None else orjson.dumps(event.body)
-    return (event.id, event.name, event.source, event.received_at, body)
+    raw = event.raw
+    if raw is None:
+        return (event.id, event.name, event.source, event.received_at, orjson.dumps(event.body))
+    # The JSON as received (no second encoding on the event loop; it decodes
+    # to the same body), and the id only if already known: hashing the
+    # canonical JSON is done where the row is stored, in the writer process,
+    # and the id comes back with the commit (`with_ids`, `Event.settle_id`).
+    return (event.known_id, event.name, event.source, event.received_at, raw)
+
+
+def with_ids(rows: Sequence[EventRow]) -> tuple[Sequence[EventRow], list[str] | None]:
+    """`rows` with every id filled in, and all their ids in order (None if
+    none was missing).
+
+    A missing id is computed from the row's body, the JSON the event was
+    decoded from: the same id `Event.id` gives (the event came through
+    `Event.from_json`, which only leaves an id to compute when it cannot
+    fail).
+    """
+    if all(row[0] is not None for row in rows):
+        return rows, None
+    filled = [
+        row if row[0] is not None else (identify(orjson.loads(row[4])), *row[1:]) for row in rows
+    ]
+    return filled, [row[0] for row in filled]  # type: ignore[misc]
 
 
 def stored_events(unmatched_json: str) -> list[StoredEvent]:
@@ -503,6 +528,7 @@ class JournalDB:
         (`BEGIN IMMEDIATE`): holding the write lock, the AUTOINCREMENT seqs
         of the inserted rows are consecutive, ending at last_insert_rowid().
         """
+        rows, _ = with_ids(rows)
         latest = self._latest_seen({row[0] for row in rows})
         new_rows: list[EventRow] = []
         #: Per event: its index among the inserted rows, or None if a duplicate.
@@ -944,8 +970,13 @@ def _flush_jobs(db: JournalDB, jobs: list[Any], finished: list[Any]) -> None:
 #: case, answered without a pair per row); otherwise per row, (previous seq,
 #: seq) or None (a duplicate, or failed). Then the (position, message) of
 #: every op that failed, positions counted over rows, then jobs, then
-#: outcomes; None when all committed.
-SegmentAnswer = tuple[tuple[int, int] | list[tuple[int, int] | None], list[tuple[int, str]] | None]
+#: outcomes; None when all committed. Then the ids of the rows, in order,
+#: when the writer computed some (`with_ids`); else None.
+SegmentAnswer = tuple[
+    tuple[int, int] | list[tuple[int, int] | None],
+    list[tuple[int, str]] | None,
+    list[str] | None,
+]
 
 
 def apply_segment(
@@ -962,6 +993,7 @@ def apply_segment(
     Takes and returns plain tuples and lists only: this is what travels to and
     from the writer process (marshal), and what the thread fallback runs.
     """
+    rows, ids = with_ids(rows)
     try:
         with db.transaction():
             stored = db.append_rows(rows, dedup_window)
@@ -971,8 +1003,8 @@ def apply_segment(
                 db.outcomes_finished(finished)
         if stored and None not in stored:
             # All stored: append_rows numbers them consecutively.
-            return stored[0], None
-        return stored, None
+            return stored[0], None, ids
+        return stored, None, ids
     except Exception:  # noqa: BLE001 - isolate the failing op below
         log.warning(
             "journal: a batch of %d failed; retrying one by one",
@@ -987,7 +1019,7 @@ def apply_segment(
         for index, (_, error) in enumerate(results)
         if error is not None
     ]
-    return [result for result, _ in results[: len(rows)]], errors or None
+    return [result for result, _ in results[: len(rows)]], errors or None, ids
 
 
 # --------------------------------------------------------------------------
@@ -1425,7 +1457,12 @@ class Journal:
 
     def _finish(self, segment: _Segment, answer: SegmentAnswer) -> None:
         """A committed segment: count it, log its failures, hand its new events on."""
-        stored, errors = answer
+        stored, errors, ids = answer
+        if ids is not None:
+            # Before the events reach the consumer: matching and the jobs
+            # then find each id known, and nothing is hashed on this loop.
+            for event, identity in zip(segment.events, ids, strict=True):
+                event.settle_id(identity)
         counters = self.counters
         counters.commits += 1
         counters.ops += segment.size

@@ -111,3 +111,13 @@ def test_events_pickle_and_copy(read_id_first: bool) -> None:
         assert again == event
         assert again.raw == event.raw
         assert again.id == event_id(event.body)
+
+
+def test_an_id_settled_from_elsewhere_is_kept_and_a_known_one_is_not_replaced() -> None:
+    text = orjson.dumps(example("meeting.started"))
+    event = Event.from_json(text, source="s")
+    assert event.known_id is None
+    event.settle_id(event_id(event.body))
+    assert event.known_id == event.id == event_id(event.body)
+    event.settle_id("something else")
+    assert event.id == event_id(event.body)

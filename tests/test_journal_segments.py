@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import orjson
 import pytest
 from test_journal_support import meeting_events
 
 from engine.config import EngineConfig
-from engine.events import Event
+from engine.events import Event, event_id
 from engine.journal import (
     Journal,
     JournalDB,
@@ -35,6 +36,14 @@ from engine.journal_writer import serve
 
 def _events(count: int, start: int = 0) -> list[Event]:
     return [Event.from_body(body, source="test") for body in meeting_events(count, start=start)]
+
+
+def _received(count: int, start: int = 0) -> list[Event]:
+    """Events as the listener makes them: from their JSON text, ids not yet computed."""
+    return [
+        Event.from_json(orjson.dumps(body), source="test")
+        for body in meeting_events(count, start=start)
+    ]
 
 
 async def _committed(journal: Journal, count: int) -> None:
@@ -77,13 +86,13 @@ def test_a_segment_all_stored_is_answered_with_its_first_seq(tmp_path: Path) -> 
     try:
         rows = [event_row(event) for event in _events(3)]
         answer = apply_segment(db, rows, [], [], 600.0)
-        assert answer == ((0, 1), None)
+        assert answer == ((0, 1), None, None)  # ids known: none computed
         # The next segment continues from the last seq; its jobs and the
         # outcomes of some of them land in the same batch.
         more = [event_row(event) for event in _events(2, start=3)]
         jobs = [([(1, ["a"]), (2, ["b"]), (3, [])], 2.0, 1)]
         answer = apply_segment(db, more, jobs, [_outcome(1), _outcome(2, error="x")], 600.0)
-        assert answer == ((3, 4), None)
+        assert answer == ((3, 4), None, None)
     finally:
         db.close()
     assert _jobs(tmp_path) == {1: ("done", 1, 1, None), 2: ("dead", 0, 1, "x")}
@@ -94,7 +103,7 @@ def test_a_duplicate_in_a_segment_is_answered_event_by_event(tmp_path: Path) -> 
     db = JournalDB.open(tmp_path)
     try:
         a, b = (event_row(event) for event in _events(2))
-        stored, errors = apply_segment(db, [a, b, a], [], [], 600.0)
+        stored, errors, _ = apply_segment(db, [a, b, a], [], [], 600.0)
     finally:
         db.close()
     assert (stored, errors) == ([(0, 1), (1, 2), None], None)
@@ -109,7 +118,7 @@ def test_a_failing_op_fails_alone_and_is_reported_by_position(
         good, other = (event_row(event) for event in _events(2))
         bad = ("bad-id", *good[1:4], None)  # body is NOT NULL: its INSERT fails
         jobs = [([(1, ["rule"])], 1.0, 1)]
-        stored, errors = apply_segment(db, [good, bad, other], jobs, [_outcome(1)], 600.0)  # type: ignore[list-item]
+        stored, errors, _ = apply_segment(db, [good, bad, other], jobs, [_outcome(1)], 600.0)  # type: ignore[list-item]
     finally:
         db.close()
     assert stored == [(0, 1), None, (1, 2)]
@@ -145,8 +154,30 @@ def test_the_writer_process_loop_answers_each_segment_in_order(tmp_path: Path) -
     )
     out = io.BytesIO()
     serve(tmp_path / "state" / "journal.db", inbox, out)
-    assert _answers(out.getvalue()) == ["ready", ((0, 1), None), ([None], None), ((1, 2), None)]
+    assert _answers(out.getvalue()) == [
+        "ready",
+        ((0, 1), None, None),
+        ([None], None, None),
+        ((1, 2), None, None),
+    ]
     assert _jobs(tmp_path / "state") == {1: ("done", 1, 1, None)}
+
+
+def test_the_writer_computes_the_ids_the_event_loop_left_to_it(tmp_path: Path) -> None:
+    """From the stored JSON, the very ids `Event.id` gives; duplicates still found."""
+    events = _received(3)
+    rows = [event_row(event) for event in events]
+    assert [row[0] for row in rows] == [None, None, None]
+    expected = [event_id(event.body) for event in events]
+    again = event_row(_received(1)[0])  # the first event, delivered twice
+    db = JournalDB.open(tmp_path)
+    try:
+        stored, errors, ids = apply_segment(db, [*rows, again], [], [], 600.0)
+    finally:
+        db.close()
+    assert (stored, errors) == ([(0, 1), (1, 2), (2, 3), None], None)
+    assert ids == [*expected, expected[0]]
+    assert [stored_id for _, stored_id, _ in _events_stored(tmp_path)] == expected
 
 
 # -- the daemon's side: Journal -------------------------------------------------
@@ -310,3 +341,22 @@ async def test_new_jobs_are_carried_one_segment_to_meet_their_outcomes(
         third: ("dead", 0, 2, "boom"),
     }
     assert [matched for _, _, matched in _events_stored(tmp_path / "state")] == [1, 1, 1, 0]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("writer", ["process", "thread"])
+async def test_committed_events_come_back_with_their_ids_known(writer: str, tmp_path: Path) -> None:
+    """Computed by the writer and settled on the events before the consumer
+    sees them: matching and jobs read them without hashing on the event loop."""
+    config = EngineConfig(state_dir=tmp_path / "state")
+    events = _received(5)
+    async with open_journal(config, writer=writer) as journal:
+        for event in events:
+            await journal.append(event)
+        await _committed(journal, 5)
+        _, hot = journal.take_hot(0, 10)
+    # Nothing here read `.id` (comparing events would): known means settled.
+    assert [event.known_id for event in hot] == [event_id(event.body) for event in events]
+    assert all(back is event for back, event in zip(hot, events, strict=True))
+    stored = _events_stored(tmp_path / "state")
+    assert [stored_id for _, stored_id, _ in stored] == [event.known_id for event in events]
