@@ -34,11 +34,18 @@ sharing across rules:
   such tests use a key, no buckets are built: one pass gathers the strings
   of the elements whose key equals the literal.
 
+- **Absent lists.** A condition that reads the event only through filters
+  over one list (`length(participants[?...] || `[]`) > `2``) gives, when
+  that list is absent (most events), a value known when compiling: the plan
+  checks once per event whether the list is there, and such rules cost one
+  test without it (see `_without_list`).
+
 Each rule's code runs in its own `try`: an error is passed to `on_error` and
 the next rule runs, as in the rule-by-rule matcher. `stop` returns at once.
 Nothing is evaluated that rule-by-rule evaluation would not evaluate, except
 the grouping pass (pure functions only, errors discarded) and, once when the
-plan is compiled, each group key on null (see `_null_never_bucketed`).
+plan is compiled, each group key on null (see `_null_never_bucketed`) and
+each condition decided without its list (pure functions only).
 """
 
 from __future__ import annotations
@@ -50,7 +57,7 @@ from typing import Any
 from jmespath.parser import ParsedResult
 
 from engine.hookspecs import JMESPathFunction
-from engine.jmespath_compiler import _Expression, _Generator, compile_parsed
+from engine.jmespath_compiler import _Expression, _Generator, _is_true, compile_parsed
 from engine.prefilter import is_pure, set_comparable, shareable
 
 Node = dict[str, Any]
@@ -66,6 +73,19 @@ _ROOT = "r"
 #: one needs no error bookkeeping.
 _SAFE = frozenset({"field", "identity", "current", "literal"})
 _SAFE_CHAINS = frozenset({"subexpression", "index_expression"})
+#: Nodes whose children are all evaluated on the node's own input.
+_FORKS = frozenset(
+    {
+        "comparator",
+        "and_expression",
+        "or_expression",
+        "not_expression",
+        "function_expression",
+        "multi_select_list",
+        "multi_select_dict",
+        "key_val_pair",
+    }
+)
 _CHAINS = frozenset(
     {
         "subexpression",
@@ -197,6 +217,9 @@ class _PlanGenerator(_Generator):
         self._direct: set[str] = set()
         #: Group key -> whether null elements never get into its buckets.
         self._null_keys: dict[str, bool] = {}
+        #: Eager slot -> the variable telling whether its value is a list
+        #: (set at the top of the plan), see _without_list.
+        self._list_flags: dict[str, str] = {}
 
     def _is_pure(self, name: str) -> bool:
         return is_pure(name, self._custom)
@@ -319,6 +342,8 @@ class _PlanGenerator(_Generator):
         ]
         if slots:
             self._lines.insert(slots_at, "    " + " = ".join(slots) + " = _U")
+        for slot, flag in self._list_flags.items():
+            self._lines.insert(slots_at, f"    {flag} = isinstance({slot}, list)")
         self._defs.append("\n".join(self._lines))
         source = "\n\n".join(self._defs)
         exec(compile(source, f"<plan of {len(steps)} rules>", "exec"), self._namespace)
@@ -363,6 +388,21 @@ class _PlanGenerator(_Generator):
             for line in fire:
                 self._emit(line)
             return
+        absent = self._without_list(step.tree) if step.tree is not None else None
+        if absent is not None:
+            flag, fires = absent
+            # Without the list (most events), the outcome known at compile time.
+            self._emit(f"if not {flag}:")
+            with self._block():
+                for line in fire if fires else ["pass"]:
+                    self._emit(line)
+            self._emit("else:")
+            with self._block():
+                self._emit_try(step, item, fire)
+            return
+        self._emit_try(step, item, fire)
+
+    def _emit_try(self, step: PlanStep, item: str, fire: list[str]) -> None:
         self._emit("try:")
         with self._block():
             if step.tree is not None:
@@ -377,6 +417,44 @@ class _PlanGenerator(_Generator):
         self._emit("except Exception as _x:")
         with self._block():
             self._emit(f"_fail({item}, ctx, _x)")
+
+    def _without_list(self, tree: Node) -> tuple[str, bool] | None:
+        """For a condition that reads the event only through filters over one
+        list, `payload.object.participants[?...]`, what it gives when that
+        list is absent: (the variable telling whether it is a list, whether
+        the rule then fires); None for any other condition.
+
+        Every such filter gives null when its base is no list, without
+        evaluating anything else, so the condition then gives what it gives
+        with those filters replaced by null: a value that no longer depends
+        on the event (no other read of it is left, and every function is
+        pure), computed here once. Only taken when the base is read eagerly
+        (it cannot raise) and that computation does not raise (an error is
+        left to the rule's own code, to be reported at run time).
+        """
+        base_key: str | None = None
+        for node in _root_context_nodes(tree):
+            if node["type"] == "filter_projection":
+                key = self._key(node["children"][0])
+                if key in self._eager:
+                    base_key = key
+                    break
+        if base_key is None or not shareable(tree, self._is_pure):
+            return None
+        try:
+            constant = _replace_filters(tree, base_key, self._key)
+            for node in _root_context_nodes(constant):
+                if node["type"] in ("field", "identity", "current"):
+                    return None
+            parsed = ParsedResult("<condition without its list>", constant)
+            value = compile_parsed(parsed, parsed.expression, self._custom)(None)
+        except Exception:  # noqa: BLE001 - RecursionError included: no shortcut
+            return None
+        slot = self._read_eagerly(base_key)
+        flag = self._list_flags.get(slot)
+        if flag is None:
+            flag = self._list_flags[slot] = f"l{slot}"
+        return flag, _is_true(value)
 
     # -- shared evaluation -------------------------------------------------
 
@@ -698,19 +776,35 @@ def _root_context_nodes(tree: Node, descend: Callable[[Node], bool] | None = Non
         if kind in _CHAINS:
             # Only the first link sees the event; the rest see its result.
             stack.append(children[0])
-        elif kind in (
-            "comparator",
-            "and_expression",
-            "or_expression",
-            "not_expression",
-            "function_expression",
-            "multi_select_list",
-            "multi_select_dict",
-            "key_val_pair",
-        ):
+        elif kind in _FORKS:
             # An expref's body is a separate function evaluated on other values.
             stack.extend(c for c in children if isinstance(c, dict) and c["type"] != "expref")
     return found
+
+
+def _replace_filters(tree: Node, base_key: str, key: Callable[[Node], str]) -> Node:
+    """`tree` with each filter over `base_key` evaluated on the event
+    replaced by a null literal (a copy; `tree` is left as it is)."""
+    if tree["type"] == "filter_projection" and key(tree["children"][0]) == base_key:
+        return {"type": "literal", "value": None, "children": []}
+    kind = tree["type"]
+    children = tree.get("children")
+    if not children:
+        return tree
+    if kind in _CHAINS:
+        # Only the first link sees the event; the rest see its result.
+        return {**tree, "children": [_replace_filters(children[0], base_key, key), *children[1:]]}
+    if kind in _FORKS:
+        return {
+            **tree,
+            "children": [
+                _replace_filters(c, base_key, key)
+                if isinstance(c, dict) and c["type"] != "expref"
+                else c
+                for c in children
+            ],
+        }
+    return tree
 
 
 def _cannot_raise(node: Node) -> bool:

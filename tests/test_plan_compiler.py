@@ -35,6 +35,10 @@ class Text(str):
     """A string of another class than `str`."""
 
 
+class Items(list):  # type: ignore[type-arg]
+    """A list of another class than `list` (filters take it as a list)."""
+
+
 class Calls:
     """Pure and impure test functions that count their calls."""
 
@@ -164,6 +168,14 @@ CONDITIONS = [
     "people[?length(@) == `2` && ends_with(email, 'm')]",
     "sort_by(people[?status == 'joined' && email_domain(email) == 'example.com'], &email)[0].name",
     "people[*].status",
+    # Decided at compile time for an event without the list (see
+    # _without_list): true, false, raising (no shortcut), reading more.
+    "people[?name == 'Ann'] == `null`",
+    "length(people[?email_domain(email) == 'example.com'] || `[1]`) == `1`",
+    "length(people[?status == 'left']) == `0`",
+    "sort_by(people[?status == 'joined'], &name)",
+    "not_null(people[?status == 'left'], topic)",
+    "people[?status == 'joined'] || people",
     None,
 ]
 
@@ -186,6 +198,9 @@ DOCUMENTS: list[Any] = [
     },
     {"people": [{"email": "c@example.com", "status": "joined"}, {"status": "joined"}]},
     {"people": [{"email": "c@example.com", "status": "joined"}, ["status", "joined"]]},
+    {"people": Items(PEOPLE)},
+    {"people": {"status": "joined", "email": "a@example.com"}, "topic": "Board"},
+    {"people": 0, "topic": ["Board"]},
     {},
     [],
     None,
@@ -285,6 +300,36 @@ def test_a_bucket_without_null_elements_is_copied_whole(key: str) -> None:
         document = {"people": people}
         expected = reference(texts, [False] * 4, document, functions)
         assert planned(texts, [False] * 4, document, functions) == expected, people
+
+
+@pytest.mark.parametrize(
+    "people", [None, "text", 0, {"status": "joined"}, Items([{"status": "joined"}]), []]
+)
+def test_a_condition_on_a_list_alone_is_decided_when_compiling_for_an_event_without_it(
+    people: Any,
+) -> None:
+    """Filters over an absent list give null, so a condition reading the
+    event only through them has an outcome known in advance: the plan only
+    checks that the list is absent. Not where that outcome raises (the rule
+    reports the error at run time) or the condition reads anything else."""
+    functions = Calls().functions()
+    texts = [
+        "people[?status == 'joined']",  # false without the list
+        "!(people[?status == 'joined' && ends_with(email, 'm')])",  # true
+        "length(people[?key_of(email) == 'a'] || `[]`) == `0`",  # true
+        "length(people[?status == 'joined'])",  # raises without the list
+        "people[?status == 'joined'] || topic",  # reads more
+        "people[?impure(status) == 'joined'] == `null`",  # impure: not decided
+    ] * 2
+    steps = [PlanStep(t, jmespath.compile(t).parsed, None, False) for t in texts]
+    source = compile_plan(steps, functions, print).__jmespath_source__  # type: ignore[attr-defined]
+    assert source.count("if not l") == 6  # the first three, twice
+    document = {"people": people, "topic": "T"}
+    stops = [False] * len(texts)
+    outcome = planned(texts, stops, document, functions)
+    assert outcome == reference(texts, stops, document, functions)
+    if not isinstance(people, list):
+        assert [error[0] for error in outcome[1]] == ["r3", "r9"]
 
 
 def test_a_group_key_that_raises_gives_each_rule_its_own_first_error() -> None:
