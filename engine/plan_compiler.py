@@ -50,6 +50,7 @@ each condition decided without its list (pure functions only).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -223,6 +224,22 @@ class _PlanGenerator(_Generator):
 
     def _is_pure(self, name: str) -> bool:
         return is_pure(name, self._custom)
+
+    def _literal(self, value: Any) -> str:
+        """Strings and numbers inline, as Python constants of the plan's code
+        (the expression compiler names them instead, so that expressions
+        differing only in literals share code; a plan shares nothing).
+
+        A plan is one large function per event name and events come in no
+        order, so a plan's code is rarely in the CPU's cache: a constant
+        (`LOAD_CONST`, two bytes) instead of a global name (`LOAD_GLOBAL`,
+        twelve bytes of code and a look-up in the plan's namespace) keeps
+        what an event runs smaller. Floats only when their repr is one
+        (not inf or nan)."""
+        cls = value.__class__
+        if cls is str or cls is int or (cls is float and math.isfinite(value)):
+            return repr(value)
+        return super()._literal(value)
 
     def _key(self, node: Node) -> str:
         known = self._keys.get(id(node))
@@ -467,6 +484,8 @@ class _PlanGenerator(_Generator):
             slot = self._memo.get(key)
             if slot is not None:
                 compute = getattr(self, f"_n_{node['type']}")
+                if _calls_nothing(node):
+                    return self._memoized_plainly(slot, lambda: compute(node, _ROOT))
                 return self._memoized(slot, lambda: compute(node, _ROOT))
         return super().node(node, cur)
 
@@ -497,6 +516,19 @@ class _PlanGenerator(_Generator):
         self._emit(f"elif {slot}.__class__ is _Raised:")
         with self._block():
             self._emit(f"raise {slot}.error")
+        return slot
+
+    def _memoized_plainly(self, slot: str, compute: Callable[[], str]) -> str:
+        """A shared sub-expression that calls no function (such as
+        `a.b == 'x' || a.b == `1``): computed at its first use, with no
+        error kept. Only functions raise JMESPath errors; what else could
+        raise here (Python's recursion limit on absurdly deep data, an odd
+        object's `==` in a document built in code) raises again, the same,
+        when a later use computes it anew, as the slot is still unset. So
+        each use costs one test, not two."""
+        self._emit(f"if {slot} is _U:")
+        with self._block():
+            self._emit(f"{slot} = {compute()}")
         return slot
 
     def _n_filter_projection(self, node: Node, cur: str) -> str:
@@ -615,7 +647,7 @@ class _PlanGenerator(_Generator):
         """`out` = whether some of `strings` passes the test, stopping at the first."""
         self._emit(f"{out} = False")
         each = self._tmp("s")
-        needle = self._const(text)
+        needle = self._literal(text)
         found = f"{needle} in {each}" if method == "contains" else f"{each}.{method}({needle})"
         self._emit(f"for {each} in {strings}:")
         with self._block():
@@ -805,6 +837,17 @@ def _replace_filters(tree: Node, base_key: str, key: Callable[[Node], str]) -> N
             ],
         }
     return tree
+
+
+def _calls_nothing(node: Node) -> bool:
+    """Whether no function is called anywhere in `node` (filters included)."""
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if current["type"] == "function_expression":
+            return False
+        stack.extend(c for c in current.get("children", ()) if isinstance(c, dict))
+    return True
 
 
 def _cannot_raise(node: Node) -> bool:

@@ -176,6 +176,9 @@ CONDITIONS = [
     "sort_by(people[?status == 'joined'], &name)",
     "not_null(people[?status == 'left'], topic)",
     "people[?status == 'joined'] || people",
+    # Literals of every class (inlined in the plan's code, or not).
+    'count == `5.5` || count < `-3` || count == `1e400` || topic == `"\\u00e9\'\\\\"`',
+    "topic == 'it\\'s' || count > `1e400` || count == `[5]` || count == `{\"a\": 1}`",
     None,
 ]
 
@@ -199,6 +202,9 @@ DOCUMENTS: list[Any] = [
     {"people": [{"email": "c@example.com", "status": "joined"}, {"status": "joined"}]},
     {"people": [{"email": "c@example.com", "status": "joined"}, ["status", "joined"]]},
     {"people": Items(PEOPLE)},
+    {"count": 5.5, "topic": "it's"},
+    {"count": float("inf"), "topic": "\u00e9'\\"},
+    {"count": -4, "topic": [5]},
     {"people": {"status": "joined", "email": "a@example.com"}, "topic": "Board"},
     {"people": 0, "topic": ["Board"]},
     {},
@@ -330,6 +336,56 @@ def test_a_condition_on_a_list_alone_is_decided_when_compiling_for_an_event_with
     assert outcome == reference(texts, stops, document, functions)
     if not isinstance(people, list):
         assert [error[0] for error in outcome[1]] == ["r3", "r9"]
+
+
+class Touchy:
+    """A value (of a document built in code) whose `==` raises."""
+
+    def __eq__(self, other: object) -> bool:
+        raise ValueError("no comparing me")
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def test_a_shared_sub_expression_calling_no_function_raises_again_at_each_use() -> None:
+    """`a == 'x' || b` calls no function: shared with no error kept, it is
+    computed anew while unset, so each rule still gets its own error."""
+    functions = Calls().functions()
+    texts = ["a == 'x' || b", "b", "a == 'x' || b", "!(a == 'x' || b)"]
+    steps = [PlanStep(t, jmespath.compile(t).parsed, None, False) for t in texts]
+    source = compile_plan(steps, functions, print).__jmespath_source__  # type: ignore[attr-defined]
+    assert "_Raised" not in source  # no error kept
+    for document in ({"a": Touchy(), "b": 1}, {"a": "x"}, {"a": "y", "b": 0}):
+        outcome = planned(texts, [False] * 4, document, functions)
+        assert outcome == reference(texts, [False] * 4, document, functions)
+    assert planned(texts, [False] * 4, {"a": Touchy(), "b": 1}, functions) == (
+        ["r1"],
+        [(f"r{i}", "ValueError", "no comparing me") for i in (0, 2, 3)],
+    )
+
+
+def test_a_shared_call_that_raises_is_not_called_again() -> None:
+    """A sub-expression that calls a function keeps its error: one call per event."""
+    calls = Calls()
+    functions = calls.functions()
+    texts = ["picky(topic) == 'a'", "picky(topic) == 'b' || count", "picky(topic)"]
+    plan = compile_plan(
+        [PlanStep(t, jmespath.compile(t).parsed, None, False) for t in texts], functions, print
+    )
+    plan({"topic": 5, "count": 1}, "ctx")
+    assert calls.count["picky"] == 1
+    assert planned(texts, [False] * 3, {"topic": 5}, functions) == reference(
+        texts, [False] * 3, {"topic": 5}, functions
+    )
+
+
+def test_strings_and_numbers_are_constants_of_the_plan_code() -> None:
+    functions = Calls().functions()
+    texts = ["topic == 'it\\'s' || count == `5.5`", "count == `1e400` || count == `-3`"] * 2
+    steps = [PlanStep(t, jmespath.compile(t).parsed, None, False) for t in texts]
+    source = compile_plan(steps, functions, print).__jmespath_source__  # type: ignore[attr-defined]
+    assert '== "it\'s"' in source and "== 5.5" in source and "== -3" in source
+    assert "inf" not in source  # not a Python literal: a named constant
 
 
 def test_a_group_key_that_raises_gives_each_rule_its_own_first_error() -> None:
