@@ -14,7 +14,8 @@ sharing across rules:
   pure functions, is computed at most once per event, on first use, into a
   local variable. If computing it raises, the error is kept and raised again
   at every later use, so each rule still reports the error its own
-  evaluation would have.
+  evaluation would have. Runs of fields (`payload.object.topic`) start
+  from the beginnings they share (`payload.object`, read once).
 - **Grouped filters.** Filters over the same list whose test starts with an
   equality on the same expression, `list[?key == 'literal' && rest]`, share
   one pass over the list that buckets its elements by `key`; each filter then
@@ -290,6 +291,32 @@ class _PlanGenerator(_Generator):
                 self._memo[key] = f"m{len(self._memo)}"
                 if _cannot_raise(self._nodes[key]):
                     self._eager[key] = self._memo[key]
+        self._share_prefixes(counted)
+
+    def _share_prefixes(self, trees: list[Node]) -> None:
+        """Read once, at the top, the beginnings that runs of fields read on
+        the event share (`payload` and `payload.object` of
+        `payload.object.topic` and `payload.object.id`): each run then
+        starts from the longest one (see _n_subexpression) instead of
+        walking the event from its root again. Only field reads, which
+        cannot raise."""
+        runs: dict[tuple[str, ...], None] = {}
+        for tree in trees:
+            for node in _root_context_nodes(tree):
+                fields = _field_names(node)
+                if fields is not None and len(fields) >= 2:
+                    runs[fields] = None
+        counts: dict[tuple[str, ...], int] = {}
+        for fields in runs:
+            for end in range(1, len(fields)):
+                counts[fields[:end]] = counts.get(fields[:end], 0) + 1
+        for prefix, count in counts.items():
+            if count >= 2:
+                node = _field_run_node(prefix)
+                key = repr(node)  # as _key gives it: jmespath's own shape
+                slot = self._memo.setdefault(key, f"m{len(self._memo)}")
+                self._nodes.setdefault(key, node)
+                self._eager[key] = slot
 
     def _count_uses(self, trees: list[Node], shared: set[str] | None) -> dict[str, int]:
         """How many times each shareable sub-expression is evaluated per
@@ -517,6 +544,29 @@ class _PlanGenerator(_Generator):
         with self._block():
             self._emit(f"raise {slot}.error")
         return slot
+
+    def _n_subexpression(self, node: Node, cur: str) -> str:
+        fields = _field_names(node) if cur == _ROOT and self._eager else None
+        if fields is None:
+            return super()._n_subexpression(node, cur)
+        for end in range(len(fields) - 1, 0, -1):
+            key = repr(_field_run_node(fields[:end]))
+            if key in self._eager:
+                # Read at the top of the plan (see _share_prefixes).
+                base, rest = self._read_eagerly(key), list(fields[end:])
+                if len(rest) >= 2:
+                    return self._field_run(rest, base)
+                out = self._tmp()
+                # visit_field: a dict (or anything with .get) answers;
+                # anything else has no field.
+                self._emit("try:")
+                with self._block():
+                    self._emit(f"{out} = {base}.get({rest[0]!r})")
+                self._emit("except AttributeError:")
+                with self._block():
+                    self._emit(f"{out} = None")
+                return out
+        return super()._n_subexpression(node, cur)
 
     def _memoized_plainly(self, slot: str, compute: Callable[[], str]) -> str:
         """A shared sub-expression that calls no function (such as
@@ -837,6 +887,28 @@ def _replace_filters(tree: Node, base_key: str, key: Callable[[Node], str]) -> N
             ],
         }
     return tree
+
+
+def _field_names(node: Node) -> tuple[str, ...] | None:
+    """`a` or `a.b.c` (fields only): its field names."""
+    if node["type"] == "field":
+        return (node["value"],)
+    if node["type"] != "subexpression":
+        return None
+    names = []
+    for child in node["children"]:
+        if child["type"] != "field":
+            return None
+        names.append(child["value"])
+    return tuple(names)
+
+
+def _field_run_node(names: tuple[str, ...]) -> Node:
+    """The AST jmespath gives `a` or `a.b.c`."""
+    fields = [{"type": "field", "children": [], "value": name} for name in names]
+    if len(fields) == 1:
+        return fields[0]
+    return {"type": "subexpression", "children": fields}
 
 
 def _calls_nothing(node: Node) -> bool:

@@ -379,6 +379,51 @@ def test_a_shared_call_that_raises_is_not_called_again() -> None:
     )
 
 
+class Getter:
+    """Not a dict, but with `.get`: jmespath reads its fields all the same."""
+
+    def get(self, key: str) -> Any:
+        return {"b": {"c": "x", "d": 2}, "e": "E"}.get(key)
+
+
+@pytest.mark.parametrize(
+    "a",
+    [
+        None,
+        "text",
+        [{"b": 1}],
+        {"b": None},
+        {"b": "text"},
+        {"b": [{"c": "x"}]},
+        {"b": {"c": "x", "d": 2, "f": {"g": 1}}, "e": "E"},
+        {"b": {"c": "y"}},
+        Getter(),
+        {"b": Getter()},
+    ],
+)
+def test_runs_of_fields_start_from_the_beginning_they_share(a: Any) -> None:
+    """`a` and `a.b` are read once, at the top; `a.b.c`, `a.b.f.g`, `a.e`
+    start from them, and give what walking from the event's root gives."""
+    functions = Calls().functions()
+    texts = [
+        "a.b.c == 'x'",
+        "a.b.d",
+        "a.b.f.g == `1`",
+        "a.e == 'E' || a.b.c",
+        "length(a.b.c) == `1`",
+        "a.b.c == 'x' && a.b.d == `2`",
+        "a.b",
+    ]
+    steps = [PlanStep(t, jmespath.compile(t).parsed, None, False) for t in texts]
+    source = compile_plan(steps, functions, print).__jmespath_source__  # type: ignore[attr-defined]
+    assert source.count(".get('b'") == 1  # a.b read once, every run starting from it
+    document = {"a": a}
+    stops = [False] * len(texts)
+    assert planned(texts, stops, document, functions) == reference(
+        texts, stops, document, functions
+    )
+
+
 def test_strings_and_numbers_are_constants_of_the_plan_code() -> None:
     functions = Calls().functions()
     texts = ["topic == 'it\\'s' || count == `5.5`", "count == `1e400` || count == `-3`"] * 2
