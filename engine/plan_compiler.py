@@ -33,7 +33,8 @@ sharing across rules:
   in the bucket is a string, where the test cannot raise; otherwise the
   filter's own loop runs and raises where the interpreter would. When only
   such tests use a key, no buckets are built: one pass gathers the strings
-  of the elements whose key equals the literal.
+  of the elements whose key equals the literal (worth it even for a single
+  such filter).
 
 - **Absent lists.** A condition that reads the event only through filters
   over one list (`length(participants[?...] || `[]`) > `2``) gives, when
@@ -275,9 +276,13 @@ class _PlanGenerator(_Generator):
                 continue
             counted.append(tree)
         for group, count in group_uses.items():
-            if count >= 2:
+            # A key only string tests use is worth it even for one filter:
+            # gathering its strings costs less per element than the filter's
+            # own loop, and the test then stops at the first that passes.
+            tested = group_tests.get(group) == count
+            if count >= 2 or tested:
                 slot = self._groups[group] = f"g{len(self._groups)}"
-                if group_tests.get(group) == count:
+                if tested:
                     self._direct.add(slot)
         # Sub-expressions used twice or more; then only those still used
         # twice once the sub-expressions of a shared one count only once:

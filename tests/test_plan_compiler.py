@@ -447,16 +447,16 @@ def test_a_group_key_that_raises_gives_each_rule_its_own_first_error() -> None:
     assert [error[1] for error in outcome[1]] == ["JMESPathTypeError", "ValueError"]
 
 
-@pytest.mark.parametrize("bucketed", [False, True])
-def test_a_tested_string_filter_stops_at_the_first_element_that_passes(bucketed: bool) -> None:
+@pytest.mark.parametrize("shape", ["single", "direct", "bucketed"])
+def test_a_tested_string_filter_stops_at_the_first_element_that_passes(shape: str) -> None:
     """`list[?key == lit && ends_with(field, 'text')]` as a whole condition only
     needs to know whether some element passes: the plan gathers the field's
     strings once per key literal and scans them, stopping at the first hit;
     where a value is not a string it evaluates the full filter, which raises
     where the interpreter does (a match before the bad element changes
     nothing). The strings come straight from the list when only such tests
-    use the key, else from the key's buckets (`bucketed`: a rule also uses
-    the filtered list itself)."""
+    use the key, even for a single such filter, else from the key's buckets
+    (`bucketed`: a rule also uses the filtered list itself)."""
     functions = Calls().functions()
     texts = [
         "people[?status == 'joined' && ends_with(email, '@example.com')]",
@@ -464,12 +464,16 @@ def test_a_tested_string_filter_stops_at_the_first_element_that_passes(bucketed:
         "people[?status == 'joined' && contains(email, 'vip')]",
         "people[?status == 'left' && contains(email, 'vip')]",
     ]
-    if bucketed:
+    if shape == "bucketed":
         texts.append("people[?status == 'joined'].email")
+    if shape == "single":
+        texts = texts[:1]
     steps = [PlanStep(t, jmespath.compile(t).parsed, None, False) for t in texts]
     source = compile_plan(steps, functions, print).__jmespath_source__  # type: ignore[attr-defined]
     gathered = set(re.findall(r"(s\d+) = (?:_strings|_gather\d+)\(", source))
-    assert len(gathered) == 2  # one list per key literal and field: 'joined', 'left'
+    # One list per key literal and field: 'joined', 'left'.
+    assert len(gathered) == (1 if shape == "single" else 2)
+    bucketed = shape == "bucketed"
     assert ("_group" in source, "_gather" in source) == (bucketed, not bucketed)
     good = [{"email": "a@example.com", "status": "joined"}] * 2
     for document in (
