@@ -155,6 +155,8 @@ _PLAN_RUNTIME: dict[str, Any] = {
     # Key classes that can never equal a grouped literal (a string, or a
     # number other than 0 and 1): null, booleans, arrays, objects.
     "_NEVER_EQUAL": frozenset({type(None), bool, list, dict}),
+    # Every class a grouping pass knows what to do with.
+    "_KEY_CLASSES": frozenset({str, int, float, type(None), bool, list, dict}),
 }
 
 
@@ -743,30 +745,69 @@ class _PlanGenerator(_Generator):
             with self._block():
                 self._emit(f"for {elem} in {base}:")
                 with self._block():
-                    key = self.node(key_node, elem)
-                    self._emit(f"{cls} = {key}.__class__")
-                    # As in _fill_group: for these classes and the grouped
-                    # literals, JMESPath's equality is Python's.
-                    self._emit(f"if {cls} is str or {cls} is int or {cls} is float:")
-                    with self._block():
-                        self._emit(f"if {key} == {literal}:")
+                    if key_node["type"] == "field":
+                        self._gather_by_field(elem, key_node["value"], literal, field, out)
+                    else:
+                        key = self.node(key_node, elem)
+                        self._emit(f"{cls} = {key}.__class__")
+                        # As in _fill_group: for these classes and the grouped
+                        # literals, JMESPath's equality is Python's.
+                        self._emit(f"if {cls} is str or {cls} is int or {cls} is float:")
                         with self._block():
-                            self._emit(
-                                f"{text} = {elem}.get({field!r}) "
-                                f"if {elem}.__class__ is dict else None"
-                            )
-                            self._emit(f"if {text}.__class__ is not str:")
+                            self._emit(f"if {key} == {literal}:")
                             with self._block():
-                                self._emit("return _UNGROUPED")
-                            self._emit(f"{out}.append({text})")
-                    self._emit(f"elif {cls} not in _NEVER_EQUAL:")
-                    with self._block():
-                        self._emit("return _UNGROUPED")
+                                self._emit(
+                                    f"{text} = {elem}.get({field!r}) "
+                                    f"if {elem}.__class__ is dict else None"
+                                )
+                                self._emit(f"if {text}.__class__ is not str:")
+                                with self._block():
+                                    self._emit("return _UNGROUPED")
+                                self._emit(f"{out}.append({text})")
+                        self._emit(f"elif {cls} not in _NEVER_EQUAL:")
+                        with self._block():
+                            self._emit("return _UNGROUPED")
             self._emit("except Exception:")
             with self._block():
                 self._emit("return _UNGROUPED")
             self._emit(f"return {out}")
         return name
+
+    def _gather_by_field(self, elem: str, name: str, literal: str, field: str, out: str) -> None:
+        """The loop body of _gatherer for a key that is a plain field
+        (`status == 'joined'`), the usual case: the element's class is
+        tested once for both reads, and the key's class only when it equals
+        the literal (7 of the generic body's 24 steps fewer per element).
+
+        Exact as the generic body: a key equal to the literal must be a str,
+        int or float (where JMESPath's equality is Python's); one that is
+        not equal is skipped if of a JSON class (null, booleans, arrays and
+        objects never equal the literal), and any other class, or a field
+        read from something that is neither a dict nor null, gives up
+        (_UNGROUPED: the filter's own loop then decides)."""
+        key, text = self._tmp("k"), self._tmp("x")
+        self._emit(f"if {elem}.__class__ is dict:")
+        with self._block():
+            self._emit(f"{key} = {elem}.get({name!r})")
+            self._emit(f"if {key} == {literal}:")
+            with self._block():
+                self._emit(
+                    f"if {key}.__class__ is not str and {key}.__class__ is not int "
+                    f"and {key}.__class__ is not float:"
+                )
+                with self._block():
+                    self._emit("return _UNGROUPED")
+                self._emit(f"{text} = {elem}.get({field!r})")
+                self._emit(f"if {text}.__class__ is not str:")
+                with self._block():
+                    self._emit("return _UNGROUPED")
+                self._emit(f"{out}.append({text})")
+            self._emit(f"elif {key}.__class__ not in _KEY_CLASSES:")
+            with self._block():
+                self._emit("return _UNGROUPED")
+        self._emit(f"elif {elem} is not None and _field({elem}, {name!r}) is not None:")
+        with self._block():
+            self._emit("return _UNGROUPED")
 
     def _null_never_bucketed(self, key_node: Node) -> bool:
         """Whether a null element can never be in a bucket of `key`.

@@ -39,6 +39,18 @@ class Items(list):  # type: ignore[type-arg]
     """A list of another class than `list` (filters take it as a list)."""
 
 
+class Getter:
+    """Not a dict, but with `.get`: jmespath reads its fields all the same."""
+
+    def get(self, key: str) -> Any:
+        return {
+            "b": {"c": "x", "d": 2},
+            "e": "E",
+            "status": "joined",
+            "email": "g@vip.example.com",
+        }.get(key)
+
+
 class Calls:
     """Pure and impure test functions that count their calls."""
 
@@ -379,13 +391,6 @@ def test_a_shared_call_that_raises_is_not_called_again() -> None:
     )
 
 
-class Getter:
-    """Not a dict, but with `.get`: jmespath reads its fields all the same."""
-
-    def get(self, key: str) -> Any:
-        return {"b": {"c": "x", "d": 2}, "e": "E"}.get(key)
-
-
 @pytest.mark.parametrize(
     "a",
     [
@@ -464,6 +469,8 @@ def test_a_tested_string_filter_stops_at_the_first_element_that_passes(shape: st
         "people[?status == 'joined' && contains(email, 'vip')]",
         "people[?status == 'left' && contains(email, 'vip')]",
     ]
+    if shape == "direct":
+        texts.append("people[?status == `2` && contains(email, 'vip')]")
     if shape == "bucketed":
         texts.append("people[?status == 'joined'].email")
     if shape == "single":
@@ -472,7 +479,7 @@ def test_a_tested_string_filter_stops_at_the_first_element_that_passes(shape: st
     source = compile_plan(steps, functions, print).__jmespath_source__  # type: ignore[attr-defined]
     gathered = set(re.findall(r"(s\d+) = (?:_strings|_gather\d+)\(", source))
     # One list per key literal and field: 'joined', 'left'.
-    assert len(gathered) == (1 if shape == "single" else 2)
+    assert len(gathered) == {"single": 1, "direct": 3, "bucketed": 2}[shape]
     bucketed = shape == "bucketed"
     assert ("_group" in source, "_gather" in source) == (bucketed, not bucketed)
     good = [{"email": "a@example.com", "status": "joined"}] * 2
@@ -485,6 +492,12 @@ def test_a_tested_string_filter_stops_at_the_first_element_that_passes(shape: st
         {"people": [*good, {"email": "b@vip.example.com", "status": {"joined": 1}}]},
         {"people": [{"email": "b@x", "status": "left"}, {"email": None, "status": "left"}]},
         {"people": [*good, None, "joined", {"email": "b@vip.example.com", "status": "left"}]},
+        # Not dicts, but with fields (jmespath reads them through `.get`).
+        {"people": [Getter(), *good]},
+        {"people": [*good, Getter()]},
+        {"people": [Getter(), {"email": "b@vip.example.com", "status": "joined"}]},
+        {"people": [{"email": "b@vip.example.com", "status": Text("joined")}]},
+        {"people": [{"email": "b@vip.example.com", "status": 2.0}, {"status": True}]},
         {"people": []},
         {"people": "not a list"},
         {},
