@@ -57,6 +57,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import jmespath
 from jmespath.parser import ParsedResult
 
 from engine.hookspecs import JMESPathFunction
@@ -497,8 +498,10 @@ class _PlanGenerator(_Generator):
             for node in _root_context_nodes(constant):
                 if node["type"] in ("field", "identity", "current"):
                     return None
+            # jmespath's own interpreter: the reference, and cheaper than
+            # generating code for a value computed once.
             parsed = ParsedResult("<condition without its list>", constant)
-            value = compile_parsed(parsed, parsed.expression, self._custom)(None)
+            value = parsed.search(None, jmespath.Options(custom_functions=self._funcs))
         except Exception:  # noqa: BLE001 - RecursionError included: no shortcut
             return None
         slot = self._read_eagerly(base_key)
