@@ -35,6 +35,22 @@ class Text(str):
     """A string of another class than `str`."""
 
 
+class Items(list):  # type: ignore[type-arg]
+    """A list of another class than `list` (filters take it as a list)."""
+
+
+class Getter:
+    """Not a dict, but with `.get`: jmespath reads its fields all the same."""
+
+    def get(self, key: str) -> Any:
+        return {
+            "b": {"c": "x", "d": 2},
+            "e": "E",
+            "status": "joined",
+            "email": "g@vip.example.com",
+        }.get(key)
+
+
 class Calls:
     """Pure and impure test functions that count their calls."""
 
@@ -164,6 +180,17 @@ CONDITIONS = [
     "people[?length(@) == `2` && ends_with(email, 'm')]",
     "sort_by(people[?status == 'joined' && email_domain(email) == 'example.com'], &email)[0].name",
     "people[*].status",
+    # Decided at compile time for an event without the list (see
+    # _without_list): true, false, raising (no shortcut), reading more.
+    "people[?name == 'Ann'] == `null`",
+    "length(people[?email_domain(email) == 'example.com'] || `[1]`) == `1`",
+    "length(people[?status == 'left']) == `0`",
+    "sort_by(people[?status == 'joined'], &name)",
+    "not_null(people[?status == 'left'], topic)",
+    "people[?status == 'joined'] || people",
+    # Literals of every class (inlined in the plan's code, or not).
+    'count == `5.5` || count < `-3` || count == `1e400` || topic == `"\\u00e9\'\\\\"`',
+    "topic == 'it\\'s' || count > `1e400` || count == `[5]` || count == `{\"a\": 1}`",
     None,
 ]
 
@@ -186,6 +213,12 @@ DOCUMENTS: list[Any] = [
     },
     {"people": [{"email": "c@example.com", "status": "joined"}, {"status": "joined"}]},
     {"people": [{"email": "c@example.com", "status": "joined"}, ["status", "joined"]]},
+    {"people": Items(PEOPLE)},
+    {"count": 5.5, "topic": "it's"},
+    {"count": float("inf"), "topic": "\u00e9'\\"},
+    {"count": -4, "topic": [5]},
+    {"people": {"status": "joined", "email": "a@example.com"}, "topic": "Board"},
+    {"people": 0, "topic": ["Board"]},
     {},
     [],
     None,
@@ -287,6 +320,124 @@ def test_a_bucket_without_null_elements_is_copied_whole(key: str) -> None:
         assert planned(texts, [False] * 4, document, functions) == expected, people
 
 
+@pytest.mark.parametrize(
+    "people", [None, "text", 0, {"status": "joined"}, Items([{"status": "joined"}]), []]
+)
+def test_a_condition_on_a_list_alone_is_decided_when_compiling_for_an_event_without_it(
+    people: Any,
+) -> None:
+    """Filters over an absent list give null, so a condition reading the
+    event only through them has an outcome known in advance: the plan only
+    checks that the list is absent. Not where that outcome raises (the rule
+    reports the error at run time) or the condition reads anything else."""
+    functions = Calls().functions()
+    texts = [
+        "people[?status == 'joined']",  # false without the list
+        "!(people[?status == 'joined' && ends_with(email, 'm')])",  # true
+        "length(people[?key_of(email) == 'a'] || `[]`) == `0`",  # true
+        "length(people[?status == 'joined'])",  # raises without the list
+        "people[?status == 'joined'] || topic",  # reads more
+        "people[?impure(status) == 'joined'] == `null`",  # impure: not decided
+    ] * 2
+    steps = [PlanStep(t, jmespath.compile(t).parsed, None, False) for t in texts]
+    source = compile_plan(steps, functions, print).__jmespath_source__  # type: ignore[attr-defined]
+    assert source.count("if not l") == 6  # the first three, twice
+    document = {"people": people, "topic": "T"}
+    stops = [False] * len(texts)
+    outcome = planned(texts, stops, document, functions)
+    assert outcome == reference(texts, stops, document, functions)
+    if not isinstance(people, list):
+        assert [error[0] for error in outcome[1]] == ["r3", "r9"]
+
+
+class Touchy:
+    """A value (of a document built in code) whose `==` raises."""
+
+    def __eq__(self, other: object) -> bool:
+        raise ValueError("no comparing me")
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def test_a_shared_sub_expression_calling_no_function_raises_again_at_each_use() -> None:
+    """`a == 'x' || b` calls no function: shared with no error kept, it is
+    computed anew while unset, so each rule still gets its own error."""
+    functions = Calls().functions()
+    texts = ["a == 'x' || b", "b", "a == 'x' || b", "!(a == 'x' || b)"]
+    steps = [PlanStep(t, jmespath.compile(t).parsed, None, False) for t in texts]
+    source = compile_plan(steps, functions, print).__jmespath_source__  # type: ignore[attr-defined]
+    assert "_Raised" not in source  # no error kept
+    for document in ({"a": Touchy(), "b": 1}, {"a": "x"}, {"a": "y", "b": 0}):
+        outcome = planned(texts, [False] * 4, document, functions)
+        assert outcome == reference(texts, [False] * 4, document, functions)
+    assert planned(texts, [False] * 4, {"a": Touchy(), "b": 1}, functions) == (
+        ["r1"],
+        [(f"r{i}", "ValueError", "no comparing me") for i in (0, 2, 3)],
+    )
+
+
+def test_a_shared_call_that_raises_is_not_called_again() -> None:
+    """A sub-expression that calls a function keeps its error: one call per event."""
+    calls = Calls()
+    functions = calls.functions()
+    texts = ["picky(topic) == 'a'", "picky(topic) == 'b' || count", "picky(topic)"]
+    plan = compile_plan(
+        [PlanStep(t, jmespath.compile(t).parsed, None, False) for t in texts], functions, print
+    )
+    plan({"topic": 5, "count": 1}, "ctx")
+    assert calls.count["picky"] == 1
+    assert planned(texts, [False] * 3, {"topic": 5}, functions) == reference(
+        texts, [False] * 3, {"topic": 5}, functions
+    )
+
+
+@pytest.mark.parametrize(
+    "a",
+    [
+        None,
+        "text",
+        [{"b": 1}],
+        {"b": None},
+        {"b": "text"},
+        {"b": [{"c": "x"}]},
+        {"b": {"c": "x", "d": 2, "f": {"g": 1}}, "e": "E"},
+        {"b": {"c": "y"}},
+        Getter(),
+        {"b": Getter()},
+    ],
+)
+def test_runs_of_fields_start_from_the_beginning_they_share(a: Any) -> None:
+    """`a` and `a.b` are read once, at the top; `a.b.c`, `a.b.f.g`, `a.e`
+    start from them, and give what walking from the event's root gives."""
+    functions = Calls().functions()
+    texts = [
+        "a.b.c == 'x'",
+        "a.b.d",
+        "a.b.f.g == `1`",
+        "a.e == 'E' || a.b.c",
+        "length(a.b.c) == `1`",
+        "a.b.c == 'x' && a.b.d == `2`",
+        "a.b",
+    ]
+    steps = [PlanStep(t, jmespath.compile(t).parsed, None, False) for t in texts]
+    source = compile_plan(steps, functions, print).__jmespath_source__  # type: ignore[attr-defined]
+    assert source.count(".get('b'") == 1  # a.b read once, every run starting from it
+    document = {"a": a}
+    stops = [False] * len(texts)
+    assert planned(texts, stops, document, functions) == reference(
+        texts, stops, document, functions
+    )
+
+
+def test_strings_and_numbers_are_constants_of_the_plan_code() -> None:
+    functions = Calls().functions()
+    texts = ["topic == 'it\\'s' || count == `5.5`", "count == `1e400` || count == `-3`"] * 2
+    steps = [PlanStep(t, jmespath.compile(t).parsed, None, False) for t in texts]
+    source = compile_plan(steps, functions, print).__jmespath_source__  # type: ignore[attr-defined]
+    assert '== "it\'s"' in source and "== 5.5" in source and "== -3" in source
+    assert "inf" not in source  # not a Python literal: a named constant
+
+
 def test_a_group_key_that_raises_gives_each_rule_its_own_first_error() -> None:
     """The grouping pass meets the key's error at element 3, but the
     interpreter meets another error first in one rule (its rest, at element 0)."""
@@ -301,16 +452,16 @@ def test_a_group_key_that_raises_gives_each_rule_its_own_first_error() -> None:
     assert [error[1] for error in outcome[1]] == ["JMESPathTypeError", "ValueError"]
 
 
-@pytest.mark.parametrize("bucketed", [False, True])
-def test_a_tested_string_filter_stops_at_the_first_element_that_passes(bucketed: bool) -> None:
+@pytest.mark.parametrize("shape", ["single", "direct", "bucketed"])
+def test_a_tested_string_filter_stops_at_the_first_element_that_passes(shape: str) -> None:
     """`list[?key == lit && ends_with(field, 'text')]` as a whole condition only
     needs to know whether some element passes: the plan gathers the field's
     strings once per key literal and scans them, stopping at the first hit;
     where a value is not a string it evaluates the full filter, which raises
     where the interpreter does (a match before the bad element changes
     nothing). The strings come straight from the list when only such tests
-    use the key, else from the key's buckets (`bucketed`: a rule also uses
-    the filtered list itself)."""
+    use the key, even for a single such filter, else from the key's buckets
+    (`bucketed`: a rule also uses the filtered list itself)."""
     functions = Calls().functions()
     texts = [
         "people[?status == 'joined' && ends_with(email, '@example.com')]",
@@ -318,12 +469,18 @@ def test_a_tested_string_filter_stops_at_the_first_element_that_passes(bucketed:
         "people[?status == 'joined' && contains(email, 'vip')]",
         "people[?status == 'left' && contains(email, 'vip')]",
     ]
-    if bucketed:
+    if shape == "direct":
+        texts.append("people[?status == `2` && contains(email, 'vip')]")
+    if shape == "bucketed":
         texts.append("people[?status == 'joined'].email")
+    if shape == "single":
+        texts = texts[:1]
     steps = [PlanStep(t, jmespath.compile(t).parsed, None, False) for t in texts]
     source = compile_plan(steps, functions, print).__jmespath_source__  # type: ignore[attr-defined]
     gathered = set(re.findall(r"(s\d+) = (?:_strings|_gather\d+)\(", source))
-    assert len(gathered) == 2  # one list per key literal and field: 'joined', 'left'
+    # One list per key literal and field: 'joined', 'left'.
+    assert len(gathered) == {"single": 1, "direct": 3, "bucketed": 2}[shape]
+    bucketed = shape == "bucketed"
     assert ("_group" in source, "_gather" in source) == (bucketed, not bucketed)
     good = [{"email": "a@example.com", "status": "joined"}] * 2
     for document in (
@@ -335,6 +492,12 @@ def test_a_tested_string_filter_stops_at_the_first_element_that_passes(bucketed:
         {"people": [*good, {"email": "b@vip.example.com", "status": {"joined": 1}}]},
         {"people": [{"email": "b@x", "status": "left"}, {"email": None, "status": "left"}]},
         {"people": [*good, None, "joined", {"email": "b@vip.example.com", "status": "left"}]},
+        # Not dicts, but with fields (jmespath reads them through `.get`).
+        {"people": [Getter(), *good]},
+        {"people": [*good, Getter()]},
+        {"people": [Getter(), {"email": "b@vip.example.com", "status": "joined"}]},
+        {"people": [{"email": "b@vip.example.com", "status": Text("joined")}]},
+        {"people": [{"email": "b@vip.example.com", "status": 2.0}, {"status": True}]},
         {"people": []},
         {"people": "not a list"},
         {},
