@@ -198,15 +198,17 @@ def write_results(figures: dict[str, Any], count: int, rules: int, rounds: int) 
         back: the consumer takes committed events from its in-memory window.
 
         Status: {"targets met" if cost < 0.3 and figures["on"] >= 5000 else "targets NOT met"}.
-        Where the time goes: the SQLite work (about 35 us per event: the event, its
-        job and the job's outcome, a few multi-row statements per batch) runs in
-        the journal's writer process, on the other core; the event loop pays for
+        Where the time goes: the SQLite work (about 15-35 us per event: the event,
+        its job and the job's outcome, a few multi-row statements per batch) and
+        the event's id (SHA-256 of its canonical JSON, computed from the stored
+        text and sent back with the commit) run in the journal's writer
+        process, on the other core; the event loop pays for
         queuing each operation (a list append), marshalling each batch to the
         writer and the consumer's bookkeeping. Events are committed before they
         are matched; jobs start once their pending rows are queued (committed in
         queue order, with their outcomes when those arrive in time).
-        Measured on a shared 2-core machine with other work running; figures vary
-        by 20% or more between runs (the ratio less: both sides share the run).
+        Measured on a shared 2-core machine; figures vary by 20% or more between
+        runs when other work runs (the ratio less: both sides share the run).
         """
     )
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
