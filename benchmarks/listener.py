@@ -3,8 +3,11 @@
 1. events/s from the simulator through the daemon (frame decode, matcher with
    100 rules — two per event name — and a no-op action), next to a bare
    `websockets` client that only receives the same frames, in the same run;
-   the ratio is the figure. Several rounds, each one run of both back to
-   back (order alternating); medians, and the median of the rounds' ratios.
+   the ratio is the figure. Also the same client decoding each frame's JSON
+   and the event's JSON inside it and doing nothing else: what no daemon
+   can do without, as a ratio of the bare client too. Several rounds, each
+   one run of the three back to back (order alternating); medians, and the
+   median of the rounds' ratios.
 2. Where the daemon's CPU goes per event: CPU time of this process per
    event in both runs, and each stage of the daemon's path (frame decode,
    event decode and id, match, dispatch) run alone over the same frames.
@@ -27,7 +30,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -146,8 +149,17 @@ class Run(NamedTuple):
     cpu: float  # CPU µs per event of this process (the simulator is another one)
 
 
-async def bare_receive_rate(zoom: RemoteZoom, connections: int) -> Run:
-    """A websockets client that only receives: the ceiling for this machine."""
+def decode_only(message: str | bytes) -> None:
+    """What any client must do with a frame before it has an event: decode
+    the frame's JSON, then the event's JSON inside it (`content`)."""
+    orjson.loads(orjson.loads(message)["content"])
+
+
+async def bare_receive_rate(
+    zoom: RemoteZoom, connections: int, work: Callable[[str | bytes], None] | None = None
+) -> Run:
+    """A websockets client that only receives (and does `work` on each
+    frame, if given): the ceiling for this machine."""
     count = zoom.hello["frames"]
     token = (await zoom.request("token"))["token"]
     url = f"{zoom.hello['ws_endpoint']}&access_token={token}"
@@ -159,7 +171,9 @@ async def bare_receive_rate(zoom: RemoteZoom, connections: int) -> Run:
 
         async def receive() -> None:
             nonlocal received
-            async for _ in ws:
+            async for message in ws:
+                if work is not None:
+                    work(message)
                 received += 1
                 if received == count:
                     done.set()
@@ -303,32 +317,37 @@ async def main_async(args: argparse.Namespace) -> str:
     names = choose_names(50)
     frames = frames_for(args.events)
     bare: list[Run] = []
+    decoding: list[Run] = []
     daemon: list[Run] = []
     stages: list[dict[str, float]] = []
     connections = 0
     async with RemoteZoom.start(args.events) as zoom:
         for round_ in range(args.rounds):
             # Alternate the order: the machine's speed drifts between runs.
-            for which in ("bare", "daemon")[:: -1 if round_ % 2 else 1]:
+            for which in ("bare", "decoding", "daemon")[:: -1 if round_ % 2 else 1]:
                 connections += 1
                 if which == "bare":
                     bare.append(await bare_receive_rate(zoom, connections))
+                elif which == "decoding":
+                    decoding.append(await bare_receive_rate(zoom, connections, decode_only))
                 else:
                     daemon.append(await daemon_rate(zoom, names, connections))
             stages.append(await stage_costs(zoom, frames, names))
-            b, d = bare[-1], daemon[-1]
+            b, c, d = bare[-1], decoding[-1], daemon[-1]
             print(
                 f"round {round_ + 1}: bare {b.rate:,.0f}/s ({b.cpu:.1f} µs CPU), "
+                f"bare + decode {c.rate:,.0f}/s ({c.cpu:.1f} µs CPU), {c.rate / b.rate:.0%}, "
                 f"daemon {d.rate:,.0f}/s ({d.cpu:.1f} µs CPU), {d.rate / b.rate:.0%}",
                 flush=True,
             )
         gaps = await reconnect_gaps(zoom, args.drops, connections + 1)
-    return report(args, bare, daemon, stages, gaps)
+    return report(args, bare, decoding, daemon, stages, gaps)
 
 
 def report(
     args: argparse.Namespace,
     bare: list[Run],
+    decoding: list[Run],
     daemon: list[Run],
     stages: list[dict[str, float]],
     gaps: list[float],
@@ -337,6 +356,7 @@ def report(
         return statistics.median(list(values))
 
     ratio = median(d.rate / b.rate for b, d in zip(bare, daemon, strict=True))
+    decode_ratio = median(c.rate / b.rate for b, c in zip(bare, decoding, strict=True))
     bare_cpu, daemon_cpu = median(b.cpu for b in bare), median(d.cpu for d in daemon)
     stage = {name: median(s[name] for s in stages) for name in STAGES}
     summed = sum(stage.values())
@@ -344,15 +364,19 @@ def report(
     lines = [
         f"{args.events} Zoom-sized frames (corpus events) from the simulator in its own process "
         "(frames pre-serialized, written in batches), 100 rules (two per event name, one fires), "
-        f"no-op action; journal off; {args.rounds} rounds, each a bare client run and a daemon "
-        "run back to back (order alternating); medians",
+        f"no-op action; journal off; {args.rounds} rounds, each a bare client run, a decoding "
+        "client run and a daemon run back to back (order alternating); medians",
         "",
         "| path | events/s | CPU per event |",
         "| --- | ---: | ---: |",
         f"| bare websockets client, receive only | {median(b.rate for b in bare):,.0f} "
         f"| {bare_cpu:.1f} µs |",
+        f"| the same client, decoding each frame's JSON and the event's JSON in it, "
+        f"nothing else | {median(c.rate for c in decoding):,.0f} "
+        f"| {median(c.cpu for c in decoding):.1f} µs |",
         f"| daemon: decode + match + action | {median(d.rate for d in daemon):,.0f} "
         f"| {daemon_cpu:.1f} µs |",
+        f"| ratio decoding client / bare (median of the rounds) | {decode_ratio:.0%} | |",
         f"| ratio daemon / bare (median of the rounds) | {ratio:.0%} | |",
         "",
         f"Rounds (bare / daemon events/s): {rounds}.",
