@@ -143,8 +143,8 @@ def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
 class StoredEvent(NamedTuple):
     """A committed event and its place in the journal.
 
-    NamedTuples here and for `ActionOutcome`, `HotEvent`: one is built per
-    event or action on the event loop, where a frozen dataclass's slower
+    NamedTuples here and for `ActionOutcome`: one is built per event or
+    action on the event loop, where a frozen dataclass's slower
     construction showed.
     """
 
@@ -356,10 +356,6 @@ def _finished_args(outcome: OutcomeRow) -> tuple[Any, ...]:
         index >= last_index,
         job_id,
     )
-
-
-def _outcome_rows(outcomes: Sequence[tuple[ActionOutcome, float]]) -> list[OutcomeRow]:
-    return [(*outcome, now) for outcome, now in outcomes]
 
 
 # --------------------------------------------------------------------------
@@ -631,25 +627,18 @@ class JournalDB:
         the newest job; returns the job ids in order. (The daemon numbers its
         jobs itself, see `Journal.queue_jobs`.)"""
         first_id = self.max_job_id() + 1
-        self.record_numbered_jobs([(firings, now, first_id)])
+        self.record_jobs_and_outcomes([(firings, now, first_id)], ())
         return list(range(first_id, first_id + sum(len(rules) for _, rules in firings)))
-
-    def record_numbered_jobs(
-        self,
-        batches: Sequence[tuple[Sequence[tuple[int, Sequence[str]]], float, int]],
-        outcomes: Sequence[tuple[ActionOutcome, float]] = (),
-    ) -> None:
-        """`record_jobs(firings, now, first_id)` for each batch, then
-        `actions_finished(outcomes)`, in a few statements."""
-        self.record_jobs_and_outcomes(batches, _outcome_rows(outcomes))
 
     def record_jobs_and_outcomes(
         self,
         batches: Sequence[tuple[Sequence[tuple[int, Sequence[str]]], float, int]],
         outcomes: Sequence[OutcomeRow],
     ) -> None:
-        """`record_numbered_jobs` with outcomes as `OutcomeRow`s (no
-        ActionOutcome built per outcome: the writer process's usual work).
+        """Mark events matched and add their jobs as pending, each batch
+        (firings, now, first job id) numbered from its first id; then record
+        `outcomes` (no ActionOutcome built per outcome: the writer process's
+        usual work).
 
         An outcome of a job inserted here is folded into the inserted row
         (the job is stored as it ends up, instead of inserted as pending and
@@ -690,14 +679,10 @@ class JournalDB:
             )
 
     def action_finished(self, outcome: ActionOutcome, now: float) -> None:
-        self.actions_finished([(outcome, now)])
-
-    def actions_finished(self, outcomes: Sequence[tuple[ActionOutcome, float]]) -> None:
-        """Record each (outcome, when) in order, a chunk of jobs per statement."""
-        self.outcomes_finished(_outcome_rows(outcomes))
+        self.outcomes_finished([(*outcome, now)])
 
     def outcomes_finished(self, outcomes: Sequence[OutcomeRow]) -> None:
-        """`actions_finished` with outcomes as `OutcomeRow`s.
+        """Record each outcome (`OutcomeRow`) in order, a chunk of jobs per statement.
 
         A job appears at most once per chunk: UPDATE ... FROM would apply
         only one of two rows for the same job, in no defined order.
