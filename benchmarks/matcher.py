@@ -8,7 +8,7 @@ Zoom's examples. Prints events/s for
 - the same indexed matcher with jmespath's interpreter,
 - the indexed matcher with jmespath's interpreter evaluating each candidate
   rule's condition in turn (no work shared across rules: the matcher as it
-  was before `engine/prefilter.py`),
+  was before `engine/expr/guards.py`),
 - a naive baseline: every rule's `jmespath.search` on every event,
 
 and the ratios; then the time to load and compile 10,000 rules (as
@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._results import write_section  # noqa: E402
 from benchmarks.workload import LOG_ACTION, choose_names, events, rules_toml  # noqa: E402
 from engine.events import Event  # noqa: E402
-from engine.expressions import _functions_class  # noqa: E402
+from engine.expr.compiler import _functions_class  # noqa: E402
 from engine.hookspecs import ActionContext, ActionType, Param, hookimpl  # noqa: E402
 from engine.loader import LoadedRules, load_rules  # noqa: E402
 from engine.matcher import Matcher  # noqa: E402

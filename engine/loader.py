@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 
 from engine.config import Config, read_config
-from engine.expressions import ExpressionCompiler
+from engine.expr.compiler import ExpressionCompiler
 from engine.matcher import Matcher, is_glob
 from engine.problems import ConfigError, Problem, did_you_mean
 from engine.registry import PluginError, Registry, load_registry

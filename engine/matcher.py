@@ -8,7 +8,7 @@ conditions of rules that can fire on it.
 Per event, work is shared across those rules: rules with the same condition
 text share one evaluation (the compiler hands them the same function), and
 rules whose condition starts with an equality test on the same expression
-(engine.prefilter) share one evaluation of that expression, after which each
+(engine.expr.guards) share one evaluation of that expression, after which each
 such rule costs one set lookup. Both are exact: file order, `stop`, results
 and reported errors are those of evaluating every rule in turn.
 """
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from engine.events import META_KEY, Event
-from engine.expressions import ExpressionCompiler, is_truthy
-from engine.plan_compiler import (
+from engine.expr.compiler import ExpressionCompiler, is_truthy
+from engine.expr.plans import (
     PlanFunction,
     PlanStep,
     Raised,
@@ -69,7 +69,7 @@ class _Plan:
     steps: tuple[_Step, ...]
     conditions: tuple[Callable[[Any], Any], ...]
     guards: tuple[Callable[[Any], Any], ...]
-    #: The whole plan as one generated function (engine.plan_compiler), when
+    #: The whole plan as one generated function (engine.expr.plans), when
     #: the compiled evaluator is in use; then `steps` are not used.
     compiled: PlanFunction | None = None
     #: `compiled` reads only the event's own fields: give it the body.
@@ -123,7 +123,7 @@ class Matcher:
 
     With `compiler` (the one that compiled the rules) using the compiled
     evaluator, each event name's rules are compiled into one function that
-    shares work across them (engine.plan_compiler); otherwise, and where
+    shares work across them (engine.expr.plans); otherwise, and where
     Python cannot compile that function, conditions are evaluated in turn,
     sharing identical conditions and (interpreter evaluator) equality guards.
     """

@@ -17,7 +17,7 @@ from typing import Any
 import pluggy
 
 from engine import hookspecs
-from engine.functions import BUILTIN_FUNCTIONS
+from engine.expr.functions import BUILTIN_FUNCTIONS
 from engine.hookspecs import ActionType, JMESPathFunction
 
 ENTRY_POINT_GROUP = "zoomrules"

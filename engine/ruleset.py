@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.config import COMMON_ACTION_KEYS, ActionSpec, Config, RuleSpec
-from engine.expressions import ExpressionCompiler, ExpressionError, Guard, Search
+from engine.expr.compiler import ExpressionCompiler, ExpressionError, Guard, Search
 from engine.hookspecs import ActionType, Param
 from engine.problems import Problem, did_you_mean
 from engine.registry import Registry
-from engine.templates import Renderer, Template, compile_value, has_template, to_text
+from engine.expr.templates import Renderer, Template, compile_value, has_template, to_text
 
 _JSON_TYPE_NAMES = {
     str: "string",
@@ -62,7 +62,7 @@ class CompiledRule:
     throttle_key: Search | None
     actions: tuple[CompiledAction, ...]
     #: The equality test the condition starts with, when the matcher can
-    #: share it across rules (engine.prefilter; with the interpreter
+    #: share it across rules (engine.expr.guards; with the interpreter
     #: evaluator only); None otherwise.
     guard: Guard | None = None
 

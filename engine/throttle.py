@@ -6,7 +6,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from engine.templates import to_text
+from engine.expr.templates import to_text
 
 #: Keys not seen for this many windows are forgotten, so memory stays bounded.
 _SWEEP_EVERY = 1024

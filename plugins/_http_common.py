@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from engine.hookspecs import ActionContext, ActionError
-from engine.templates import to_text
+from engine.expr.templates import to_text
 
 # httpx (and the command-line tools it imports) loads on the first request,
 # not when the plugin is registered: `zoomrules check` sends none.

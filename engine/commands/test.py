@@ -18,7 +18,7 @@ from engine.events import META_KEY, Event, InvalidEvent
 from engine.loader import LoadedRules
 from engine.matcher import Decision
 from engine.ruleset import CompiledAction
-from engine.templates import Template
+from engine.expr.templates import Template
 
 
 def _materialise(value: Any, root: dict[str, Any]) -> Any:

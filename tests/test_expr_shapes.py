@@ -1,6 +1,6 @@
 """Expressions of one shape share a parse and generated code: exactly.
 
-`engine.expression_shapes` builds the tree and search function of a text from
+`engine.expr.shapes` builds the tree and search function of a text from
 a template made from another text of the same shape (differing only in its
 literals). Everything it gives must be what compiling the text alone gives:
 
@@ -27,11 +27,11 @@ from hypothesis import strategies as st
 from jmespath import exceptions
 from jmespath.lexer import Lexer
 
-from engine.expression_shapes import literal_class, scan
-from engine.expressions import ExpressionCompiler, ExpressionError
-from engine.functions import BUILTIN_FUNCTIONS
+from engine.expr.shapes import literal_class, scan
+from engine.expr.compiler import ExpressionCompiler, ExpressionError
+from engine.expr.functions import BUILTIN_FUNCTIONS
 from engine.hookspecs import JMESPathFunction
-from tests.test_jmespath_compiler import (
+from tests.test_expr_codegen import (
     COMPLIANCE_CASES,
     DOCUMENTS,
     GARBAGE,

@@ -24,10 +24,10 @@ the error is *raised* at run time after the arguments are evaluated, as
 jmespath does; when the argument classes pass a check derived from the
 signature, the implementation is called directly, otherwise the call goes
 through a jmespath `Functions` instance (carrying the custom functions the
-same way `engine.expressions` builds it), which raises the very same
+same way `engine.expr.compiler` builds it), which raises the very same
 `JMESPathTypeError`/`ArityError`/`UnknownFunctionError`.
 
-`&expr` evaluates to an `_Expression` object, like jmespath's (same class
+`&expr` evaluates to an `ExpressionRef` object, like jmespath's (same class
 name, because jmespath's type checks compare class *names*), whose `visit`
 runs a separately generated function; so `sort_by`, `map`, `min_by` and
 `max_by` can be jmespath's own implementations.
@@ -75,11 +75,12 @@ __all__ = ["compile_expression"]
 _NoneType = type(None)
 
 
-class _Expression:
+class ExpressionRef:
     """A compiled `&expr` value.
 
-    Named `_Expression` on purpose: jmespath's function type checks compare
-    `type(arg).__name__` against `'_Expression'` for the `expref` type.
+    Its class name is `_Expression` on purpose (set below): jmespath's
+    function type checks compare `type(arg).__name__` against
+    `'_Expression'` for the `expref` type.
     """
 
     __slots__ = ("expression", "_search")
@@ -91,6 +92,9 @@ class _Expression:
     def visit(self, node: Node, value: Any) -> Any:
         # jmespath's functions call `expref.visit(expref.expression, x)`.
         return self._search(value)
+
+
+ExpressionRef.__name__ = ExpressionRef.__qualname__ = "_Expression"
 
 
 # ---------------------------------------------------------------------------
@@ -136,7 +140,7 @@ def _values(value: Any) -> Any:
         return _MISSING
 
 
-def _is_true(value: Any) -> bool:
+def is_true(value: Any) -> bool:
     """TreeInterpreter._is_true, verbatim (equality checks on purpose)."""
     return not (value == "" or value == [] or value == {} or value is None or value is False)
 
@@ -165,7 +169,7 @@ def _ne(left: Any, right: Any) -> bool:
 
 
 #: Results of pure functions by string argument, one bounded cache per
-#: function (see `_Generator._cached_call`).
+#: function (see `CodeGenerator._cached_call`).
 _RESULT_CACHES: dict[Callable[..., Any], dict[str, Any]] = {}
 _RESULT_CACHE_IDS: set[int] = set()
 _RESULT_CACHE_SIZE = 4096
@@ -203,7 +207,7 @@ _RUNTIME: dict[str, Any] = {
     "_values": _values,
     "_MISSING": _MISSING,
     "_remember": _remember,
-    "_is_true": _is_true,
+    "_is_true": is_true,
     "_not": _not,
     "_eq": visitor._equals,
     "_ne": _ne,
@@ -228,7 +232,7 @@ _CLASS_BY_NAME: dict[str, type] = {
     "dict": dict,
     "NoneType": _NoneType,
     "OrderedDict": collections.OrderedDict,
-    "_Expression": _Expression,
+    "_Expression": ExpressionRef,
 }
 
 _COMPARATORS = {"eq": "==", "ne": "!=", "lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
@@ -243,7 +247,7 @@ _BOOL_BUILTINS = frozenset({"contains", "starts_with", "ends_with"})
 
 def _functions_instance(functions: Mapping[str, JMESPathFunction]) -> jmespath.functions.Functions:
     """A jmespath `Functions` instance with the custom functions, built exactly
-    like `engine.expressions._functions_class` (a custom name overrides a builtin).
+    like `engine.expr.compiler._functions_class` (a custom name overrides a builtin).
 
     Built once per set of functions: creating the class walks every method,
     which would otherwise dominate compiling a large rule file.
@@ -323,7 +327,7 @@ class Generated:
     `namespace` is what the code runs in, as it was before `exec`: the
     run-time helpers, `_call` and the constants the generator named
     (`constants()`). Expressions that differ only in their literal values
-    generate the same code; `engine.expression_shapes` runs it again with
+    generate the same code; `engine.expr.shapes` runs it again with
     the other expression's literals bound to the same constant names.
     """
 
@@ -347,7 +351,7 @@ class Generated:
         return _run(self.code, namespace, self.main, self.source)
 
 
-class _Generator:
+class CodeGenerator:
     """Generates the Python source for one expression (and its exprefs)."""
 
     def __init__(self, functions: Mapping[str, JMESPathFunction]) -> None:
@@ -419,11 +423,11 @@ class _Generator:
             if len(_CODE_CACHE) >= _CODE_CACHE_SIZE:
                 _CODE_CACHE.clear()
             _CODE_CACHE[source] = code
-        #: For engine.expression_shapes: this code, run again with other constants.
+        #: For engine.expr.shapes: this code, run again with other constants.
         self.generated = Generated(code, source, main, dict(self._namespace), bool(self._exprefs))
         search = _run(code, self._namespace, main, source)
         for const, fname, child in self._exprefs:
-            self._namespace[const] = _Expression(child, self._namespace[fname])
+            self._namespace[const] = ExpressionRef(child, self._namespace[fname])
         return search
 
     # -- nodes -------------------------------------------------------------
@@ -513,7 +517,7 @@ class _Generator:
     def _n_expref(self, node: Node, cur: str) -> str:
         child = node["children"][0]
         fname = self.function(child)
-        const = self._const(None)  # filled in with an _Expression after exec
+        const = self._const(None)  # filled in with an ExpressionRef after exec
         self._exprefs.append((const, fname, child))
         return const
 
@@ -728,7 +732,7 @@ class _Generator:
 class _Block:
     """`with gen._block():` indents the statements emitted inside."""
 
-    def __init__(self, gen: _Generator) -> None:
+    def __init__(self, gen: CodeGenerator) -> None:
         self._gen = gen
 
     def __enter__(self) -> None:
@@ -805,7 +809,7 @@ def compile_expression(
     Parse errors are raised now (jmespath's own exceptions); every other
     error is raised by `search`, when and as jmespath's interpreter raises it.
     `functions` are extra functions (name -> JMESPathFunction); a name equal
-    to a built-in overrides it, as in `engine.expressions`.
+    to a built-in overrides it, as in `engine.expr.compiler`.
     """
     return compile_parsed(Parser().parse(text), text, functions)
 
@@ -823,7 +827,7 @@ def generate(
 ) -> tuple[Search, Generated | None]:
     """`compile_parsed`, also returning the generated code (None when the
     expression runs on jmespath's interpreter instead)."""
-    generator = _Generator(functions)
+    generator = CodeGenerator(functions)
     try:
         return generator.build(parsed.parsed, text), generator.generated
     except (SyntaxError, RecursionError, MemoryError):

@@ -6,7 +6,7 @@ per-rule overhead (a call, a loop step) and work the rules repeat: twenty
 rules on `meeting.participant_joined` all read `payload.object.participant`,
 four filter the same participant list by e-mail domain. `compile_plan`
 generates a single function for the whole plan, with the code for each
-condition inlined (`engine.jmespath_compiler` generates it) and two kinds of
+condition inlined (`engine.expr.codegen` generates it) and two kinds of
 sharing across rules:
 
 - **Common sub-expressions.** A sub-expression evaluated on the event itself
@@ -22,7 +22,7 @@ sharing across rules:
   only visits its own bucket. Exact because the bucket holds, in order, the
   very elements for which the test's first operand is true (the literal is a
   string or a number other than 0 and 1, for which JMESPath's equality is
-  Python's, see engine.prefilter). If `key` raises on any element, or gives a
+  Python's, see engine.expr.guards). If `key` raises on any element, or gives a
   value of an unexpected class, every filter falls back to its own loop, which
   raises the error at the same element as before.
 - **Tested filters.** A grouped filter that is a whole condition, such as
@@ -61,8 +61,8 @@ import jmespath
 from jmespath.parser import ParsedResult
 
 from engine.hookspecs import JMESPathFunction
-from engine.jmespath_compiler import _Expression, _Generator, _is_true, compile_parsed
-from engine.prefilter import is_pure, set_comparable, shareable
+from engine.expr.codegen import CodeGenerator, ExpressionRef, compile_parsed, is_true
+from engine.expr.guards import is_pure, set_comparable, shareable
 
 Node = dict[str, Any]
 #: `plan(root, context) -> fired items`, in file order.
@@ -198,7 +198,7 @@ def reads_only_fields(steps: Sequence[PlanStep], hidden: str) -> bool:
     return True
 
 
-class _PlanGenerator(_Generator):
+class _PlanGenerator(CodeGenerator):
     def __init__(self, functions: Mapping[str, JMESPathFunction]) -> None:
         super().__init__(functions)
         self._namespace.update(_PLAN_RUNTIME)
@@ -400,7 +400,7 @@ class _PlanGenerator(_Generator):
         source = "\n\n".join(self._defs)
         exec(compile(source, f"<plan of {len(steps)} rules>", "exec"), self._namespace)
         for const, fname, child in self._exprefs:
-            self._namespace[const] = _Expression(child, self._namespace[fname])
+            self._namespace[const] = ExpressionRef(child, self._namespace[fname])
         plan: PlanFunction = self._namespace[name]
         plan.__jmespath_source__ = source  # type: ignore[attr-defined]
         return plan
@@ -425,7 +425,7 @@ class _PlanGenerator(_Generator):
                 return
             except RecursionError:
                 # An absurdly deep condition: call its own function instead
-                # (which may be jmespath's interpreter, see jmespath_compiler),
+                # (which may be jmespath's interpreter, see engine.expr.codegen),
                 # forgetting everything its code had started to define.
                 lines, self._indent, defs, exprefs = saved
                 del self._lines[lines:], self._defs[defs:], self._exprefs[exprefs:]
@@ -508,7 +508,7 @@ class _PlanGenerator(_Generator):
         flag = self._list_flags.get(slot)
         if flag is None:
             flag = self._list_flags[slot] = f"l{slot}"
-        return flag, _is_true(value)
+        return flag, is_true(value)
 
     # -- shared evaluation -------------------------------------------------
 

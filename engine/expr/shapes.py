@@ -32,7 +32,7 @@ only made from a text that compiled, so every text it serves compiles too,
 and errors always come from jmespath itself. A template is refused when the
 generated code holds a literal other than through one of the constants
 found for it, or a constant that is not a function, a class set or a slice;
-see tests/test_expression_shapes.py for the checks against jmespath.
+see tests/test_expr_shapes.py for the checks against jmespath.
 """
 
 from __future__ import annotations
@@ -46,12 +46,12 @@ from typing import Any
 import jmespath
 from jmespath.parser import ParsedResult
 
-from engine.jmespath_compiler import Generated, is_result_cache
+from engine.expr.codegen import Generated, is_result_cache
 
 Node = dict[str, Any]
 Search = Callable[[Any], Any]
 #: How the compiler builds one parsed expression: its search function and,
-#: when it is generated code, the code (see `engine.jmespath_compiler.generate`).
+#: when it is generated code, the code (see `engine.expr.codegen.generate`).
 Build = Callable[[str, ParsedResult], tuple[Search, Generated | None]]
 
 # jmespath's lexer reads `'`, `` ` `` and `"` up to the next unescaped same

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from engine.expressions import ExpressionCompiler, ExpressionError, Search
+from engine.expr.compiler import ExpressionCompiler, ExpressionError, Search
 
 _PART = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
 

@@ -4,7 +4,7 @@
 callable `search(document) -> value`. Two evaluators sit behind it:
 
 - "interpreter": the reference `jmespath` package's tree interpreter;
-- "compiled": `engine.jmespath_compiler`, which turns jmespath's AST into
+- "compiled": `engine.expr.codegen`, which turns jmespath's AST into
   Python closures with identical semantics (the default when available).
 
 Errors: a syntax error or unknown function raises `ExpressionError` at compile
@@ -23,10 +23,10 @@ import jmespath.functions
 from jmespath import exceptions
 from jmespath.parser import ParsedResult
 
-from engine.expression_shapes import ShapeCache
+from engine.expr.shapes import ShapeCache
 from engine.hookspecs import JMESPathFunction
-from engine.jmespath_compiler import Generated, generate
-from engine.prefilter import find_guard, is_pure
+from engine.expr.codegen import Generated, generate
+from engine.expr.guards import find_guard, is_pure
 
 Search = Callable[[Any], Any]
 Evaluator = Literal["compiled", "interpreter"]
@@ -67,7 +67,7 @@ def _known_function_names(tree: dict[str, Any]) -> Iterable[str]:
 
 @dataclass(frozen=True, slots=True)
 class Guard:
-    """A condition's leading equality test, ready to evaluate (see engine.prefilter)."""
+    """A condition's leading equality test, ready to evaluate (see engine.expr.guards)."""
 
     key: str
     search: Search
@@ -79,7 +79,7 @@ class ExpressionCompiler:
     """Compiles expression text once; caches by text.
 
     Texts that differ only in their literal values share one parse and one
-    generated code (`engine.expression_shapes`).
+    generated code (`engine.expr.shapes`).
     """
 
     def __init__(

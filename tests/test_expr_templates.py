@@ -9,10 +9,10 @@ from conftest import ZOOM_ENV, example, write_rules
 
 from engine.commands.test import evaluate
 from engine.events import Event
-from engine.expressions import ExpressionCompiler
-from engine.functions import BUILTIN_FUNCTIONS
+from engine.expr.compiler import ExpressionCompiler
+from engine.expr.functions import BUILTIN_FUNCTIONS
 from engine.loader import load_rules
-from engine.templates import Constant, Template, TemplateError, compile_value, to_text
+from engine.expr.templates import Constant, Template, TemplateError, compile_value, to_text
 
 EVENT = example("recording.completed")
 

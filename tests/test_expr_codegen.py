@@ -31,10 +31,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from engine.expressions import ExpressionCompiler, _functions_class  # noqa: E402
-from engine.functions import BUILTIN_FUNCTIONS  # noqa: E402
+from engine.expr.compiler import ExpressionCompiler, _functions_class  # noqa: E402
+from engine.expr.functions import BUILTIN_FUNCTIONS  # noqa: E402
 from engine.hookspecs import JMESPathFunction  # noqa: E402
-from engine.jmespath_compiler import compile_expression  # noqa: E402
+from engine.expr.codegen import compile_expression  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 COMPLIANCE = SHARED / "jmespath-compliance"
@@ -77,7 +77,7 @@ def outcome(compile_: Callable[[str], Callable[[Any], Any]], text: str, doc: Any
 
 
 def reference(functions: Mapping[str, JMESPathFunction] = {}) -> Callable[[str], Any]:
-    """The reference evaluator, with custom functions as engine.expressions adds them."""
+    """The reference evaluator, with custom functions as engine.expr.compiler adds them."""
     options = jmespath.Options(custom_functions=_functions_class(functions.values())())
 
     def compile_(text: str) -> Callable[[Any], Any]:

@@ -1,4 +1,4 @@
-"""One generated function per event name's rules (engine.plan_compiler).
+"""One generated function per event name's rules (engine.expr.plans).
 
 The plan must give exactly what evaluating each rule's condition with
 jmespath's interpreter, in turn, gives: the rules that fire, in order,
@@ -22,11 +22,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.events import Event
-from engine.expressions import _functions_class, is_truthy
-from engine.functions import BUILTIN_FUNCTIONS
+from engine.expr.compiler import _functions_class, is_truthy
+from engine.expr.functions import BUILTIN_FUNCTIONS
 from engine.hookspecs import JMESPathFunction
 from engine.loader import load_rules
-from engine.plan_compiler import PlanStep, compile_plan
+from engine.expr.plans import PlanStep, compile_plan
 
 Outcome = tuple[list[str], list[tuple[str, str, str]]]
 

@@ -9,8 +9,8 @@ import pytest
 from conftest import example
 from jmespath import exceptions
 
-from engine.expressions import ExpressionCompiler, ExpressionError
-from engine.functions import BUILTIN_FUNCTIONS
+from engine.expr.compiler import ExpressionCompiler, ExpressionError
+from engine.expr.functions import BUILTIN_FUNCTIONS
 
 
 @pytest.fixture(params=["compiled", "interpreter"])
