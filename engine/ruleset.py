@@ -13,10 +13,10 @@ from typing import Any
 
 from engine.config import COMMON_ACTION_KEYS, ActionSpec, Config, RuleSpec
 from engine.expr.compiler import ExpressionCompiler, ExpressionError, Guard, Search
+from engine.expr.templates import Renderer, Template, compile_value, has_template, to_text
 from engine.hookspecs import ActionType, Param
 from engine.problems import Problem, did_you_mean
 from engine.registry import Registry
-from engine.expr.templates import Renderer, Template, compile_value, has_template, to_text
 
 _JSON_TYPE_NAMES = {
     str: "string",

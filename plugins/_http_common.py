@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from engine.hookspecs import ActionContext, ActionError
 from engine.expr.templates import to_text
+from engine.hookspecs import ActionContext, ActionError
 
 # httpx (and the command-line tools it imports) loads on the first request,
 # not when the plugin is registered: `zoomrules check` sends none.

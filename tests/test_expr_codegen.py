@@ -31,10 +31,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from engine.expr.codegen import compile_expression  # noqa: E402
 from engine.expr.compiler import ExpressionCompiler, _functions_class  # noqa: E402
 from engine.expr.functions import BUILTIN_FUNCTIONS  # noqa: E402
 from engine.hookspecs import JMESPathFunction  # noqa: E402
-from engine.expr.codegen import compile_expression  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 COMPLIANCE = SHARED / "jmespath-compliance"

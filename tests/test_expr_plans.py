@@ -24,9 +24,9 @@ from hypothesis import strategies as st
 from engine.events import Event
 from engine.expr.compiler import _functions_class, is_truthy
 from engine.expr.functions import BUILTIN_FUNCTIONS
+from engine.expr.plans import PlanStep, compile_plan
 from engine.hookspecs import JMESPathFunction
 from engine.loader import load_rules
-from engine.expr.plans import PlanStep, compile_plan
 
 Outcome = tuple[list[str], list[tuple[str, str, str]]]
 

@@ -11,8 +11,8 @@ from engine.commands.test import evaluate
 from engine.events import Event
 from engine.expr.compiler import ExpressionCompiler
 from engine.expr.functions import BUILTIN_FUNCTIONS
-from engine.loader import load_rules
 from engine.expr.templates import Constant, Template, TemplateError, compile_value, to_text
+from engine.loader import load_rules
 
 EVENT = example("recording.completed")
 

@@ -15,10 +15,10 @@ from engine.cli import EXIT_INVALID, EXIT_OK
 from engine.commands import Command
 from engine.commands.common import load_or_report, read_event_file
 from engine.events import META_KEY, Event, InvalidEvent
+from engine.expr.templates import Template
 from engine.loader import LoadedRules
 from engine.matcher import Decision
 from engine.ruleset import CompiledAction
-from engine.expr.templates import Template
 
 
 def _materialise(value: Any, root: dict[str, Any]) -> Any:

@@ -23,10 +23,10 @@ import jmespath.functions
 from jmespath import exceptions
 from jmespath.parser import ParsedResult
 
-from engine.expr.shapes import ShapeCache
-from engine.hookspecs import JMESPathFunction
 from engine.expr.codegen import Generated, generate
 from engine.expr.guards import find_guard, is_pure
+from engine.expr.shapes import ShapeCache
+from engine.hookspecs import JMESPathFunction
 
 Search = Callable[[Any], Any]
 Evaluator = Literal["compiled", "interpreter"]

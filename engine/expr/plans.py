@@ -60,9 +60,9 @@ from typing import Any
 import jmespath
 from jmespath.parser import ParsedResult
 
-from engine.hookspecs import JMESPathFunction
 from engine.expr.codegen import CodeGenerator, ExpressionRef, compile_parsed, is_true
 from engine.expr.guards import is_pure, set_comparable, shareable
+from engine.hookspecs import JMESPathFunction
 
 Node = dict[str, Any]
 #: `plan(root, context) -> fired items`, in file order.
