@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._results import write_section  # noqa: E402
 from engine.dispatch import Dispatcher, Job  # noqa: E402
 from engine.events import Event  # noqa: E402
-from engine.hookspecs import ActionContext, ActionType, Param, hookimpl  # noqa: E402
 from engine.loader import LoadedRules, load_rules  # noqa: E402
+from engine.plugin import ActionContext, ActionType, Param, hookimpl  # noqa: E402
 from engine.runtime import open_services  # noqa: E402
 
 EVENT = {

@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine.daemon import Daemon  # noqa: E402
-from engine.hookspecs import ActionContext, ActionType, hookimpl  # noqa: E402
 from engine.loader import load_rules  # noqa: E402
+from engine.plugin import ActionContext, ActionType, hookimpl  # noqa: E402
 from engine.simulator import Simulator  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"

@@ -52,9 +52,9 @@ from engine.auth import TokenManager  # noqa: E402
 from engine.daemon import Daemon, fewer_gc_passes  # noqa: E402
 from engine.dispatch import Job  # noqa: E402
 from engine.events import Event  # noqa: E402
-from engine.hookspecs import ActionContext, ActionType, hookimpl  # noqa: E402
 from engine.listener import ZoomListener  # noqa: E402
 from engine.loader import LoadedRules, load_rules  # noqa: E402
+from engine.plugin import ActionContext, ActionType, hookimpl  # noqa: E402
 from engine.runtime import open_services, running_pipeline  # noqa: E402
 
 

@@ -44,9 +44,9 @@ from benchmarks._results import write_section  # noqa: E402
 from benchmarks.workload import LOG_ACTION, choose_names, events, rules_toml  # noqa: E402
 from engine.events import Event  # noqa: E402
 from engine.expr.compiler import _functions_class  # noqa: E402
-from engine.hookspecs import ActionContext, ActionType, Param, hookimpl  # noqa: E402
 from engine.loader import LoadedRules, load_rules  # noqa: E402
 from engine.matcher import Matcher  # noqa: E402
+from engine.plugin import ActionContext, ActionType, Param, hookimpl  # noqa: E402
 
 
 class NoopPlugin:

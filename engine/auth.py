@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,44 +21,19 @@ import anyio
 import httpx
 import orjson
 
+from engine.errors import AuthError
 from engine.redact import Secret, redact, register_secret
+from engine.retry import Backoff, parse_retry_after
 
-__all__ = ["AuthError", "TokenManager", "Backoff"]
+__all__ = ["AuthError", "TokenManager"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("zoomrules.auth")
 
 DEFAULT_LIFETIME = 3600.0
 
 #: For short-lived tokens the margin is at most this fraction of the
 #: lifetime, so a 60 s margin never makes a 30 s token permanently "stale".
 _MAX_MARGIN_FRACTION = 0.25
-
-
-class AuthError(Exception):
-    """Zoom refused the credentials: a configuration problem, not transient."""
-
-
-class Backoff:
-    """Capped exponential backoff with full jitter.
-
-    Full jitter (uniform over [0, ceiling]) spreads reconnecting clients out
-    instead of synchronising them into waves after an outage.
-    """
-
-    def __init__(self, initial: float, cap: float) -> None:
-        self.initial = initial
-        self.cap = cap
-        self.attempt = 0
-
-    def next(self) -> float:
-        ceiling = min(self.cap, self.initial * (2**self.attempt))
-        # Stop growing the exponent once capped: 2**attempt must not overflow.
-        if ceiling < self.cap:
-            self.attempt += 1
-        return random.uniform(0, ceiling)
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +199,9 @@ class TokenManager:
             ) from None
         status = response.status_code
         if status == 429 or status == 408 or status >= 500:
-            raise _Transient(f"HTTP {status}", _retry_after(response))
+            raise _Transient(
+                f"HTTP {status}", parse_retry_after(response.headers.get("Retry-After"))
+            )
         if status >= 400:
             raise AuthError(self._rejection_message(response))
         return self._parse(response)
@@ -295,13 +271,3 @@ def _zoom_reason(response: httpx.Response) -> str:
         return ""
     parts = [str(body[k]) for k in ("error", "reason", "message") if body.get(k)]
     return ": ".join(parts)
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None  # an HTTP date: fall back to our own backoff

@@ -67,7 +67,7 @@ def config_paths(args: argparse.Namespace) -> list[Path]:
 
 
 def setup_logging(level: str, fmt: str) -> None:
-    from engine.redact import configure_logging
+    from engine.logs import configure_logging
 
     configure_logging(level, fmt)
     if level != "debug":

@@ -20,7 +20,8 @@ from typing import Any, TypeVar
 import tomli
 
 from engine.durations import Rate, parse_duration, parse_rate, parse_size
-from engine.problems import ConfigError, Problem, did_you_mean
+from engine.errors import ConfigError
+from engine.problems import Problem, did_you_mean
 from engine.sourcemap import Locator, SourceMap
 
 DEFAULT_OAUTH_URL = "https://zoom.us/oauth/token"

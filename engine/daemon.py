@@ -18,21 +18,16 @@ from pathlib import Path
 import anyio
 from anyio.abc import TaskGroup
 
-from engine.auth import AuthError, TokenManager
+from engine.auth import TokenManager
 from engine.config import Config, Subscription
-from engine.journal import JournalError
+from engine.errors import AuthError, ConfigError, DaemonError, JournalError
 from engine.listener import ZoomListener
 from engine.loader import LoadedRules, load_rules
 from engine.pipeline import Pipeline
-from engine.problems import ConfigError
 from engine.runtime import open_services, running_pipeline
 from engine.services import Services
 
 log = logging.getLogger("zoomrules.daemon")
-
-
-class DaemonError(Exception):
-    """The daemon cannot go on (bad credentials, no subscription)."""
 
 
 #: CPython's cyclic garbage collector runs a pass every GC_GENERATION0

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -24,20 +23,14 @@ import anyio
 from anyio.abc import TaskStatus
 
 from engine.clock import loop_clock
+from engine.errors import ActionError, ActionFailed, ParamTypeError
 from engine.events import META_KEY, Event
-from engine.hookspecs import ActionContext, ActionError
-from engine.ruleset import CompiledAction, CompiledRule, ParamTypeError
+from engine.hookspecs import ActionContext
+from engine.retry import backoff_delay
+from engine.ruleset import CompiledAction, CompiledRule
 from engine.services import Services
 
 log = logging.getLogger("zoomrules.dispatch")
-
-
-class ActionFailed(Exception):
-    """An action that failed for good (retries exhausted or not retryable)."""
-
-    def __init__(self, message: str, attempts: int) -> None:
-        super().__init__(message)
-        self.attempts = attempts
 
 
 @dataclass
@@ -67,11 +60,6 @@ class DispatchStats:
 #: Called after each action attempt sequence ends:
 #: (job, action index, error or None, attempts).
 ActionObserver = Callable[[Job, int, "ActionFailed | None", int], Awaitable[None]]
-
-
-def backoff_delay(attempt: int, base: float, cap: float) -> float:
-    """Full jitter: uniform in [0, min(cap, base * 2**(attempt-1))]."""
-    return random.uniform(0, min(cap, base * (2 ** (attempt - 1))))
 
 
 class _Lane:

@@ -8,14 +8,12 @@ from typing import Any
 
 import orjson
 
+from engine.errors import InvalidEvent
+
 #: Reserved top-level key under which engine metadata is visible to
 #: conditions and templates (`zoomrules.event_id`, `zoomrules.rule`, ...).
 #: Zoom event objects never carry this key.
 META_KEY = "zoomrules"
-
-
-class InvalidEvent(ValueError):
-    """Input that is not a Zoom event object (says what is wrong)."""
 
 
 def canonical_json(body: Any) -> bytes:

@@ -55,23 +55,6 @@ class Param:
     raw: bool = False
 
 
-class ActionError(Exception):
-    """An action failed; tells the dispatcher whether and when to retry.
-
-    Any other exception from `run` counts as a retryable failure too. The
-    message must never contain secrets.
-    """
-
-    def __init__(
-        self, message: str, *, retryable: bool = True, retry_after: float | None = None
-    ) -> None:
-        super().__init__(message)
-        self.retryable = retryable
-        #: Seconds the target asked us to wait (e.g. HTTP Retry-After); the
-        #: dispatcher waits at least this long before the next attempt.
-        self.retry_after = retry_after
-
-
 @dataclass
 class ActionContext:
     """What an action's `run` gets besides its rendered parameters."""

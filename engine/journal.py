@@ -37,6 +37,7 @@ import orjson
 from anyio.abc import TaskStatus
 
 from engine.config import EngineConfig
+from engine.errors import JournalBusy, JournalError
 from engine.events import Event
 from engine.events import event_id as identify
 
@@ -55,14 +56,6 @@ PENDING, RETRY, DONE, FAILED, DEAD = "pending", "retry", "done", "failed", "dead
 JOB_STATES = (PENDING, RETRY, DONE, FAILED, DEAD)
 #: How long another process's write may block ours (dlq commands, replay).
 BUSY_TIMEOUT_MS = 10_000
-
-
-class JournalError(Exception):
-    """The journal cannot be used; the message says why and how to recover."""
-
-
-class JournalBusy(JournalError):
-    """Another process (a running daemon) holds the journal."""
 
 
 # --------------------------------------------------------------------------
@@ -1217,7 +1210,8 @@ class Journal:
 
     async def _start_process(self) -> WriterProcess | None:
         # Imported here: the writer process module builds on this one.
-        from engine.journal_writer import JournalWriterLost, WriterProcess
+        from engine.errors import JournalWriterLost
+        from engine.journal_writer import WriterProcess
 
         try:
             return await WriterProcess.start(self.db.path)
@@ -1379,7 +1373,7 @@ class Journal:
             await self._wait_answered()
             await self._write_in_thread(segment)
             return
-        from engine.journal_writer import JournalWriterLost
+        from engine.errors import JournalWriterLost
 
         self._in_flight.append(segment)
         self._sent.set()
@@ -1405,7 +1399,7 @@ class Journal:
         Shielded as a whole: what was sent gets finished even in a cancelled
         daemon. It ends when the process is gone (`run` lets it go last).
         """
-        from engine.journal_writer import JournalWriterLost
+        from engine.errors import JournalWriterLost
 
         with anyio.CancelScope(shield=True):
             while self._process is not None:

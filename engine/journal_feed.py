@@ -21,7 +21,8 @@ from collections.abc import Awaitable, Callable, Sequence
 import anyio
 from anyio.abc import TaskStatus
 
-from engine.dispatch import ActionFailed, Job
+from engine.dispatch import Job
+from engine.errors import ActionFailed
 from engine.events import Event
 from engine.journal import PENDING, RETRY, JobRow, Journal, JournalDB, StoredEvent
 from engine.pipeline import Pipeline

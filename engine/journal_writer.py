@@ -42,6 +42,7 @@ from typing import Any, BinaryIO
 import anyio
 from anyio.abc import Process
 
+from engine.errors import JournalWriterLost
 from engine.journal import (
     EventRow,
     JobsRow,
@@ -54,10 +55,6 @@ from engine.journal import (
 log = logging.getLogger("zoomrules.journal")
 
 _LENGTH = struct.Struct(">Q")
-
-
-class JournalWriterLost(Exception):
-    """The writer process died or could not be started."""
 
 
 #: Pipe capacity asked for (Linux; the default is 64 KiB): a whole batch

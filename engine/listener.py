@@ -23,14 +23,17 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from engine.auth import Backoff, TokenManager
+from engine.auth import TokenManager
 from engine.clock import loop_clock
-from engine.events import Event, InvalidEvent
+from engine.errors import InvalidEvent
+from engine.events import Event
+from engine.logs import shorten
 from engine.redact import redact, redact_url
+from engine.retry import Backoff
 
 __all__ = ["ListenerStats", "ZoomListener"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("zoomrules.listener")
 
 _HEARTBEAT = b'{"module":"heartbeat"}'
 
@@ -63,10 +66,6 @@ class ListenerStats:
     @property
     def malformed_total(self) -> int:
         return sum(self.malformed.values())
-
-
-class _SessionEnd(Exception):
-    """Why a connection ended (internal control flow, never escapes run())."""
 
 
 @dataclass
@@ -351,14 +350,14 @@ class ZoomListener:
             self.stats.connects += 1
             self.stats.connected = True
             self.stats.last_connected_at = time.time()
-            log.info("zoom[%s]: connected (%s)", self.name, _short(content))
+            log.info("zoom[%s]: connected (%s)", self.name, shorten(content))
             return True
         self.stats.build_failures += 1
-        session.reason = f"build_connection refused: {_short(content)}"
+        session.reason = f"build_connection refused: {shorten(content)}"
         log.warning(
             "zoom[%s]: Zoom refused the connection: %s; fetching a new token",
             self.name,
-            _short(content),
+            shorten(content),
         )
         session.refresh_token = True
         return False
@@ -375,7 +374,7 @@ class ZoomListener:
                 reason,
                 f": {detail}" if detail else "",
                 count,
-                _short(message),
+                shorten(message),
             )
         return True
 
@@ -391,10 +390,3 @@ def _single(group: BaseExceptionGroup) -> BaseException:
         else:
             leaves.append(exc)
     return leaves[0] if len(leaves) == 1 else group
-
-
-def _short(value: Any, limit: int = 200) -> str:
-    if isinstance(value, bytes):
-        value = value.decode(errors="replace")
-    text = value if isinstance(value, str) else repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"

@@ -12,10 +12,11 @@ from importlib import resources
 from pathlib import Path
 
 from engine.config import Config, read_config
+from engine.errors import ConfigError, PluginError
 from engine.expr.compiler import ExpressionCompiler
 from engine.matcher import Matcher, is_glob
-from engine.problems import ConfigError, Problem, did_you_mean
-from engine.registry import PluginError, Registry, load_registry
+from engine.problems import Problem, did_you_mean
+from engine.registry import Registry, load_registry
 from engine.ruleset import CompiledRule, compile_rules
 from engine.throttle import Throttle
 

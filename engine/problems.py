@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,16 +24,6 @@ class Problem:
             place += f":{self.line}"
         subject = self.where + (f", key '{self.key}'" if self.key else "")
         return f"{place}: {subject}: {self.message}"
-
-
-class ConfigError(Exception):
-    """A configuration that cannot be used; carries every problem found."""
-
-    def __init__(self, problems: Sequence[Problem]) -> None:
-        self.problems = list(problems)
-        count = len(self.problems)
-        header = f"{count} problem{'s' if count != 1 else ''} in the configuration"
-        super().__init__(header + ":\n" + "\n".join(f"  {p}" for p in self.problems))
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

@@ -12,8 +12,9 @@ Three layers, because any one of them alone leaks somewhere:
   `access_token=` query parameter websockets prints at DEBUG when it logs
   the request line of the opening handshake.
 
-`configure_logging()` installs the filter on the handler it creates, so every
-record that reaches the terminal or the JSON log passed through it.
+`engine.logs.configure_logging()` installs the filter on the handler it
+creates, so every record that reaches the terminal or the JSON log passed
+through it.
 """
 
 from __future__ import annotations
@@ -21,19 +22,15 @@ from __future__ import annotations
 import hmac
 import logging
 import re
-import sys
 import threading
-import time
 from collections import OrderedDict
-from typing import Any, Literal
-
-import orjson
+from typing import Any
+from urllib.parse import urlsplit
 
 __all__ = [
     "MASK",
     "RedactingFilter",
     "Secret",
-    "configure_logging",
     "redact",
     "redact_url",
     "register_secret",
@@ -168,9 +165,27 @@ def redact(text: str) -> str:
     return _registry.redact(text)
 
 
-def redact_url(url: str) -> str:
-    """`url` with the `access_token=` query value masked."""
-    return _PATTERNS.sub(_mask_match, url)
+def redact_url(url: object) -> str:
+    """`url` as it may appear in logs and errors: scheme, host and port only.
+
+    Paths and queries are where secrets of URLs live (webhook tokens, the
+    WebSocket endpoint's `access_token`), and user info is a password, so
+    what follows the host is shown as `/…` and user info is dropped. Takes
+    a string or any URL object whose `str()` is the URL (e.g. `httpx.URL`).
+    """
+    text = str(url)
+    unreadable = text.split("://", 1)[0] + "://…" if "://" in text else "(not a URL)"
+    try:
+        parts = urlsplit(text)
+        port, host = parts.port, parts.hostname
+    except ValueError:  # a port that is not a number, brackets that do not close
+        return unreadable
+    if not parts.scheme or not host:
+        return unreadable
+    shown = f"[{host}]" if ":" in host else host
+    netloc = f"{shown}:{port}" if port is not None else shown
+    rest = "/…" if parts.path not in ("", "/") or parts.query or parts.fragment else ""
+    return f"{parts.scheme}://{netloc}{rest}"
 
 
 class RedactingFilter(logging.Filter):
@@ -197,105 +212,3 @@ class RedactingFilter(logging.Filter):
         if record.stack_info:
             record.stack_info = redact(record.stack_info)
         return True
-
-
-# Attributes every LogRecord has; anything else came from `extra=`.
-_STANDARD_ATTRS = frozenset(
-    vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys()
-    | {"message", "asctime", "color_message", "taskName"}
-)
-
-
-_PLAIN = (str, int, float, bool, type(None), list, tuple, dict)
-
-
-def _extra_fields(record: logging.LogRecord) -> dict[str, Any]:
-    # Plain values only: libraries pass live objects as extras (websockets
-    # attaches its connection) whose reprs are noise in every line.
-    return {
-        k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS and isinstance(v, _PLAIN)
-    }
-
-
-class TextFormatter(logging.Formatter):
-    """`2024-05-01 12:00:00.123 INFO    engine.listener: message key=value ...`"""
-
-    def __init__(self) -> None:
-        super().__init__(
-            "%(asctime)s.%(msecs)03d %(levelname)-7s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"
-        )
-
-    def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        extra = _extra_fields(record)
-        if extra:
-            fields = " ".join(f"{k}={_text_value(v)}" for k, v in extra.items())
-            head, sep, tail = line.partition("\n")  # keep fields on the message line
-            line = f"{head} {fields}{sep}{tail}"
-        # Extra fields were not seen by the filter (it only renders the message).
-        return redact(line) if extra else line
-
-
-def _text_value(value: Any) -> str:
-    text = str(value)
-    return orjson.dumps(text).decode() if (" " in text or not text) else text
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, logger, msg, extra fields, exc."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname,
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        for key, value in _extra_fields(record).items():
-            out.setdefault(key, value)
-        if record.exc_info and not record.exc_text:
-            record.exc_text = self.formatException(record.exc_info)
-        if record.exc_text:
-            out["exc"] = record.exc_text
-        if record.stack_info:
-            out["stack"] = record.stack_info
-        line = orjson.dumps(out, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
-        return redact(line)
-
-
-_HANDLER_MARK = "_zoomrules_handler"
-
-# Libraries that may install handlers of their own (uvicorn does, with its
-# default log config): their handlers get the filter too.
-_THIRD_PARTY = ("uvicorn", "uvicorn.error", "uvicorn.access", "websockets", "httpx", "httpcore")
-
-
-def configure_logging(
-    level: str = "INFO", fmt: Literal["text", "json"] = "text", *, stream: Any = None
-) -> logging.Handler:
-    """Send all logging to `stream` (stderr) through the redaction filter.
-
-    Replaces a handler installed by an earlier call; returns the new one.
-    """
-    root = logging.getLogger()
-    for old in [h for h in root.handlers if getattr(h, _HANDLER_MARK, False)]:
-        root.removeHandler(old)
-        old.close()
-    handler = logging.StreamHandler(sys.stderr if stream is None else stream)
-    setattr(handler, _HANDLER_MARK, True)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
-    handler.addFilter(RedactingFilter())
-    root.addHandler(handler)
-    root.setLevel(level.upper())
-    install_filter()
-    return handler
-
-
-def install_filter() -> None:
-    """Add the redaction filter to every handler of the root and known library loggers."""
-    loggers = [logging.getLogger(), *(logging.getLogger(n) for n in _THIRD_PARTY)]
-    for logger in loggers:
-        for handler in logger.handlers:
-            if not any(isinstance(f, RedactingFilter) for f in handler.filters):
-                handler.addFilter(RedactingFilter())

@@ -17,14 +17,11 @@ from typing import Any
 import pluggy
 
 from engine import hookspecs
+from engine.errors import PluginError
 from engine.expr.functions import BUILTIN_FUNCTIONS
 from engine.hookspecs import ActionType, JMESPathFunction
 
 ENTRY_POINT_GROUP = "zoomrules"
-
-
-class PluginError(Exception):
-    """A plugin that cannot be loaded or that registers something invalid."""
 
 
 @dataclass

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.config import COMMON_ACTION_KEYS, ActionSpec, Config, RuleSpec
-from engine.expr.compiler import ExpressionCompiler, ExpressionError, Guard, Search
+from engine.errors import ExpressionError, ParamTypeError
+from engine.expr.compiler import ExpressionCompiler, Guard, Search
 from engine.expr.templates import Renderer, Template, compile_value, has_template, to_text
 from engine.hookspecs import ActionType, Param
 from engine.problems import Problem, did_you_mean
@@ -26,10 +27,6 @@ _JSON_TYPE_NAMES = {
     list: "list",
     dict: "table",
 }
-
-
-class ParamTypeError(ValueError):
-    """A templated parameter rendered to a value of the wrong type."""
 
 
 @dataclass(frozen=True)

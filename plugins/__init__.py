@@ -1,5 +1,6 @@
 """Built-in zoomrules action plugins.
 
-Each module here is an ordinary pluggy plugin: it uses exactly the hooks in
-`engine.hookspecs` that a third-party plugin would use.
+Each module here is an ordinary pluggy plugin: it imports only
+`engine.plugin`, the public API a third-party plugin uses, and registers
+through the same `zoomrules` entry points.
 """

@@ -15,7 +15,6 @@ into a message: callers pass a display string they have already redacted.
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -23,8 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from engine.expr.templates import to_text
-from engine.hookspecs import ActionContext, ActionError
+from engine.plugin import ActionContext, ActionError, parse_retry_after, shorten, to_text
 
 # httpx (and the command-line tools it imports) loads on the first request,
 # not when the plugin is registered: `zoomrules check` sends none.
@@ -90,27 +88,6 @@ def is_expected(status: int, expect: Sequence[int] | None) -> bool:
     return status in expect
 
 
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After value: delta-seconds or an HTTP date."""
-    if value is None:
-        return None
-    value = value.strip()
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:  # HTTP dates are GMT; a naive result means no zone was given
-        return None
-    now = time.time() if now is None else now
-    return max(0.0, when.timestamp() - now)
-
-
 def rate_limit_delay(headers: Mapping[str, str], now: float | None = None) -> float | None:
     """When the server said its rate limit resets, as seconds from now.
 
@@ -148,8 +125,7 @@ def parse_body(response: httpx.Response) -> Any:
 
 def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
     """One line, at most `limit` characters: for logs and error messages."""
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+    return shorten(text, limit)
 
 
 def error_detail(body: Any) -> str:
@@ -250,9 +226,3 @@ def stringify_query(query: Mapping[str, Any] | None) -> list[tuple[str, str]]:
 def scalar_text(value: Any) -> str:
     """Text for a rendered value, spelled exactly as template interpolation spells it."""
     return to_text(value)
-
-
-def redact_url(url: httpx.URL) -> str:
-    """scheme://host[:port] only: paths and queries of webhooks often are the secret."""
-    port = f":{url.port}" if url.port is not None else ""
-    return f"{url.scheme}://{url.host}{port}"

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from engine.hookspecs import ActionContext, ActionType, Param, hookimpl
+from engine.plugin import ActionContext, ActionType, Param, hookimpl
 
 
 async def run(params: Mapping[str, Any], ctx: ActionContext) -> str:

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from engine.hookspecs import ActionContext, ActionError, ActionType, Param, hookimpl
+from engine.plugin import ActionContext, ActionError, ActionType, Param, hookimpl, redact_url
 from plugins import _http_common as common
 
 # httpx (and the command-line tools it imports) loads on the first request,
@@ -71,7 +71,7 @@ def build_request(client: httpx.AsyncClient, params: Mapping[str, Any]) -> httpx
 async def run(params: Mapping[str, Any], ctx: ActionContext) -> dict[str, Any]:
     client = ctx.services.http
     request = build_request(client, params)
-    target = f"{request.method} {common.redact_url(request.url)}"
+    target = f"{request.method} {redact_url(request.url)}"
     extra = common.log_extra(ctx, NAME, method=request.method)
     response, body = await common.send(client, request, target=target, log=ctx.log, extra=extra)
     common.check_response(response, body, params.get("expect"), target)

@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import orjson
 
-from engine.hookspecs import ActionContext, ActionType, Param, hookimpl
+from engine.plugin import ActionContext, ActionType, Param, hookimpl
 
 # One lock per process: concurrent firings append whole lines, never interleaved.
 # Made on the first firing: anyio.Lock() outside an event loop imports asyncio

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from engine.hookspecs import ActionContext, ActionError, ActionType, Param, hookimpl
+from engine.plugin import ActionContext, ActionError, ActionType, Param, hookimpl
 from plugins._http_common import excerpt, log_extra, scalar_text
 
 if TYPE_CHECKING:

@@ -30,7 +30,7 @@ import anyio
 import anyio.abc
 import orjson
 
-from engine.hookspecs import ActionContext, ActionError, ActionType, Param, hookimpl
+from engine.plugin import ActionContext, ActionError, ActionType, Param, hookimpl
 from plugins._http_common import excerpt, log_extra, scalar_text
 
 NAME = "shell"

@@ -18,11 +18,11 @@ from __future__ import annotations
 import time
 import urllib.parse
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from engine.hookspecs import ActionContext, ActionError, ActionType, Param, hookimpl
+from engine.plugin import ActionContext, ActionError, ActionType, Param, hookimpl
 from plugins import _http_common as common
 
 # httpx (and the command-line tools it imports) loads on the first request,
@@ -34,10 +34,6 @@ NAME = "zoom_api"
 DEFAULT_BASE_URL = "https://api.zoom.us/v2"
 _METHODS = ("GET", "POST", "PATCH", "PUT", "DELETE")
 _LIMITER_KEY = "zoom_api.limiter"
-
-
-class _Template(Protocol):
-    def render(self, root: Any, quote: Any = None) -> Any: ...
 
 
 class TokenBucket:

@@ -19,7 +19,7 @@ from anyio.abc import ByteReceiveStream, SocketAttribute, SocketStream
 from engine.config import ActionSpec
 from engine.events import Event
 from engine.expr.compiler import ExpressionCompiler
-from engine.hookspecs import ActionContext, ActionType
+from engine.plugin import ActionContext, ActionType
 from engine.registry import load_registry
 from engine.ruleset import CompiledAction, _compile_action
 from engine.services import Services

@@ -17,7 +17,7 @@ import pytest
 from action_harness import action_type, read_http_request, run_action, serve_tcp, unused_port
 
 from engine.events import Event
-from engine.hookspecs import ActionError
+from engine.plugin import ActionError
 from engine.services import Services
 from plugins import http
 

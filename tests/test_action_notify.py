@@ -21,7 +21,7 @@ from action_harness import action_context, action_type, read_http_request, rende
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from engine.events import Event
-from engine.hookspecs import ActionContext, ActionError
+from engine.plugin import ActionContext, ActionError
 from engine.services import Services
 from plugins import notify
 

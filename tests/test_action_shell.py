@@ -19,7 +19,7 @@ import pytest
 from action_harness import action_type, run_action
 
 from engine.events import Event
-from engine.hookspecs import ActionError
+from engine.plugin import ActionError
 from engine.services import Services
 from plugins import shell
 

@@ -20,7 +20,7 @@ from action_harness import action_type, run_action, serve_tcp, unused_port
 
 from engine.auth import TokenManager
 from engine.events import Event
-from engine.hookspecs import ActionError
+from engine.plugin import ActionError
 from engine.services import Services
 from engine.simulator import SimResponse, Simulator
 from plugins import zoom_api

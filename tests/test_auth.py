@@ -9,7 +9,8 @@ import anyio
 import httpx
 import pytest
 
-from engine.auth import AuthError, Backoff, TokenManager
+from engine.auth import Backoff, TokenManager
+from engine.errors import AuthError
 from engine.simulator import Simulator
 
 
@@ -159,7 +160,7 @@ async def test_server_errors_are_retried_with_backoff(
 ) -> None:
     sim.fail_oauth(3, status=503)
     tokens = _manager(sim, http, backoff_initial=0.01)
-    with caplog.at_level(logging.WARNING, logger="engine.auth"), anyio.fail_after(5):
+    with caplog.at_level(logging.WARNING, logger="zoomrules.auth"), anyio.fail_after(5):
         token = await tokens.token()
     assert token == sim.issued_tokens[0]
     assert len(sim.oauth_requests) == 4

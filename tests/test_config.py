@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 from conftest import ZOOM_ENV, run_cli, write_rules
 
-from engine.hookspecs import ActionContext, ActionType, Param, hookimpl
+from engine.errors import ConfigError
 from engine.loader import LoadedRules, load_rules
-from engine.problems import ConfigError, Problem
+from engine.plugin import ActionContext, ActionType, Param, hookimpl
+from engine.problems import Problem
 
 RULE_OK = """
 [[rule]]

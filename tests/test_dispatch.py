@@ -18,8 +18,8 @@ from conftest import example, write_rules
 
 from engine.dispatch import Dispatcher, Job
 from engine.events import Event
-from engine.hookspecs import ActionContext, ActionError, ActionType, Param, hookimpl
 from engine.loader import LoadedRules, load_rules
+from engine.plugin import ActionContext, ActionError, ActionType, Param, hookimpl
 from engine.services import Services
 
 pytestmark = pytest.mark.anyio

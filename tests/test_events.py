@@ -10,7 +10,8 @@ import orjson
 import pytest
 
 import engine.events
-from engine.events import Event, InvalidEvent, canonical_json, event_id
+from engine.errors import InvalidEvent
+from engine.events import Event, canonical_json, event_id
 from tests.conftest import example
 
 

@@ -34,7 +34,7 @@ if str(REPO) not in sys.path:
 from engine.expr.codegen import compile_expression  # noqa: E402
 from engine.expr.compiler import ExpressionCompiler, _functions_class  # noqa: E402
 from engine.expr.functions import BUILTIN_FUNCTIONS  # noqa: E402
-from engine.hookspecs import JMESPathFunction  # noqa: E402
+from engine.plugin import JMESPathFunction  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 COMPLIANCE = SHARED / "jmespath-compliance"

@@ -9,7 +9,8 @@ import pytest
 from conftest import example
 from jmespath import exceptions
 
-from engine.expr.compiler import ExpressionCompiler, ExpressionError
+from engine.errors import ExpressionError
+from engine.expr.compiler import ExpressionCompiler
 from engine.expr.functions import BUILTIN_FUNCTIONS
 
 

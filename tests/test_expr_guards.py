@@ -18,9 +18,9 @@ from conftest import _corpus, write_rules
 from engine.events import Event
 from engine.expr.compiler import is_truthy
 from engine.expr.guards import find_guard
-from engine.hookspecs import JMESPathFunction, hookimpl
 from engine.loader import LoadedRules, load_rules
 from engine.matcher import Matcher
+from engine.plugin import JMESPathFunction, hookimpl
 
 
 def guard_of(text: str, pure: frozenset[str] = frozenset({"lower", "email_domain"})):

@@ -25,8 +25,8 @@ from engine.events import Event
 from engine.expr.compiler import _functions_class, is_truthy
 from engine.expr.functions import BUILTIN_FUNCTIONS
 from engine.expr.plans import PlanStep, compile_plan
-from engine.hookspecs import JMESPathFunction
 from engine.loader import load_rules
+from engine.plugin import JMESPathFunction
 
 Outcome = tuple[list[str], list[tuple[str, str, str]]]
 

@@ -27,10 +27,11 @@ from hypothesis import strategies as st
 from jmespath import exceptions
 from jmespath.lexer import Lexer
 
-from engine.expr.compiler import ExpressionCompiler, ExpressionError
+from engine.errors import ExpressionError
+from engine.expr.compiler import ExpressionCompiler
 from engine.expr.functions import BUILTIN_FUNCTIONS
 from engine.expr.shapes import literal_class, scan
-from engine.hookspecs import JMESPathFunction
+from engine.plugin import JMESPathFunction
 from tests.test_expr_codegen import (
     COMPLIANCE_CASES,
     DOCUMENTS,

@@ -8,10 +8,11 @@ import pytest
 from conftest import ZOOM_ENV, example, write_rules
 
 from engine.commands.test import evaluate
+from engine.errors import TemplateError
 from engine.events import Event
 from engine.expr.compiler import ExpressionCompiler
 from engine.expr.functions import BUILTIN_FUNCTIONS
-from engine.expr.templates import Constant, Template, TemplateError, compile_value, to_text
+from engine.expr.templates import Constant, Template, compile_value, to_text
 from engine.loader import load_rules
 
 EVENT = example("recording.completed")

@@ -21,7 +21,8 @@ import pytest
 from test_journal_support import meeting_events
 
 from engine.config import EngineConfig
-from engine.events import Event, InvalidEvent
+from engine.errors import InvalidEvent
+from engine.events import Event
 from engine.journal import ActionOutcome, Journal, JournalDB, event_row, open_journal
 from engine.journal_writer import serve
 

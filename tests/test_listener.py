@@ -17,7 +17,8 @@ import orjson
 import pytest
 from websockets.asyncio.client import connect
 
-from engine.auth import AuthError, TokenManager
+from engine.auth import TokenManager
+from engine.errors import AuthError
 from engine.events import Event
 from engine.listener import ZoomListener
 from engine.simulator import Simulator
@@ -309,7 +310,7 @@ async def test_handler_errors_do_not_kill_the_connection() -> None:
 async def test_warns_when_another_client_keeps_replacing_ours(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="engine.listener")
+    caplog.set_level(logging.WARNING, logger="zoomrules.listener")
     async with simulator() as sim, running(sim) as (listener, _, _):
         rogue_token = sim.issue_token()
         rogue_url = f"{sim.ws_endpoint}&access_token={rogue_token}"

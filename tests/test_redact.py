@@ -12,13 +12,14 @@ import httpx
 import orjson
 import pytest
 
-from engine.auth import AuthError, TokenManager
+from engine.auth import TokenManager
+from engine.errors import AuthError
 from engine.events import Event
 from engine.listener import ZoomListener
+from engine.logs import configure_logging
 from engine.redact import (
     RedactingFilter,
     Secret,
-    configure_logging,
     redact,
     redact_url,
     register_secret,
@@ -49,12 +50,29 @@ def restore_logging() -> Iterator[None]:
         logging.getLogger(name).setLevel(level)
 
 
-def test_redact_url_hides_access_token() -> None:
-    url = "wss://ws.zoom.us/ws?subscriptionId=abc&access_token=eyJ.abc-def_123&x=1"
-    assert redact_url(url) == "wss://ws.zoom.us/ws?subscriptionId=abc&access_token=***&x=1"
-    assert (
-        redact_url("wss://ws.zoom.us/ws?access_token=t") == "wss://ws.zoom.us/ws?access_token=***"
-    )
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (
+            "wss://ws.zoom.us/ws?subscriptionId=abc&access_token=eyJ.abc-def_123",
+            "wss://ws.zoom.us/…",
+        ),
+        ("https://hooks.example.com/T000/B000/XXXX", "https://hooks.example.com/…"),
+        ("https://user:pa55word@example.com:8443/?key=v", "https://example.com:8443/…"),
+        ("http://127.0.0.1:9000", "http://127.0.0.1:9000"),
+        ("http://127.0.0.1:9000/", "http://127.0.0.1:9000"),
+        ("http://[::1]:80/x#frag", "http://[::1]:80/…"),
+        ("http://example.com:notaport/secret", "http://…"),
+        ("no url at all secret", "(not a URL)"),
+    ],
+)
+def test_redact_url_shows_scheme_host_and_port_only(url: str, shown: str) -> None:
+    """One redaction for every URL: paths, queries and user info hold secrets."""
+    assert redact_url(url) == shown
+
+
+def test_redact_url_takes_url_objects() -> None:
+    assert redact_url(httpx.URL("https://h.example/secret?q=1")) == "https://h.example/…"
 
 
 def test_redact_header_values_and_registered_secrets() -> None:

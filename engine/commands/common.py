@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import IO
 
 from engine.cli import config_paths
-from engine.events import Event, InvalidEvent
+from engine.errors import ConfigError, InvalidEvent
+from engine.events import Event
 from engine.loader import LoadedRules, load_rules
-from engine.problems import ConfigError
 
 
 def load_or_report(args: argparse.Namespace) -> LoadedRules | None:

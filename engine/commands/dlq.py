@@ -28,30 +28,25 @@ from engine.commands import Command
 from engine.commands.common import load_or_report
 from engine.commands.journal import add_state_dir_options, open_existing, state_dir
 from engine.durations import parse_duration
+from engine.errors import JournalBusy, JournalError
 from engine.journal import (
     DEAD,
     PENDING,
     RETRY,
     JobRow,
-    JournalBusy,
     JournalDB,
-    JournalError,
     exclusive_lock,
     lock_holder,
     open_journal,
 )
 from engine.loader import LoadedRules
+from engine.logs import shorten
 
 _LIST_LIMIT = 100_000
 
 
 def _when(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
-
-
-def _short(text: str | None, width: int) -> str:
-    text = (text or "").replace("\n", " ")
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def cmd_list(db: JournalDB, args: argparse.Namespace) -> int:
@@ -67,9 +62,9 @@ def cmd_list(db: JournalDB, args: argparse.Namespace) -> int:
     for row in rows:
         state = " (re-queued)" if row.state == RETRY else ""
         print(
-            f"{row.id:>6}  {_when(row.updated_at):19}  {_short(row.rule, 20):20}  "
-            f"{_short(row.event.name, 28):28}  {row.next_action + 1:>6}  {row.attempts:>5}  "
-            f"{_short(row.last_error, 60)}{state}"
+            f"{row.id:>6}  {_when(row.updated_at):19}  {shorten(row.rule, 20):20}  "
+            f"{shorten(row.event.name, 28):28}  {row.next_action + 1:>6}  {row.attempts:>5}  "
+            f"{shorten(row.last_error, 60)}{state}"
         )
     print(f"{len(rows)} dead letter(s); `zoomrules dlq show ID` for one, "
           "`zoomrules dlq retry --all` to run them again")  # fmt: skip

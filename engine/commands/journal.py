@@ -12,7 +12,8 @@ import orjson
 from engine.cli import EXIT_FAILURE, EXIT_INVALID, EXIT_OK, config_paths
 from engine.commands import Command
 from engine.config import read_config
-from engine.journal import JOB_STATES, JournalDB, JournalError
+from engine.errors import JournalError
+from engine.journal import JOB_STATES, JournalDB
 
 
 def add_state_dir_options(parser: argparse.ArgumentParser) -> None:

@@ -10,8 +10,9 @@ import orjson
 from engine.cli import EXIT_INVALID, EXIT_OK, config_paths
 from engine.commands import Command
 from engine.config import read_config
+from engine.errors import PluginError
 from engine.hookspecs import Param
-from engine.registry import PluginError, load_registry
+from engine.registry import load_registry
 from engine.ruleset import param_type_names
 
 

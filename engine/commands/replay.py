@@ -114,7 +114,8 @@ class ReplayDedup:
 @asynccontextmanager
 async def open_dedup(engine: EngineConfig, *, dry_run: bool) -> AsyncIterator[ReplayDedup | None]:
     """None with `journal = false`; else dedup against the existing journal, if any."""
-    from engine.journal import JournalDB, JournalError
+    from engine.errors import JournalError
+    from engine.journal import JournalDB
 
     if not engine.journal:
         yield None
@@ -140,7 +141,7 @@ def _without_journal(engine: EngineConfig, note: str) -> ReplayDedup:
 
 
 async def replay(loaded: LoadedRules, handle: IO[bytes], name: str, *, dry_run: bool) -> dict:
-    from engine.events import InvalidEvent
+    from engine.errors import InvalidEvent
     from engine.runtime import open_services, running_pipeline
 
     invalid: list[str] = []

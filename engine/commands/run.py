@@ -18,7 +18,8 @@ log = logging.getLogger("zoomrules")
 def handle(args: argparse.Namespace) -> int:
     # The daemon's modules (WebSocket client, dispatcher, HTTP client) load
     # only for this command: `zoomrules check` and the rest start faster.
-    from engine.daemon import Daemon, DaemonError
+    from engine.daemon import Daemon
+    from engine.errors import DaemonError
 
     loaded = load_or_report(args)
     if loaded is None:

@@ -14,7 +14,8 @@ import orjson
 from engine.cli import EXIT_INVALID, EXIT_OK
 from engine.commands import Command
 from engine.commands.common import load_or_report, read_event_file
-from engine.events import META_KEY, Event, InvalidEvent
+from engine.errors import InvalidEvent
+from engine.events import META_KEY, Event
 from engine.expr.templates import Template
 from engine.loader import LoadedRules
 from engine.matcher import Decision

@@ -14,24 +14,9 @@ The parts, from the front door inwards:
 What other packages use is re-exported here.
 """
 
-from engine.expr.compiler import (
-    EVALUATORS,
-    Evaluator,
-    ExpressionCompiler,
-    ExpressionError,
-    Guard,
-    Search,
-    is_truthy,
-)
-from engine.expr.templates import (
-    Constant,
-    Renderer,
-    Template,
-    TemplateError,
-    compile_value,
-    has_template,
-    to_text,
-)
+from engine.errors import ExpressionError, TemplateError
+from engine.expr.compiler import EVALUATORS, Evaluator, ExpressionCompiler, Guard, Search, is_truthy
+from engine.expr.templates import Constant, Renderer, Template, compile_value, has_template, to_text
 
 __all__ = [
     "EVALUATORS",

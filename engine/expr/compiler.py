@@ -23,6 +23,7 @@ import jmespath.functions
 from jmespath import exceptions
 from jmespath.parser import ParsedResult
 
+from engine.errors import ExpressionError
 from engine.expr.codegen import Generated, generate
 from engine.expr.guards import find_guard, is_pure
 from engine.expr.shapes import ShapeCache
@@ -31,10 +32,6 @@ from engine.hookspecs import JMESPathFunction
 Search = Callable[[Any], Any]
 Evaluator = Literal["compiled", "interpreter"]
 EVALUATORS: tuple[str, ...] = ("compiled", "interpreter")
-
-
-class ExpressionError(ValueError):
-    """An expression that cannot be compiled (message says why)."""
 
 
 def _functions_class(functions: Iterable[JMESPathFunction]) -> type:

@@ -16,15 +16,12 @@ from typing import Any
 
 import orjson
 
-from engine.expr.compiler import ExpressionCompiler, ExpressionError, Search
+from engine.errors import ExpressionError, TemplateError
+from engine.expr.compiler import ExpressionCompiler, Search
 
 _PART = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
 
 Quote = Callable[[str], str]
-
-
-class TemplateError(ExpressionError):
-    """A template that cannot be compiled."""
 
 
 def to_text(value: Any) -> str:

@@ -43,7 +43,7 @@ from engine.simulator.rest import ApiCall, SimResponse, default_response, error_
 
 __all__ = ["ApiCall", "SimConnection", "SimResponse", "Simulator"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("zoomrules.simulator")
 
 _HEARTBEAT_ACK = orjson.dumps(
     {"module": "heartbeat", "success": True, "content": "live", "header": {}}

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 from jmespath import exceptions
 
-from engine.hookspecs import (
+from engine.plugin import (
     ActionContext,
     ActionError,
     ActionType,
