@@ -11,15 +11,16 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from engine import __version__
+from engine.commands import check, demo, dlq, journal, plugins, replay, run, test
+from engine.commands.base import DEFAULT_CONFIG, EXIT_OK, Command
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_INVALID = 2
-
-DEFAULT_CONFIG = "rules.toml"
+#: Every subcommand, in the order `zoomrules --help` lists them.
+COMMANDS: list[Command] = [
+    run.COMMAND, check.COMMAND, test.COMMAND, replay.COMMAND, plugins.COMMAND,
+    dlq.COMMAND, journal.COMMAND, demo.COMMAND,
+]  # fmt: skip
 
 
 def _common(parser: argparse.ArgumentParser, *, config: bool = True) -> None:
@@ -46,8 +47,6 @@ def _common(parser: argparse.ArgumentParser, *, config: bool = True) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from engine.commands import COMMANDS
-
     parser = argparse.ArgumentParser(
         prog="zoomrules",
         description="Turn Zoom events into automated actions with declarative TOML rules.",
@@ -60,10 +59,6 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_arguments(p)
         p.set_defaults(handler=command.handler)
     return parser
-
-
-def config_paths(args: argparse.Namespace) -> list[Path]:
-    return [Path(p) for p in (args.config or [DEFAULT_CONFIG])]
 
 
 def setup_logging(level: str, fmt: str) -> None:

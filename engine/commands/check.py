@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from engine.cli import EXIT_INVALID, EXIT_OK
-from engine.commands import Command
+from engine.commands.base import EXIT_INVALID, EXIT_OK, Command
 from engine.commands.common import load_or_report
 
 

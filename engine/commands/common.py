@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from engine.cli import config_paths
+from engine.commands.base import config_paths
 from engine.errors import ConfigError, InvalidEvent
 from engine.events import Event
 from engine.loader import LoadedRules, load_rules

@@ -7,8 +7,7 @@ from functools import partial
 
 import anyio
 
-from engine.cli import EXIT_OK
-from engine.commands import Command
+from engine.commands.base import EXIT_OK, Command
 from engine.durations import parse_duration
 
 

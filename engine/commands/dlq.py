@@ -23,8 +23,7 @@ from pathlib import Path
 import anyio
 import orjson
 
-from engine.cli import EXIT_FAILURE, EXIT_INVALID, EXIT_OK
-from engine.commands import Command
+from engine.commands.base import EXIT_FAILURE, EXIT_INVALID, EXIT_OK, Command
 from engine.commands.common import load_or_report
 from engine.commands.journal import add_state_dir_options, open_existing, state_dir
 from engine.durations import parse_duration

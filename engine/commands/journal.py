@@ -9,8 +9,7 @@ from pathlib import Path
 
 import orjson
 
-from engine.cli import EXIT_FAILURE, EXIT_INVALID, EXIT_OK, config_paths
-from engine.commands import Command
+from engine.commands.base import EXIT_FAILURE, EXIT_INVALID, EXIT_OK, Command, config_paths
 from engine.config import read_config
 from engine.errors import JournalError
 from engine.journal import JOB_STATES, JournalDB

@@ -7,8 +7,7 @@ import sys
 
 import orjson
 
-from engine.cli import EXIT_INVALID, EXIT_OK, config_paths
-from engine.commands import Command
+from engine.commands.base import EXIT_INVALID, EXIT_OK, Command, config_paths
 from engine.config import read_config
 from engine.errors import PluginError
 from engine.hookspecs import Param

@@ -23,8 +23,7 @@ from typing import IO, TYPE_CHECKING
 import anyio
 import anyio.lowlevel
 
-from engine.cli import EXIT_FAILURE, EXIT_INVALID, EXIT_OK
-from engine.commands import Command
+from engine.commands.base import EXIT_FAILURE, EXIT_INVALID, EXIT_OK, Command
 from engine.commands.common import iter_jsonl, load_or_report, open_input
 
 # The journal, the pipeline and what it runs (the HTTP client, the event

@@ -8,8 +8,7 @@ import sys
 
 import anyio
 
-from engine.cli import EXIT_FAILURE, EXIT_INVALID, EXIT_OK, config_paths
-from engine.commands import Command
+from engine.commands.base import EXIT_FAILURE, EXIT_INVALID, EXIT_OK, Command, config_paths
 from engine.commands.common import load_or_report
 
 log = logging.getLogger("zoomrules")

@@ -11,8 +11,7 @@ from typing import Any
 
 import orjson
 
-from engine.cli import EXIT_INVALID, EXIT_OK
-from engine.commands import Command
+from engine.commands.base import EXIT_INVALID, EXIT_OK, Command
 from engine.commands.common import load_or_report, read_event_file
 from engine.errors import InvalidEvent
 from engine.events import META_KEY, Event
