@@ -52,10 +52,10 @@ from engine.auth import TokenManager  # noqa: E402
 from engine.daemon import Daemon, fewer_gc_passes  # noqa: E402
 from engine.dispatch import Job  # noqa: E402
 from engine.events import Event  # noqa: E402
-from engine.listener import ZoomListener  # noqa: E402
 from engine.loader import LoadedRules, load_rules  # noqa: E402
 from engine.plugin import ActionContext, ActionType, hookimpl  # noqa: E402
-from engine.runtime import open_services, running_pipeline  # noqa: E402
+from engine.runtime import open_services, running_engine  # noqa: E402
+from engine.sources.zoom_ws import ZoomListener  # noqa: E402
 
 
 class Counter:
@@ -243,8 +243,9 @@ async def stage_costs(zoom: RemoteZoom, frames: list[bytes], names: list[str]) -
         loaded = _loaded(Path(tmp), names, zoom.env(), counter)
     async with (
         open_services(loaded.config) as services,
-        running_pipeline(loaded, services) as pipeline,
+        running_engine(loaded, services) as runtime,
     ):
+        pipeline = runtime.pipeline
         with fewer_gc_passes():
             for start in range(0, len(frames), 256):
                 chunk = frames[start : start + 256]
@@ -297,14 +298,13 @@ async def reconnect_gaps(zoom: RemoteZoom, drops: int, connections: int) -> list
             return None
 
         listener = ZoomListener(
-            name="bench",
+            subscription="bench",
             endpoint=zoom.hello["ws_endpoint"],
             tokens=tokens,
-            on_event=ignore,
             healthy_after=0.25,
         )
         async with anyio.create_task_group() as tg:
-            tg.start_soon(listener.run)
+            tg.start_soon(listener.run, ignore)
             await zoom.wait_connected(connections)
             for _ in range(drops):
                 await anyio.sleep(0.3)

@@ -13,7 +13,7 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -74,6 +74,8 @@ class EngineConfig:
     journal: bool = True
     retention: float = 7 * 86400.0
     dedup_window: float = 86400.0
+    #: Which `engine.journal` backend keeps the journal.
+    journal_backend: str = "sqlite"
 
 
 @dataclass(frozen=True)
@@ -438,9 +440,7 @@ class _Builder:
         )  # fmt: skip
         self.unknown_keys(data, known, ctx)
         get = _Getter(self, data, ctx)
-        state_dir = self.env.get("ZOOMRULES_STATE_DIR") or get.str(
-            "state_dir", str(defaults.state_dir)
-        )
+        state_dir = get.str("state_dir", str(defaults.state_dir))
         evaluator = get.str("evaluator", defaults.evaluator)
         if evaluator not in ("compiled", "interpreter"):
             self.problem(
@@ -582,7 +582,11 @@ class _Builder:
         )
 
     def finish(self, files: tuple[Path, ...]) -> Config:
-        engine = self.engine or EngineConfig(**_engine_env_overrides(self.env))
+        engine = self.engine or EngineConfig()
+        # The environment wins over the file, with or without an [engine].
+        state_dir = self.env.get("ZOOMRULES_STATE_DIR")
+        if state_dir:
+            engine = replace(engine, state_dir=Path(state_dir))
         return Config(
             files=files,
             zoom=self.zoom,
@@ -633,11 +637,6 @@ def _positive_duration(value: Any) -> float:
     if seconds <= 0:
         raise ValueError("must be a positive duration like '20s'")
     return seconds
-
-
-def _engine_env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
-    state_dir = env.get("ZOOMRULES_STATE_DIR")
-    return {"state_dir": Path(state_dir)} if state_dir else {}
 
 
 class _Getter:

@@ -18,14 +18,13 @@ from pathlib import Path
 import anyio
 from anyio.abc import TaskGroup
 
-from engine.auth import TokenManager
-from engine.config import Config, Subscription
+from engine.config import Config
 from engine.errors import AuthError, ConfigError, DaemonError, JournalError
-from engine.listener import ZoomListener
 from engine.loader import LoadedRules, load_rules
 from engine.pipeline import Pipeline
-from engine.runtime import open_services, running_pipeline
+from engine.runtime import Runtime, open_services, running_engine
 from engine.services import Services
+from engine.sources import EventSource, build_sources
 
 log = logging.getLogger("zoomrules.daemon")
 
@@ -51,10 +50,6 @@ def fewer_gc_passes() -> Iterator[None]:
         gc.set_threshold(*saved)
 
 
-def _credentials(sub: Subscription) -> tuple[str, str, str, str | None]:
-    return (sub.oauth_url, sub.client_id, sub.client_secret, sub.account_id)
-
-
 class Daemon:
     def __init__(
         self,
@@ -68,8 +63,8 @@ class Daemon:
         self.loaded = loaded
         self.env = env
         self.handle_signals = handle_signals
-        self.pipeline: Pipeline | None = None
-        self.listeners: list[ZoomListener] = []
+        self.runtime: Runtime | None = None
+        self.sources: list[EventSource] = []
         self.reloads = 0
         self.failed_reloads = 0
         self._stop = anyio.Event()
@@ -97,8 +92,8 @@ class Daemon:
         old_zoom, new_zoom = self.loaded.config.zoom, fresh.config.zoom
         if old_zoom != new_zoom:
             log.warning("[zoom] settings changed; connections keep the old ones until a restart")
-        assert self.pipeline is not None
-        self.pipeline.replace_rules(fresh)
+        assert self.runtime is not None
+        self.runtime.pipeline.replace_rules(fresh)
         self.loaded = fresh
         self.reloads += 1
         log.info(
@@ -121,70 +116,52 @@ class Daemon:
             raise DaemonError(str(exc)) from None
         log.info("zoomrules stopped")
 
+    @property
+    def pipeline(self) -> Pipeline | None:
+        return self.runtime.pipeline if self.runtime is not None else None
+
     async def _run(self, config: Config) -> None:
         journal = config.engine.journal
         async with (
             open_services(config) as services,
-            running_pipeline(self.loaded, services, journal=journal) as pipeline,
+            running_engine(self.loaded, services, journal=journal) as runtime,
         ):
-            self.pipeline = pipeline
+            self.runtime = runtime
             async with anyio.create_task_group() as tg:
                 if self.handle_signals:
                     tg.start_soon(self._signals)
-                failure = await self._listen(services, pipeline)
+                failure = await self._listen(services, runtime)
                 tg.cancel_scope.cancel()
             if failure is not None:
                 raise DaemonError(str(failure))
             log.info(
                 "stopped reading from Zoom; waiting for %d job(s) in flight",
-                pipeline.dispatcher.in_flight,
+                runtime.pipeline.dispatcher.in_flight,
             )
 
-    async def _listen(self, services: Services, pipeline: Pipeline) -> AuthError | None:
-        """Run every listener until stop() or a fatal auth error."""
-        zoom = self.loaded.config.zoom
-        assert zoom is not None
-        managers: dict[tuple[str, str, str, str | None], TokenManager] = {}
-        if services.tokens is not None and isinstance(services.tokens, TokenManager):
-            managers[_credentials(zoom.default)] = services.tokens
+    async def _listen(self, services: Services, runtime: Runtime) -> AuthError | None:
+        """Run every event source until stop() or a fatal auth error."""
         failure: AuthError | None = None
 
-        async def listen(listener: ZoomListener, scope: TaskGroup) -> None:
+        async def listen(source: EventSource, scope: TaskGroup) -> None:
             nonlocal failure
             try:
-                await listener.run()
+                # Through the journal when it is on: reading a source never
+                # waits for actions.
+                await source.run(runtime.intake)
             except AuthError as exc:
                 failure = exc
                 log.critical("%s", exc)
                 scope.cancel_scope.cancel()
 
+        self.sources = build_sources(self.loaded.config, services)
         async with anyio.create_task_group() as tg:
-            for sub in zoom.subscriptions:
-                key = _credentials(sub)
-                if key not in managers:
-                    managers[key] = TokenManager(
-                        oauth_url=sub.oauth_url,
-                        client_id=sub.client_id,
-                        client_secret=sub.client_secret,
-                        account_id=sub.account_id,
-                        http=services.http,
-                    )
-                listener = ZoomListener(
-                    name=sub.name,
-                    endpoint=sub.endpoint,
-                    tokens=managers[key],
-                    # Through the journal when it is on: reading the socket
-                    # never waits for actions.
-                    on_event=pipeline.accept,
-                    heartbeat_interval=zoom.heartbeat_interval,
-                    max_frame_size=zoom.max_frame_size,
-                )
-                self.listeners.append(listener)
-                tg.start_soon(listen, listener, tg)
+            for source in self.sources:
+                tg.start_soon(listen, source, tg)
             log.info(
-                "zoomrules running: %d rules, %d subscription(s)",
+                "zoomrules running: %d rules, %d source(s)",
                 len(self.loaded.rules),
-                len(zoom.subscriptions),
+                len(self.sources),
             )
             self._ready.set()
             tg.start_soon(self._cancel_on_stop, tg)

@@ -1,22 +1,23 @@
-"""Feeding the pipeline from the journal: listener -> journal -> consumer -> dispatcher.
+"""Feeding the pipeline from the journal: source -> journal -> consumer -> dispatcher.
 
-The listener only appends to the journal (fast, bounded), so a slow action
-target never stops the WebSocket from being read: events wait on disk, not
-in memory. One consumer task takes committed events in order (from a small
-in-memory window, or read back from disk when it fell behind), matches
-them, records their jobs as pending and then submits them to the
+The event sources only append to the journal (fast, bounded), so a slow
+action target never stops the WebSocket from being read: events wait in
+the journal, not in memory. One consumer task takes committed events in
+order, matches them, records their jobs and then submits them to the
 dispatcher, whose concurrency bound is what makes the consumer wait.
 
-On start, jobs left pending by a previous run are resumed first (each
+On start, jobs left unfinished by a previous run are resumed first (each
 starting at its first unfinished action), then events journaled but never
-matched. Jobs re-queued by `zoomrules dlq retry` are picked up by polling.
+matched. Dead letters re-queued by `zoomrules dlq retry` are picked up by
+polling.
+
+Only the `engine.journal.JournalStore` interface is used: any backend will do.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 
 import anyio
 from anyio.abc import TaskStatus
@@ -24,7 +25,7 @@ from anyio.abc import TaskStatus
 from engine.dispatch import Job
 from engine.errors import ActionFailed
 from engine.events import Event
-from engine.journal import PENDING, RETRY, JobRow, Journal, JournalDB, StoredEvent
+from engine.journal.store import JobRow, JournalStore
 from engine.pipeline import Pipeline
 from engine.ruleset import CompiledRule
 
@@ -34,30 +35,22 @@ log = logging.getLogger("zoomrules.journal")
 class JournalFeed:
     def __init__(
         self,
-        journal: Journal,
+        journal: JournalStore,
         pipeline: Pipeline,
         *,
         batch: int = 256,
         retry_poll: float = 1.0,
-        retention_every: float | None = None,
     ) -> None:
         self.journal = journal
         self.pipeline = pipeline
         self.batch = batch
         self.retry_poll = retry_poll
-        retention = journal.config.retention
-        self.retention_every = retention_every or min(max(retention / 10, 1.0), 3600.0)
         self.resumed = 0
         self.retried = 0
-        self.purged = 0
-        self._last_seq = 0
         self._waiting = False
         self._went_waiting = anyio.Event()
-        #: The listener's callback: journal the event (never waits for
-        #: actions). The journal's own method: no coroutine of ours around it.
-        self.accept: Callable[[Event], Awaitable[None]] = journal.append
 
-    # -- the three ends: listener, dispatcher, lifecycle ----------------------
+    # -- the two ends: dispatcher, lifecycle ------------------------------------
 
     async def observer(
         self, job: Job, index: int, error: ActionFailed | None, attempts: int
@@ -87,9 +80,8 @@ class JournalFeed:
             await self.journal.record_outcome(*fields)
 
     async def run(self, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Resume, then consume forever (until cancelled), with retention and retry polling."""
+        """Resume, then consume forever (until cancelled), polling for retries."""
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._retention_loop)
             task_status.started()
             await self._resume()
             tg.start_soon(self._retry_loop)
@@ -107,49 +99,32 @@ class JournalFeed:
     # -- consuming ----------------------------------------------------------
 
     async def _consume(self) -> None:
-        async with anyio.create_task_group() as tg:
-            ahead: _ReadAhead | None = None
-            while True:
-                signal = self.journal.changed
-                seqs, events = self.journal.take_hot(self._last_seq, self.batch)
-                if not seqs:
-                    if ahead is not None and ahead.after == self._last_seq:
-                        batch = await ahead.result()
-                    else:
-                        batch = await self.journal.unmatched(self._last_seq, self.batch)
-                    ahead = None
-                    if len(batch) == self.batch:
-                        # Behind on disk: read the next batch while this one is
-                        # matched and dispatched, so the dispatcher never waits
-                        # for the read.
-                        ahead = _ReadAhead(self.journal, batch[-1].seq, self.batch)
-                        tg.start_soon(ahead.run)
-                    seqs = [stored.seq for stored in batch]
-                    events = [stored.event for stored in batch]
-                if not seqs:
-                    await self._idle_until(signal)
-                    continue
-                self._last_seq = seqs[-1]
-                await self._process(seqs, events)
+        journal = self.journal
+        while True:
+            seqs, events = await journal.take_events(self.batch)
+            if not seqs:
+                await self._idle()
+                continue
+            await self._process(seqs, events)
 
-    async def _idle_until(self, signal: anyio.Event) -> None:
+    async def _idle(self) -> None:
         self._waiting = True
         went, self._went_waiting = self._went_waiting, anyio.Event()
         went.set()
         try:
-            await signal.wait()
+            await self.journal.wait_for_events()
         finally:
             self._waiting = False
 
     async def _process(self, seqs: Sequence[int], events: Sequence[Event]) -> None:
-        """Match committed events (`seqs[i]` is the seq of `events[i]`) and start their jobs."""
+        """Match committed events (`seqs[i]` is the position of `events[i]`) and start their jobs."""
         select = self.pipeline.select
         fired = [select(event) for event in events]
-        # The events are durable already; the jobs' pending rows are queued
-        # ahead of anything their actions record (see Journal.queue_jobs), so
-        # the jobs need not wait for that commit.
+        # The events are durable already; the store keeps the jobs' pending
+        # rows ahead of anything their actions record, so the jobs need not
+        # wait for that commit.
         ids = iter(
-            await self.journal.queue_jobs(
+            await self.journal.add_jobs(
                 [
                     (seq, [rule.name for rule in rules])
                     for seq, rules in zip(seqs, fired, strict=True)
@@ -165,17 +140,8 @@ class JournalFeed:
 
     async def _resume(self) -> None:
         """Run the jobs an earlier run left unfinished (at-least-once)."""
-        now = time.time()
-        max_id: int = await self.journal.call(lambda db: _requeue_retries(db, now))
         after = 0
-        while True:
-            rows: list[JobRow] = await self.journal.call(
-                lambda db, after=after: db.jobs(
-                    [PENDING], after_id=after, max_id=max_id, limit=self.batch
-                )
-            )
-            if not rows:
-                break
+        while rows := await self.journal.unfinished_jobs(after, self.batch):
             after = rows[-1].id
             self.resumed += await self.run_rows(rows)
         if self.resumed:
@@ -184,10 +150,7 @@ class JournalFeed:
     async def _retry_loop(self) -> None:
         while True:
             await anyio.sleep(self.retry_poll)
-            now = time.time()
-            rows: list[JobRow] = await self.journal.call(
-                lambda db, now=now: db.claim_retries(now, self.batch)
-            )
+            rows = await self.journal.claim_retries(self.batch)
             if rows:
                 log.info("dlq retry: running %d re-queued job(s)", len(rows))
                 self.retried += await self.run_rows(rows)
@@ -209,60 +172,6 @@ class JournalFeed:
             )
             submitted += 1
         return submitted
-
-    # -- retention ------------------------------------------------------------------
-
-    async def _retention_loop(self) -> None:
-        config = self.journal.config
-        while True:
-            while True:
-                now = time.time()
-                deleted: int = await self.journal.call(
-                    lambda db, now=now: db.purge_expired(now, config.retention, config.dedup_window)
-                )
-                self.purged += deleted
-                if not deleted:
-                    break
-            await anyio.sleep(self.retention_every)
-
-
-class _ReadAhead:
-    """One read of committed, unmatched events, started before it is needed.
-
-    Its result is only used if the consumer continues exactly where the read
-    started (`after`); being a snapshot of committed events in seq order, it
-    is then what reading at that moment would have given, or a prefix of it.
-    """
-
-    def __init__(self, journal: Journal, after: int, limit: int) -> None:
-        self.after = after
-        self._journal = journal
-        self._limit = limit
-        self._done = anyio.Event()
-        self._batch: list[StoredEvent] = []
-        self._error: BaseException | None = None
-
-    async def run(self) -> None:
-        try:
-            self._batch = await self._journal.unmatched(self.after, self._limit)
-        except Exception as exc:  # noqa: BLE001 - raised where the result is used
-            self._error = exc
-        finally:
-            self._done.set()
-
-    async def result(self) -> list[StoredEvent]:
-        await self._done.wait()
-        if self._error is not None:
-            raise self._error
-        return self._batch
-
-
-def _requeue_retries(db: JournalDB, now: float) -> int:
-    """Jobs re-queued while no daemon ran become plain pending; returns the max job id."""
-    db.conn.execute(
-        "UPDATE jobs SET state = ?, updated_at = ? WHERE state = ?", (PENDING, now, RETRY)
-    )
-    return db.max_job_id()
 
 
 def _unrunnable(row: JobRow, rule: CompiledRule | None) -> str | None:

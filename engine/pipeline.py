@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from engine.dispatch import Dispatcher, Job
 from engine.events import Event
 from engine.loader import LoadedRules
 from engine.ruleset import CompiledRule
 from engine.throttle import Throttle
-
-if TYPE_CHECKING:
-    from engine.journal_feed import JournalFeed
 
 log = logging.getLogger("zoomrules.pipeline")
 
@@ -38,11 +34,6 @@ class Pipeline:
         self.rules = rules
         self.dispatcher = dispatcher
         self.stats = PipelineStats()
-        #: Where `accept` sends events: the journal when one is in use
-        #: (set by `running_pipeline`), otherwise straight to `handle`.
-        self.intake: Callable[[Event], Awaitable[None]] | None = None
-        #: The journal consumer feeding this pipeline, if any.
-        self.feed: JournalFeed | None = None
 
     def replace_rules(self, rules: LoadedRules) -> None:
         # Keep throttle windows of rules that survive a reload, so a reload
@@ -95,13 +86,6 @@ class Pipeline:
             extra={"rule": rule.name, "event": event.name},
         )
         return False
-
-    async def accept(self, event: Event) -> None:
-        """An event source's callback: through the journal if any, else `handle`."""
-        if self.intake is not None:
-            await self.intake(event)
-        else:
-            await self.handle(event)
 
     async def handle(self, event: Event) -> int:
         """Match `event` and submit its jobs (waits while the dispatcher is full)."""

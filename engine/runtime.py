@@ -1,19 +1,29 @@
-"""Starting and stopping the engine's moving parts (services, dispatcher, pipeline)."""
+"""Wiring the engine's parts: services, dispatcher, pipeline, journal and its feed.
+
+The one module that knows how the parts fit together; each part knows only
+the interfaces it is handed (`engine.journal.JournalStore`,
+`engine.sources.EventSink`, ...). The daemon, `replay` and `dlq retry` start
+what they need through here.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import anyio
 import httpx
 
 from engine.config import Config, EngineConfig
-from engine.dispatch import Dispatcher
+from engine.dispatch import Dispatcher, DispatchStats
+from engine.journal import JobRow, JournalStore, open_journal
+from engine.journal_feed import JournalFeed
 from engine.loader import LoadedRules
 from engine.pipeline import Pipeline
 from engine.services import Services
+from engine.sources.base import EventSink
 
 #: Outbound HTTP defaults; each action's own `timeout` bounds it further.
 HTTP_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
@@ -52,14 +62,26 @@ def _grace_limit(engine: EngineConfig, grace: float | None) -> float | None:
     return None if math.isinf(limit) else limit
 
 
+@dataclass
+class Runtime:
+    """The parts of one running engine, wired together."""
+
+    pipeline: Pipeline
+    #: Where event sources hand their events: the journal (`store.append`)
+    #: when it is on, else the pipeline itself.
+    intake: EventSink
+    store: JournalStore | None = None
+    feed: JournalFeed | None = None
+
+
 @asynccontextmanager
-async def running_pipeline(
+async def running_engine(
     loaded: LoadedRules,
     services: Services,
     *,
     grace: float | None = None,
     journal: bool = False,
-) -> AsyncIterator[Pipeline]:
+) -> AsyncIterator[Runtime]:
     """A pipeline whose dispatcher runs for the duration of the block.
 
     On leaving the block normally, jobs still in flight get `grace` seconds
@@ -67,13 +89,13 @@ async def running_pipeline(
     finish; whatever is left then is cancelled.
 
     `journal=True` (the daemon, when `[engine] journal` is on) puts the
-    journal between the event source and the matcher: `pipeline.accept`
-    appends to it and a consumer task feeds the matcher from it (see
+    journal between the event sources and the matcher: `intake` appends to
+    it and a consumer task feeds the matcher from it (see
     `engine.journal_feed`). Raises JournalError if it cannot be opened.
     """
     if journal:
-        async with _journaled_pipeline(loaded, services, grace) as pipeline:
-            yield pipeline
+        async with _journaled(loaded, services, grace) as runtime:
+            yield runtime
         return
     engine = loaded.config.engine
     dispatcher = _dispatcher(engine, services)
@@ -81,7 +103,7 @@ async def running_pipeline(
         await tg.start(dispatcher.run)
         pipeline = Pipeline(loaded, dispatcher)
         try:
-            yield pipeline
+            yield Runtime(pipeline, pipeline.handle)
             with anyio.move_on_after(_grace_limit(engine, grace)):
                 await dispatcher.wait_idle()
         finally:
@@ -89,12 +111,9 @@ async def running_pipeline(
 
 
 @asynccontextmanager
-async def _journaled_pipeline(
+async def _journaled(
     loaded: LoadedRules, services: Services, grace: float | None
-) -> AsyncIterator[Pipeline]:
-    from engine.journal import open_journal
-    from engine.journal_feed import JournalFeed
-
+) -> AsyncIterator[Runtime]:
     engine = loaded.config.engine
     # The journal is opened first and closed last: every progress update of
     # a job cancelled at the end of the grace period is still committed.
@@ -103,16 +122,31 @@ async def _journaled_pipeline(
         pipeline = Pipeline(loaded, dispatcher)
         feed = JournalFeed(store, pipeline)
         dispatcher.observer = feed.observer
-        pipeline.intake = feed.accept
-        pipeline.feed = feed
         async with anyio.create_task_group() as tg:
             await tg.start(dispatcher.run)
             await tg.start(feed.run)
             try:
-                yield pipeline
+                yield Runtime(pipeline, store.append, store, feed)
                 # Events already journaled are matched and run within the
                 # grace period too; what is left stays pending for next start.
                 with anyio.move_on_after(_grace_limit(engine, grace)):
                     await feed.wait_drained()
             finally:
                 tg.cancel_scope.cancel()
+
+
+async def run_jobs_now(
+    loaded: LoadedRules, services: Services, store: JournalStore, rows: Sequence[JobRow]
+) -> DispatchStats:
+    """Run stored jobs to their end here, recording progress in `store`
+    (`zoomrules dlq retry` when no daemon runs); returns how they went."""
+    engine = loaded.config.engine
+    dispatcher = _dispatcher(engine, services)
+    feed = JournalFeed(store, Pipeline(loaded, dispatcher))
+    dispatcher.observer = feed.observer
+    async with anyio.create_task_group() as tg:
+        await tg.start(dispatcher.run)
+        await feed.run_rows(rows)
+        await dispatcher.wait_idle()
+        tg.cancel_scope.cancel()
+    return dispatcher.stats

@@ -23,13 +23,10 @@ from test_journal_support import (
 
 from engine.daemon import Daemon
 from engine.events import Event
-from engine.journal import (
-    DB_NAME,
-    SCHEMA_VERSION,
-    ActionOutcome,
-    JournalDB,
-    migrate,
-)
+from engine.journal.sqlite.db import JournalDB
+from engine.journal.sqlite.files import DB_NAME
+from engine.journal.sqlite.schema import SCHEMA_VERSION, migrate
+from engine.journal.store import ActionOutcome
 from engine.loader import load_rules
 from engine.simulator import Simulator
 
@@ -220,8 +217,8 @@ async def test_the_same_100_events_delivered_twice_fire_once(tmp_path: Path) -> 
             await sim.drop(1001)
             await sim.wait_connected(count=2, timeout=10)
             assert await sim.send_events(bodies) == 100
-            assert daemon.pipeline is not None and daemon.pipeline.feed is not None
-            journal = daemon.pipeline.feed.journal
+            assert daemon.runtime is not None and daemon.runtime.store is not None
+            journal = daemon.runtime.store
             await wait_until(lambda: journal.counters.duplicates == 100, 20)
             await wait_until(lambda: len(target.counts) == 100, 20)
             daemon.stop()

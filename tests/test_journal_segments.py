@@ -23,15 +23,11 @@ from test_journal_support import meeting_events
 
 from engine.config import EngineConfig
 from engine.events import Event, event_id
-from engine.journal import (
-    Journal,
-    JournalDB,
-    OutcomeRow,
-    apply_segment,
-    event_row,
-    open_journal,
-)
-from engine.journal_writer import serve
+from engine.journal.sqlite.batches import apply_segment
+from engine.journal.sqlite.db import JournalDB
+from engine.journal.sqlite.rows import OutcomeRow, event_row
+from engine.journal.sqlite.store import SqliteJournal, open_store
+from engine.journal.sqlite.writer import serve
 
 
 def _events(count: int, start: int = 0) -> list[Event]:
@@ -46,7 +42,7 @@ def _received(count: int, start: int = 0) -> list[Event]:
     ]
 
 
-async def _committed(journal: Journal, count: int) -> None:
+async def _committed(journal: SqliteJournal, count: int) -> None:
     """Until `count` appends were answered (stored or dropped as duplicates)."""
     with anyio.fail_after(60):  # a safety net, not a measurement
         while True:
@@ -180,7 +176,7 @@ def test_the_writer_computes_the_ids_the_event_loop_left_to_it(tmp_path: Path) -
     assert [stored_id for _, stored_id, _ in _events_stored(tmp_path)] == expected
 
 
-# -- the daemon's side: Journal -------------------------------------------------
+# -- the daemon's side: SqliteJournal -------------------------------------------------
 
 
 @pytest.mark.anyio
@@ -190,13 +186,13 @@ async def test_segments_split_at_max_batch_and_commit_everything_in_order(
 ) -> None:
     config = EngineConfig(state_dir=tmp_path / "state")
     count = 300
-    async with open_journal(config, writer=writer, max_batch=16, queue_size=40) as journal:
+    async with open_store(config, writer=writer, max_batch=16, queue_size=40) as journal:
         for event in _events(count):
             await journal.append(event)  # waits whenever 40 ops are queued
         await _committed(journal, count)
         seqs, events = journal.take_hot(0, count)
         assert seqs == list(range(1, count + 1))
-        ids = await journal.queue_jobs([(seq, ["rule"]) for seq in seqs])
+        ids = await journal.add_jobs([(seq, ["rule"]) for seq in seqs])
         for job_id in ids:
             # Each outcome is queued after its job's pending row: whether
             # in the same segment or a later one, the row is written first.
@@ -217,12 +213,12 @@ async def test_a_call_keeps_its_place_between_outcomes(writer: str, tmp_path: Pa
     """`mark_dead` (a call nobody waits for) closes the segment before it:
     what was queued before it commits before it, what comes after, after."""
     config = EngineConfig(state_dir=tmp_path / "state")
-    async with open_journal(config, writer=writer) as journal:
+    async with open_store(config, writer=writer) as journal:
         for event in _events(2):
             await journal.append(event)
         await _committed(journal, 2)
         seqs, _ = journal.take_hot(0, 10)
-        first, second = await journal.queue_jobs([(seq, ["rule"]) for seq in seqs])
+        first, second = await journal.add_jobs([(seq, ["rule"]) for seq in seqs])
         # first: done, then marked dead -> dead; second: marked dead, then done -> done.
         await journal.record_outcome(first, 0, 0, None, 1, False)
         await journal.mark_dead(first, "rule gone")
@@ -236,7 +232,7 @@ async def test_a_call_keeps_its_place_between_outcomes(writer: str, tmp_path: Pa
 @pytest.mark.anyio
 async def test_a_waited_call_jumps_the_queue_but_not_what_was_sent(tmp_path: Path) -> None:
     config = EngineConfig(state_dir=tmp_path / "state")
-    async with open_journal(config) as journal:
+    async with open_store(config) as journal:
         for event in _events(5):
             await journal.append(event)
         await _committed(journal, 5)
@@ -259,7 +255,7 @@ async def test_a_waited_call_jumps_the_queue_but_not_what_was_sent(tmp_path: Pat
 async def test_a_duplicate_splits_the_window_and_is_counted(tmp_path: Path) -> None:
     config = EngineConfig(state_dir=tmp_path / "state")
     a, b, c = _events(3)
-    async with open_journal(config) as journal:
+    async with open_store(config) as journal:
         for event in (a, b, a, c):  # one segment, with a duplicate inside
             await journal.append(event)
         await _committed(journal, 4)
@@ -275,7 +271,7 @@ async def test_the_window_hands_out_runs_in_pieces_and_skips_what_was_read_back(
 ) -> None:
     config = EngineConfig(state_dir=tmp_path / "state")
     events = _events(10)
-    async with open_journal(config) as journal:
+    async with open_store(config) as journal:
         for event in events[:6]:  # one segment: one run of seqs 1-6
             await journal.append(event)
         await _committed(journal, 6)
@@ -297,7 +293,7 @@ async def test_the_window_hands_out_runs_in_pieces_and_skips_what_was_read_back(
 async def test_a_run_beyond_the_window_is_read_back_from_disk(tmp_path: Path) -> None:
     config = EngineConfig(state_dir=tmp_path / "state")
     events = _events(8)
-    async with open_journal(config, hot_window=5) as journal:
+    async with open_store(config, hot_window=5) as journal:
         for event in events[:3]:  # fits: kept in memory
             await journal.append(event)
         await _committed(journal, 3)
@@ -318,12 +314,12 @@ async def test_new_jobs_are_carried_one_segment_to_meet_their_outcomes(
     writer: str, tmp_path: Path
 ) -> None:
     config = EngineConfig(state_dir=tmp_path / "state")
-    async with open_journal(config, writer=writer) as journal:
+    async with open_store(config, writer=writer) as journal:
         for event in _events(3):
             await journal.append(event)
         await _committed(journal, 3)
         seqs, _ = journal.take_hot(0, 10)
-        first, second, third = await journal.queue_jobs([(seq, ["rule"]) for seq in seqs])
+        first, second, third = await journal.add_jobs([(seq, ["rule"]) for seq in seqs])
         await journal.record_outcome(first, 0, 0, None, 1, False)  # one has ended already
         # The writer takes the segment (waited for through the event in it):
         # the jobs, two of them still running, go on to the next segment,
@@ -350,7 +346,7 @@ async def test_committed_events_come_back_with_their_ids_known(writer: str, tmp_
     sees them: matching and jobs read them without hashing on the event loop."""
     config = EngineConfig(state_dir=tmp_path / "state")
     events = _received(5)
-    async with open_journal(config, writer=writer) as journal:
+    async with open_store(config, writer=writer) as journal:
         for event in events:
             await journal.append(event)
         await _committed(journal, 5)

@@ -23,8 +23,11 @@ from test_journal_support import meeting_events
 from engine.config import EngineConfig
 from engine.errors import InvalidEvent
 from engine.events import Event
-from engine.journal import ActionOutcome, Journal, JournalDB, event_row, open_journal
-from engine.journal_writer import serve
+from engine.journal.sqlite.db import JournalDB
+from engine.journal.sqlite.rows import event_row
+from engine.journal.sqlite.store import SqliteJournal, open_store
+from engine.journal.sqlite.writer import serve
+from engine.journal.store import ActionOutcome
 
 EVENTS = 3000
 
@@ -39,21 +42,21 @@ async def _until(predicate, timeout: float = 30) -> None:  # type: ignore[no-unt
             await anyio.sleep(0.01)
 
 
-async def _append_all(journal: Journal, events: list[Event], at: int, disturb) -> None:  # type: ignore[no-untyped-def]
+async def _append_all(journal: SqliteJournal, events: list[Event], at: int, disturb) -> None:  # type: ignore[no-untyped-def]
     for index, event in enumerate(events):
         await journal.append(event)
         if index == at:
             disturb()
 
 
-async def _record_jobs(journal: Journal, at: int, disturb) -> list[int]:  # type: ignore[no-untyped-def]
+async def _record_jobs(journal: SqliteJournal, at: int, disturb) -> list[int]:  # type: ignore[no-untyped-def]
     """A job per stored event, then its outcome; `disturb` half-way through."""
     seqs: list[int] = await journal.call(
         lambda db: [row[0] for row in db.conn.execute("SELECT seq FROM events ORDER BY seq")]
     )
-    ids = await journal.queue_jobs([(seq, ["rule"]) for seq in seqs])
+    ids = await journal.add_jobs([(seq, ["rule"]) for seq in seqs])
     for index, job_id in enumerate(ids):
-        await journal.action_finished(ActionOutcome(job_id, 0, 0, None, 1, False))
+        await journal.record_outcome(*ActionOutcome(job_id, 0, 0, None, 1, False))
         if index == at:
             disturb()
     return ids
@@ -74,7 +77,7 @@ def _stored(state_dir: Path) -> tuple[int, int, list[tuple[str, int]]]:
 @pytest.mark.parametrize("writer", ["process", "thread"])
 async def test_everything_queued_is_committed(writer: str, tmp_path: Path) -> None:
     config = EngineConfig(state_dir=tmp_path / "state")
-    async with open_journal(config, writer=writer) as journal:
+    async with open_store(config, writer=writer) as journal:
         assert (journal.writer_pid is not None) == (writer == "process")
         await _append_all(journal, _events(EVENTS), -1, lambda: None)
         await _until(lambda: journal.counters.appended == EVENTS)
@@ -89,7 +92,7 @@ async def test_a_killed_writer_process_loses_nothing(
 ) -> None:
     config = EngineConfig(state_dir=tmp_path / "state")
     caplog.set_level(logging.ERROR, logger="zoomrules.journal")
-    async with open_journal(config) as journal:
+    async with open_store(config) as journal:
         pid = journal.writer_pid
         assert pid is not None
 
@@ -113,7 +116,7 @@ async def test_a_killed_writer_process_loses_nothing(
 async def test_signals_for_the_daemon_do_not_stop_the_writer(tmp_path: Path) -> None:
     """systemd signals the whole service; Ctrl-C the terminal's process group."""
     config = EngineConfig(state_dir=tmp_path / "state")
-    async with open_journal(config) as journal:
+    async with open_store(config) as journal:
         pid = journal.writer_pid
         assert pid is not None
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -135,7 +138,7 @@ async def test_no_writer_process_means_a_thread_writer(
     config = EngineConfig(state_dir=tmp_path / "state")
     monkeypatch.setattr(sys, "executable", python)
     caplog.set_level(logging.WARNING, logger="zoomrules.journal")
-    async with open_journal(config) as journal:
+    async with open_store(config) as journal:
         assert journal.writer_pid is None
         await _append_all(journal, _events(100), -1, lambda: None)
         await _until(lambda: journal.counters.appended == 100)
@@ -183,7 +186,7 @@ async def test_the_writer_process_ends_with_the_journal_even_on_an_error(tmp_pat
     pid: int | None = None
     # Well under the 30 s a stopping journal gives a writer that does not answer.
     with anyio.fail_after(10), pytest.raises(BaseException) as raised:  # noqa: PT011
-        async with open_journal(config) as journal:
+        async with open_store(config) as journal:
             pid = journal.writer_pid
             await _append_all(journal, _events(300), -1, lambda: None)
             raise RuntimeError("the daemon failed")  # arrives in an ExceptionGroup

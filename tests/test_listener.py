@@ -6,7 +6,7 @@ import copy
 import functools
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -20,8 +20,8 @@ from websockets.asyncio.client import connect
 from engine.auth import TokenManager
 from engine.errors import AuthError
 from engine.events import Event
-from engine.listener import ZoomListener
 from engine.simulator import Simulator
+from engine.sources.zoom_ws import ZoomListener
 
 
 @pytest.fixture
@@ -48,13 +48,17 @@ def meeting_started(n: int) -> dict[str, Any]:
 
 
 class Collector:
-    """on_event target that tests can wait on."""
+    """The listener's sink, which tests can wait on (and wrap: `handler`)."""
 
     def __init__(self) -> None:
         self.events: list[Event] = []
         self._changed = anyio.Event()
+        self.handler: Callable[[Event], Awaitable[None]] = self.record
 
     async def on_event(self, event: Event) -> None:
+        await self.handler(event)
+
+    async def record(self, event: Event) -> None:
         self.events.append(event)
         self._changed.set()
         self._changed = anyio.Event()
@@ -85,14 +89,10 @@ async def running(
             oauth_url=sim.oauth_url, client_id=CLIENT_ID, client_secret=secret, http=http
         )
         listener = ZoomListener(
-            name="test",
-            endpoint=sim.ws_endpoint,
-            tokens=tokens,
-            on_event=collector.on_event,
-            **options,
+            subscription="test", endpoint=sim.ws_endpoint, tokens=tokens, **options
         )
         async with anyio.create_task_group() as tg:
-            tg.start_soon(listener.run)
+            tg.start_soon(listener.run, collector.on_event)
             yield listener, collector, tokens
             tg.cancel_scope.cancel()
 
@@ -178,14 +178,14 @@ async def test_busy_handler_is_not_mistaken_for_a_dead_server() -> None:
     release = anyio.Event()
 
     async with simulator() as sim, running(sim, heartbeat_interval=interval) as (listener, got, _):
-        original = listener.on_event
+        original = got.record
 
         async def slow(event: Event) -> None:
             if event.body["event_ts"] == meeting_started(1)["event_ts"]:
                 await release.wait()
             await original(event)
 
-        listener.on_event = slow
+        got.handler = slow
         await sim.wait_connected()
         await sim.send_event(meeting_started(1))
         # Several intervals pass with the handler blocked: heartbeats keep flowing.
@@ -242,11 +242,9 @@ async def test_wrong_credentials_end_run_with_auth_error() -> None:
         tokens = TokenManager(
             oauth_url=sim.oauth_url, client_id=CLIENT_ID, client_secret="bad", http=http
         )
-        listener = ZoomListener(
-            name="t", endpoint=sim.ws_endpoint, tokens=tokens, on_event=Collector().on_event
-        )
+        listener = ZoomListener(subscription="t", endpoint=sim.ws_endpoint, tokens=tokens)
         with anyio.fail_after(5), pytest.raises(AuthError, match="client_id / client_secret"):
-            await listener.run()
+            await listener.run(Collector().on_event)
     assert len(sim.oauth_requests) == 1
     assert sim.connections == []
 
@@ -292,14 +290,14 @@ async def test_malformed_frames_are_counted_and_skipped() -> None:
 
 async def test_handler_errors_do_not_kill_the_connection() -> None:
     async with simulator() as sim, running(sim) as (listener, got, _):
-        original = listener.on_event
+        original = got.record
 
         async def flaky(event: Event) -> None:
             if event.body["event_ts"] == meeting_started(1)["event_ts"]:
                 raise RuntimeError("bug in a rule")
             await original(event)
 
-        listener.on_event = flaky
+        got.handler = flaky
         await sim.wait_connected()
         await sim.send_events([meeting_started(1), meeting_started(2)])
         await got.wait_count(1)

@@ -15,7 +15,6 @@ import pytest
 from engine.auth import TokenManager
 from engine.errors import AuthError
 from engine.events import Event
-from engine.listener import ZoomListener
 from engine.logs import configure_logging
 from engine.redact import (
     RedactingFilter,
@@ -25,6 +24,7 @@ from engine.redact import (
     register_secret,
 )
 from engine.simulator import Simulator
+from engine.sources.zoom_ws import ZoomListener
 
 
 @pytest.fixture
@@ -170,16 +170,15 @@ async def test_no_secret_in_any_log_output_over_a_full_lifecycle(
             oauth_url=sim.oauth_url, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, http=http
         )
         listener = ZoomListener(
-            name="redact",
+            subscription="redact",
             endpoint=sim.ws_endpoint,
             tokens=tokens,
-            on_event=on_event,
             backoff_initial=0.05,
             heartbeat_interval=0.1,
         )
         with anyio.fail_after(20):
             async with anyio.create_task_group() as tg:
-                tg.start_soon(listener.run)
+                tg.start_soon(listener.run, on_event)
                 await sim.wait_connected()  # token fetch + connect
                 await sim.wait_heartbeats(2)
                 await sim.drop(1006)  # TCP reset

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from conftest import example, run_cli, write_rules
 
-from engine.journal import DB_NAME, JournalDB, exclusive_lock
+from engine.journal.sqlite.db import JournalDB
+from engine.journal.sqlite.files import DB_NAME, exclusive_lock
 
 RULES = """
 [engine]

@@ -17,28 +17,20 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import replace
 from functools import partial
-from pathlib import Path
 
 import anyio
 import orjson
 
 from engine.commands.base import EXIT_FAILURE, EXIT_INVALID, EXIT_OK, Command
 from engine.commands.common import load_or_report
-from engine.commands.journal import add_state_dir_options, open_existing, state_dir
+from engine.commands.journal import add_state_dir_options, journal_engine
+from engine.config import EngineConfig
 from engine.durations import parse_duration
 from engine.errors import JournalBusy, JournalError
-from engine.journal import (
-    DEAD,
-    PENDING,
-    RETRY,
-    JobRow,
-    JournalDB,
-    exclusive_lock,
-    lock_holder,
-    open_journal,
-)
-from engine.loader import LoadedRules
+from engine.journal import DEAD, RETRY, JournalAdmin, open_journal, open_journal_admin
 from engine.logs import shorten
 
 _LIST_LIMIT = 100_000
@@ -48,8 +40,8 @@ def _when(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
-def cmd_list(db: JournalDB, args: argparse.Namespace) -> int:
-    rows = db.jobs([DEAD, RETRY], limit=_LIST_LIMIT)
+async def cmd_list(admin: JournalAdmin, args: argparse.Namespace) -> int:
+    rows = await admin.dead_letters(_LIST_LIMIT)
     if args.json:
         print(orjson.dumps([row.as_dict() for row in rows], option=orjson.OPT_INDENT_2).decode())
         return EXIT_OK
@@ -63,15 +55,15 @@ def cmd_list(db: JournalDB, args: argparse.Namespace) -> int:
         print(
             f"{row.id:>6}  {_when(row.updated_at):19}  {shorten(row.rule, 20):20}  "
             f"{shorten(row.event.name, 28):28}  {row.next_action + 1:>6}  {row.attempts:>5}  "
-            f"{shorten(row.last_error, 60)}{state}"
+            f"{shorten(row.last_error or '', 60)}{state}"
         )
     print(f"{len(rows)} dead letter(s); `zoomrules dlq show ID` for one, "
           "`zoomrules dlq retry --all` to run them again")  # fmt: skip
     return EXIT_OK
 
 
-def cmd_show(db: JournalDB, args: argparse.Namespace) -> int:
-    row = db.job(args.id)
+async def cmd_show(admin: JournalAdmin, args: argparse.Namespace) -> int:
+    row = await admin.job(args.id)
     if row is None:
         print(f"zoomrules: no job {args.id} in the journal", file=sys.stderr)
         return EXIT_FAILURE
@@ -90,122 +82,79 @@ def cmd_show(db: JournalDB, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_purge(db: JournalDB, args: argparse.Namespace) -> int:
+async def cmd_purge(admin: JournalAdmin, args: argparse.Namespace) -> int:
     if args.older_than is not None:
         try:
             age = parse_duration(args.older_than)
         except ValueError as exc:
             print(f"zoomrules: --older-than: {exc}", file=sys.stderr)
             return EXIT_INVALID
-        ids = db.dead_before(time.time() - age)
+        ids = await admin.dead_before(time.time() - age)
     else:
         ids = args.ids
-    with db.transaction():
-        removed = db.delete_jobs(ids, [DEAD, RETRY])
+    removed = await admin.purge(ids)
     print(f"purged {removed} dead letter(s)")
     return EXIT_OK
 
 
-def _selected(db: JournalDB, args: argparse.Namespace) -> list[int]:
+async def _selected(admin: JournalAdmin, args: argparse.Namespace) -> list[int]:
     if args.all:
-        return [row.id for row in db.jobs([DEAD], limit=_LIST_LIMIT)]
+        return [row.id for row in await admin.dead_letters(_LIST_LIMIT) if row.state == DEAD]
     return list(args.ids)
 
 
-def cmd_retry(args: argparse.Namespace) -> int:
-    directory = state_dir(args)
-    if directory is None:
-        return EXIT_FAILURE
-    if not (directory / "journal.db").exists():
-        print(f"zoomrules: no journal in {directory}", file=sys.stderr)
-        return EXIT_FAILURE
-    with exclusive_lock(directory) as free:
-        pass
-    if not free:
-        return _queue_for_daemon(args, directory)
-    try:
-        # A daemon starting right now makes open_journal raise JournalBusy.
-        return anyio.run(partial(_retry, args, directory))
-    except JournalBusy:
-        return _queue_for_daemon(args, directory)
-    except JournalError as exc:
-        print(f"zoomrules: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-
-
-def _queue_for_daemon(args: argparse.Namespace, directory: Path) -> int:
+async def _queue_for_daemon(admin: JournalAdmin, ids: Sequence[int], owner: str) -> int:
     """A daemon holds the journal: mark the jobs; it runs them within a second or so."""
-    try:
-        db = JournalDB.open(directory, create=False)
-    except JournalError as exc:
-        print(f"zoomrules: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    try:
-        with db.transaction():
-            queued = db.set_state(_selected(db, args), RETRY, [DEAD], time.time())
-    finally:
-        db.close()
-    print(f"re-queued {queued} dead letter(s); the running daemon (pid {lock_holder(directory)}) "
+    queued = await admin.requeue(ids)
+    print(f"re-queued {queued} dead letter(s); the running daemon ({owner}) "
           "runs them within a second or so")  # fmt: skip
     return EXIT_OK
 
 
-def _load(args: argparse.Namespace, directory: Path) -> LoadedRules | None:
+async def _run_here(args: argparse.Namespace, engine: EngineConfig, ids: Sequence[int]) -> int:
+    """No daemon holds the journal: run the jobs now, with the current rules."""
+    from engine.runtime import open_services, run_jobs_now
+
     loaded = load_or_report(args)
-    if loaded is not None and loaded.config.engine.state_dir != directory:
-        # --state-dir given: run against that journal with these rules.
-        from dataclasses import replace
-
-        engine = replace(loaded.config.engine, state_dir=directory)
-        loaded.config = replace(loaded.config, engine=engine)
-    return loaded
-
-
-async def _retry(args: argparse.Namespace, directory: Path) -> int:
-    from engine.dispatch import Dispatcher
-    from engine.journal_feed import JournalFeed
-    from engine.pipeline import Pipeline
-    from engine.runtime import open_services
-
-    # Raises JournalBusy when a daemon holds the journal.
-    loaded = _load(args, directory)
     if loaded is None:
         return EXIT_INVALID
-    engine = loaded.config.engine
-    # A few calls: no writer process for them.
+    # --state-dir given: run against that journal with these rules.
+    loaded.config = replace(
+        loaded.config, engine=replace(loaded.config.engine, state_dir=engine.state_dir)
+    )
+    # A few writes: no writer process, and retention is the daemon's job.
     async with (
-        open_journal(engine, writer="thread") as journal,
+        open_journal(loaded.config.engine, writer="thread", tidy=False) as store,
         open_services(loaded.config) as services,
     ):
-        ids = await journal.call(lambda db: _mark_pending(db, args))
-        rows: list[JobRow] = await journal.call(
-            lambda db: db.jobs([PENDING], ids=ids, limit=len(ids) or 1)
-        )
+        rows = await store.retry_now(ids)
         if not rows:
             print("nothing to retry")
             return EXIT_OK
-        dispatcher = Dispatcher(
-            services, max_concurrency=engine.max_concurrency,
-            backoff=engine.retry_backoff, backoff_cap=engine.retry_backoff_cap,
-        )  # fmt: skip
-        pipeline = Pipeline(loaded, dispatcher)
-        feed = JournalFeed(journal, pipeline)
-        dispatcher.observer = feed.observer
-        async with anyio.create_task_group() as tg:
-            await tg.start(dispatcher.run)
-            await feed.run_rows(rows)
-            await dispatcher.wait_idle()
-            tg.cancel_scope.cancel()
-        ok, failed = dispatcher.stats.jobs_done, dispatcher.stats.jobs_failed
+        stats = await run_jobs_now(loaded, services, store, rows)
+    ok, failed = stats.jobs_done, stats.jobs_failed
     print(f"retried {len(rows)} job(s) (no daemon holds the journal): {ok} delivered, "
           f"{len(rows) - ok} still failing{' — see `zoomrules dlq list`' if failed else ''}")  # fmt: skip
     return EXIT_OK if ok == len(rows) else EXIT_FAILURE
 
 
-def _mark_pending(db: JournalDB, args: argparse.Namespace) -> list[int]:
-    ids = _selected(db, args)
-    db.set_state(ids, PENDING, [DEAD, RETRY], time.time())
-    return ids
+async def _dlq(command: str, args: argparse.Namespace, engine: EngineConfig) -> int:
+    async with open_journal_admin(engine) as admin:
+        if command != "retry":
+            return await _COMMANDS[command](admin, args)
+        ids = await _selected(admin, args)
+        owner = admin.owner()
+        if owner is not None:
+            return await _queue_for_daemon(admin, ids, owner)
+    try:
+        return await _run_here(args, engine, ids)
+    except JournalBusy:
+        # A daemon started meanwhile: leave the jobs to it.
+        async with open_journal_admin(engine) as admin:
+            return await _queue_for_daemon(admin, ids, admin.owner() or "just started")
+
+
+_COMMANDS = {"list": cmd_list, "show": cmd_show, "purge": cmd_purge}
 
 
 def handle(args: argparse.Namespace) -> int:
@@ -217,15 +166,14 @@ def handle(args: argparse.Namespace) -> int:
         print(f"zoomrules: dlq {command}: give job IDs or "
               f"{'--all' if command == 'retry' else '--older-than'}", file=sys.stderr)  # fmt: skip
         return EXIT_INVALID
-    if command == "retry":
-        return cmd_retry(args)
-    db = open_existing(args)
-    if db is None:
+    engine = journal_engine(args)
+    if engine is None:
         return EXIT_FAILURE
     try:
-        return {"list": cmd_list, "show": cmd_show, "purge": cmd_purge}[command](db, args)
-    finally:
-        db.close()
+        return anyio.run(partial(_dlq, command, args, engine))
+    except JournalError as exc:
+        print(f"zoomrules: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 def _has_target(args: argparse.Namespace) -> bool:

@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import anyio
 import orjson
 
 from engine.commands.base import EXIT_FAILURE, EXIT_INVALID, EXIT_OK, Command, config_paths
-from engine.config import read_config
+from engine.config import EngineConfig, read_config
 from engine.errors import JournalError
-from engine.journal import JOB_STATES, JournalDB
+from engine.journal import JOB_STATES, open_journal_admin
 
 
 def add_state_dir_options(parser: argparse.ArgumentParser) -> None:
@@ -27,14 +30,14 @@ def add_state_dir_options(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def state_dir(args: argparse.Namespace) -> Path | None:
-    """`--state-dir`, else `[engine] state_dir` (ZOOMRULES_STATE_DIR wins) of the rule files."""
+def journal_engine(args: argparse.Namespace) -> EngineConfig | None:
+    """The `[engine]` settings naming the journal: of the rule files (where
+    ZOOMRULES_STATE_DIR wins), with `--state-dir` over both; None (reported)
+    when a rule file named is missing."""
     explicit = getattr(args, "state_dir", None)
-    if explicit is not None:
-        return Path(explicit)
     paths = config_paths(args)
     missing = [p for p in paths if not p.exists()]
-    if missing:
+    if missing and explicit is None:
         print(
             f"zoomrules: {missing[0]}: no such rule file; give -c RULES.toml or --state-dir DIR",
             file=sys.stderr,
@@ -42,19 +45,17 @@ def state_dir(args: argparse.Namespace) -> Path | None:
         return None
     # Only [engine] matters here: a missing credential must not stop an operator
     # from looking at the journal.
-    config, _ = read_config(paths)
-    return config.engine.state_dir
+    engine = (
+        read_config([p for p in paths if p.exists()])[0].engine if not missing else EngineConfig()
+    )
+    if explicit is not None:
+        engine = replace(engine, state_dir=Path(explicit))
+    return engine
 
 
-def open_existing(args: argparse.Namespace) -> JournalDB | None:
-    directory = state_dir(args)
-    if directory is None:
-        return None
-    try:
-        return JournalDB.open(directory, create=False)
-    except JournalError as exc:
-        print(f"zoomrules: {exc}", file=sys.stderr)
-        return None
+async def _stats(engine: EngineConfig) -> dict[str, Any]:
+    async with open_journal_admin(engine) as admin:
+        return await admin.stats()
 
 
 def _size(count: int) -> str:
@@ -66,10 +67,11 @@ def _size(count: int) -> str:
     return f"{count} B"  # pragma: no cover
 
 
-def print_stats(stats: dict) -> None:
-    print(f"journal:  {stats['path']} (schema {stats['schema_version']})")
-    print(f"size:     {_size(stats['bytes'])} (db {_size(stats['files']['db'])}, "
-          f"wal {_size(stats['files']['-wal'])})")  # fmt: skip
+def print_stats(stats: dict[str, Any]) -> None:
+    if "path" in stats:  # the SQLite backend's own figures
+        print(f"journal:  {stats['path']} (schema {stats['schema_version']})")
+        print(f"size:     {_size(stats['bytes'])} (db {_size(stats['files']['db'])}, "
+              f"wal {_size(stats['files']['-wal'])})")  # fmt: skip
     oldest = stats["oldest_event_at"]
     age = f", oldest {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(oldest))}" if oldest else ""
     print(f"events:   {stats['events']} ({stats['events_unmatched']} not yet matched{age})")
@@ -82,13 +84,14 @@ def handle(args: argparse.Namespace) -> int:
     if getattr(args, "journal_command", None) != "stats":
         print("zoomrules: journal: give a command: stats", file=sys.stderr)
         return EXIT_INVALID
-    db = open_existing(args)
-    if db is None:
+    engine = journal_engine(args)
+    if engine is None:
         return EXIT_FAILURE
     try:
-        stats = db.stats()
-    finally:
-        db.close()
+        stats = anyio.run(_stats, engine)
+    except JournalError as exc:
+        print(f"zoomrules: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     if args.json:
         print(orjson.dumps(stats, option=orjson.OPT_INDENT_2).decode())
     else:

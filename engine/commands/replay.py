@@ -16,7 +16,7 @@ import argparse
 import math
 import sys
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 from typing import IO, TYPE_CHECKING
 
@@ -31,7 +31,7 @@ from engine.commands.common import iter_jsonl, load_or_report, open_input
 if TYPE_CHECKING:
     from engine.config import EngineConfig
     from engine.events import Event
-    from engine.journal import JournalDB
+    from engine.journal import JournalAdmin
     from engine.loader import LoadedRules
     from engine.pipeline import Pipeline
 
@@ -58,9 +58,8 @@ class Progress:
 class ReplayDedup:
     """Duplicate suppression for one replay run, against the journal if there is one."""
 
-    def __init__(self, db: JournalDB | None, engine: EngineConfig, *, record: bool) -> None:
+    def __init__(self, db: JournalAdmin | None, engine: EngineConfig, *, record: bool) -> None:
         self.db = db
-        self.state_dir = engine.state_dir
         self.window = engine.dedup_window
         self.record_enabled = record and db is not None
         #: Ids handled in this run (a dry run or an unrecorded run sees them too).
@@ -74,10 +73,7 @@ class ReplayDedup:
             return False  # no journal: dedup is the journal's feature
         duplicate = event.id in self.seen
         if not duplicate:
-            db = self.db
-            duplicate = await anyio.to_thread.run_sync(
-                lambda: db.seen_recently(event.id, event.received_at, self.window)
-            )
+            duplicate = await self.db.seen_recently(event.id, event.received_at, self.window)
         if duplicate:
             self.skipped += 1
         return duplicate
@@ -85,52 +81,32 @@ class ReplayDedup:
     async def record(self, event: Event) -> None:
         """Remember `event` as seen: in this run, and in the journal if we may write."""
         self.seen.add(event.id)
-        if not self.record_enabled:
+        if not self.record_enabled or self.db is None:
             return
-        if not await anyio.to_thread.run_sync(self._record_locked, event):
-            from engine.journal import lock_holder
-
+        if not await self.db.record_seen(event):
             self.record_enabled = False
             self.notes.append(
-                f"a zoomrules daemon (pid {lock_holder(self.state_dir)}) holds the journal: "
-                f"events replayed while it runs are not recorded as seen"
+                f"a zoomrules daemon ({self.db.owner() or 'another process'}) holds the "
+                f"journal: events replayed while it runs are not recorded as seen"
             )
-
-    def _record_locked(self, event: Event) -> bool:
-        # The lock for each write only, so a daemon can start during a long
-        # replay; once it holds the lock its writer alone writes the file.
-        from engine.journal import exclusive_lock
-
-        assert self.db is not None
-        with exclusive_lock(self.state_dir) as locked:
-            if not locked:
-                return False
-            with self.db.transaction():
-                self.db.record_seen(event)
-            return True
 
 
 @asynccontextmanager
 async def open_dedup(engine: EngineConfig, *, dry_run: bool) -> AsyncIterator[ReplayDedup | None]:
     """None with `journal = false`; else dedup against the existing journal, if any."""
     from engine.errors import JournalError
-    from engine.journal import JournalDB
+    from engine.journal import open_journal_admin
 
     if not engine.journal:
         yield None
         return
-    try:
-        db: JournalDB | None = await anyio.to_thread.run_sync(
-            lambda: JournalDB.open(engine.state_dir, create=False)
-        )
-    except JournalError as exc:
-        yield _without_journal(engine, f"duplicates not checked: {exc}")
-        return
-    assert db is not None
-    try:
-        yield ReplayDedup(db, engine, record=not dry_run)
-    finally:
-        db.close()
+    async with AsyncExitStack() as stack:
+        try:
+            admin = await stack.enter_async_context(open_journal_admin(engine))
+        except JournalError as exc:
+            yield _without_journal(engine, f"duplicates not checked: {exc}")
+            return
+        yield ReplayDedup(admin, engine, record=not dry_run)
 
 
 def _without_journal(engine: EngineConfig, note: str) -> ReplayDedup:
@@ -141,7 +117,7 @@ def _without_journal(engine: EngineConfig, note: str) -> ReplayDedup:
 
 async def replay(loaded: LoadedRules, handle: IO[bytes], name: str, *, dry_run: bool) -> dict:
     from engine.errors import InvalidEvent
-    from engine.runtime import open_services, running_pipeline
+    from engine.runtime import open_services, running_engine
 
     invalid: list[str] = []
     fired = 0
@@ -149,8 +125,9 @@ async def replay(loaded: LoadedRules, handle: IO[bytes], name: str, *, dry_run: 
     async with (
         open_dedup(loaded.config.engine, dry_run=dry_run) as dedup,
         open_services(loaded.config) as services,
-        running_pipeline(loaded, services, grace=math.inf) as pipeline,
+        running_engine(loaded, services, grace=math.inf) as runtime,
     ):
+        pipeline = runtime.pipeline
         for _lineno, item in iter_jsonl(handle, name):
             if isinstance(item, InvalidEvent):
                 invalid.append(str(item))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -23,13 +22,14 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from engine.auth import TokenManager
 from engine.clock import loop_clock
 from engine.errors import InvalidEvent
 from engine.events import Event
 from engine.logs import shorten
 from engine.redact import redact, redact_url
 from engine.retry import Backoff
+from engine.services import TokenProvider
+from engine.sources.base import EventSink, SourceHealth
 
 __all__ = ["ListenerStats", "ZoomListener"]
 
@@ -87,10 +87,9 @@ class ZoomListener:
     def __init__(
         self,
         *,
-        name: str,
+        subscription: str,
         endpoint: str,
-        tokens: TokenManager,
-        on_event: Callable[[Event], Awaitable[None]],
+        tokens: TokenProvider,
         heartbeat_interval: float = 30.0,
         max_frame_size: int = 1 << 20,
         backoff_initial: float = 0.25,
@@ -100,10 +99,13 @@ class ZoomListener:
         kick_window: float = 5.0,
         kick_threshold: int = 3,
     ) -> None:
-        self.name = name
+        self.subscription = subscription
+        #: The source's name, which its events carry (`zoomrules.source`).
+        self.name = f"zoom:{subscription}"
         self.endpoint = endpoint
         self.tokens = tokens
-        self.on_event = on_event
+        #: Where events go; set by `run`.
+        self.sink: EventSink = _no_sink
         self.heartbeat_interval = heartbeat_interval
         self.max_frame_size = max_frame_size
         self.healthy_after = healthy_after
@@ -111,17 +113,27 @@ class ZoomListener:
         self.kick_window = kick_window
         self.kick_threshold = kick_threshold
         self.stats = ListenerStats()
-        self.source = f"zoom:{name}"
         self._backoff = Backoff(backoff_initial, backoff_cap)
+        #: Why the last connection ended (for `health`).
+        self._last_reason = ""
         self._consecutive_kicks = 0
 
     def __repr__(self) -> str:
-        return f"ZoomListener(name={self.name!r}, endpoint={redact_url(self.endpoint)!r})"
+        return f"ZoomListener(subscription={self.subscription!r}, endpoint={redact_url(self.endpoint)!r})"
 
     # -- the loop -----------------------------------------------------------
 
-    async def run(self) -> None:
-        """Stay connected until cancelled; raises AuthError on bad credentials."""
+    def health(self) -> SourceHealth:
+        stats = self.stats
+        if stats.connected:
+            return SourceHealth(True, stats.last_connected_at, "connected")
+        reason = self._last_reason or "not connected yet"
+        return SourceHealth(False, stats.last_disconnected_at, reason)
+
+    async def run(self, sink: EventSink) -> None:
+        """Stay connected, handing events to `sink`, until cancelled; raises
+        AuthError on bad credentials."""
+        self.sink = sink
         while True:
             session = _Session(token=await self.tokens.token())
             await self._connect_once(session)
@@ -140,10 +152,11 @@ class ZoomListener:
             # start again from the shortest delay.
             self._backoff.reset()
         self._track_kicks(session, lived)
+        self._last_reason = session.reason or "unknown"
         delay = self._backoff.next()
         log.info(
             "zoom[%s]: connection ended (%s); reconnecting in %.2fs",
-            self.name,
+            self.subscription,
             session.reason or "unknown",
             delay,
         )
@@ -165,7 +178,7 @@ class ZoomListener:
                 "connecting. Another client is probably connected to the same subscription "
                 "(Zoom keeps one live connection per subscription and a new one replaces the "
                 "old): stop the other daemon or give each its own subscription. Backing off.",
-                self.name,
+                self.subscription,
                 self._consecutive_kicks,
                 self.kick_window,
             )
@@ -177,7 +190,7 @@ class ZoomListener:
     async def _connect_once(self, session: _Session) -> None:
         url = self._url(session.token)
         self.stats.connect_attempts += 1
-        log.info("zoom[%s]: connecting to %s", self.name, redact_url(url))
+        log.info("zoom[%s]: connecting to %s", self.subscription, redact_url(url))
         try:
             async with connect(
                 url,
@@ -205,7 +218,9 @@ class ZoomListener:
         session.reason = f"handshake refused with HTTP {status}"
         if status in (401, 403):
             log.warning(
-                "zoom[%s]: handshake refused with HTTP %d; refreshing the token", self.name, status
+                "zoom[%s]: handshake refused with HTTP %d; refreshing the token",
+                self.subscription,
+                status,
             )
             session.refresh_token = True
 
@@ -250,7 +265,7 @@ class ZoomListener:
         ws = session.ws
         assert ws is not None
         clock = loop_clock()  # read twice per frame: the cheap way
-        on_event = self.on_event
+        sink = self.sink
         while True:
             session.idle_since = clock()
             message = await ws.recv()
@@ -261,7 +276,7 @@ class ZoomListener:
                     return
                 continue
             try:
-                await on_event(handled)
+                await sink(handled)
             except (anyio.ClosedResourceError, anyio.BrokenResourceError):
                 raise  # the consumer is gone: the engine is shutting down
             except Exception:
@@ -283,7 +298,7 @@ class ZoomListener:
     async def _watchdog(self, session: _Session, scope: anyio.CancelScope) -> None:
         """Declare the connection dead after two heartbeat intervals of silence.
 
-        Only time spent waiting in recv() counts: while on_event is busy,
+        Only time spent waiting in recv() counts: while the sink is busy,
         frames queue up in websockets and the server is not silent.
         """
         limit = 2 * self.heartbeat_interval
@@ -295,7 +310,7 @@ class ZoomListener:
             await anyio.sleep(limit - (now - since) if since is not None else limit / 4)
         self.stats.dead_connections += 1
         session.reason = f"no frame from the server for {limit:.1f}s (dead connection)"
-        log.warning("zoom[%s]: %s; reconnecting", self.name, session.reason)
+        log.warning("zoom[%s]: %s; reconnecting", self.subscription, session.reason)
         assert session.ws is not None
         # A dead peer will not answer a close handshake: drop the TCP connection.
         session.ws.transport.abort()
@@ -321,16 +336,16 @@ class ZoomListener:
             return self._build_connection(session, frame)
         if not isinstance(module, str):
             return self._malformed("missing_module", message)
-        log.debug("zoom[%s]: ignoring frame with module %r", self.name, module)
+        log.debug("zoom[%s]: ignoring frame with module %r", self.subscription, module)
         return True
 
     def _message(self, frame: dict[str, Any], message: str | bytes) -> Event | bool:
         content = frame.get("content")
         try:
             if isinstance(content, str | bytes):
-                event = Event.from_json(content, source=self.source)
+                event = Event.from_json(content, source=self.name)
             else:
-                event = Event.from_body(content, source=self.source)
+                event = Event.from_body(content, source=self.name)
         except InvalidEvent as exc:
             return self._malformed("not_event", message, str(exc))
         self.stats.events += 1
@@ -340,7 +355,7 @@ class ZoomListener:
     def _handler_failed(self, event: Event) -> None:
         self.stats.handler_errors += 1
         log.exception(
-            "zoom[%s]: event handler failed on %s (id %s)", self.name, event.name, event.id
+            "zoom[%s]: event handler failed on %s (id %s)", self.subscription, event.name, event.id
         )
 
     def _build_connection(self, session: _Session, frame: dict[str, Any]) -> bool:
@@ -350,13 +365,13 @@ class ZoomListener:
             self.stats.connects += 1
             self.stats.connected = True
             self.stats.last_connected_at = time.time()
-            log.info("zoom[%s]: connected (%s)", self.name, shorten(content))
+            log.info("zoom[%s]: connected (%s)", self.subscription, shorten(content))
             return True
         self.stats.build_failures += 1
         session.reason = f"build_connection refused: {shorten(content)}"
         log.warning(
             "zoom[%s]: Zoom refused the connection: %s; fetching a new token",
-            self.name,
+            self.subscription,
             shorten(content),
         )
         session.refresh_token = True
@@ -370,13 +385,17 @@ class ZoomListener:
         if count <= 10 or count % 1000 == 0:
             log.warning(
                 "zoom[%s]: skipping malformed frame (%s%s, %d so far): %s",
-                self.name,
+                self.subscription,
                 reason,
                 f": {detail}" if detail else "",
                 count,
                 shorten(message),
             )
         return True
+
+
+async def _no_sink(event: Event) -> None:
+    raise RuntimeError("ZoomListener.run() has not been called")
 
 
 def _single(group: BaseExceptionGroup) -> BaseException:

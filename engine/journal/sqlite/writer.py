@@ -8,10 +8,10 @@ bottleneck of the whole daemon. A separate process has its own interpreter,
 so its SQLite work runs in parallel on another core, and the loop only pays
 for pickling each batch of rows.
 
-Protocol: the daemon starts `python -m engine.journal_writer DB` with pipes
+Protocol: the daemon starts `python -m engine.journal.sqlite DB` with pipes
 on stdin and stdout, and writes segments (appends, new jobs, outcomes) to
 its stdin; the process applies them strictly in the order sent
-(`engine.journal.apply_segment`, one transaction each) and answers each on
+(`engine.journal.sqlite.batches.apply_segment`, one transaction each) and answers each on
 stdout, in the same order. Several segments may be in flight: the daemon
 does not wait for one answer before sending the next, so the pipe's latency
 through a busy event loop does not cap throughput. Each message is an
@@ -43,14 +43,9 @@ import anyio
 from anyio.abc import Process
 
 from engine.errors import JournalWriterLost
-from engine.journal import (
-    EventRow,
-    JobsRow,
-    JournalDB,
-    OutcomeRow,
-    SegmentAnswer,
-    apply_segment,
-)
+from engine.journal.sqlite.batches import SegmentAnswer, apply_segment
+from engine.journal.sqlite.db import JournalDB
+from engine.journal.sqlite.rows import EventRow, JobsRow, OutcomeRow
 
 log = logging.getLogger("zoomrules.journal")
 
@@ -89,7 +84,7 @@ class WriterProcess:
         from_child, child_out = _pipe()
         try:
             process = await anyio.open_process(
-                [sys.executable, "-m", "engine.journal_writer", str(path)],
+                [sys.executable, "-m", "engine.journal.sqlite", str(path)],
                 stdin=child_in,
                 stdout=child_out,
                 stderr=None,  # its own errors go where the daemon's go
@@ -250,7 +245,3 @@ def main() -> None:
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
     logging.basicConfig(level=logging.WARNING, format="zoomrules journal writer: %(message)s")
     serve(Path(sys.argv[1]), sys.stdin.buffer, sys.stdout.buffer)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,605 @@
+"""The SQLite journal's tables on one connection: `JournalDB` (synchronous).
+
+Every statement the journal runs is here. The async store
+(`engine.journal.sqlite.store`) and the writer process run these methods;
+`zoomrules dlq` and `journal stats` use a `JournalDB` of their own through
+`engine.journal.sqlite.admin`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+
+from engine.errors import JournalError
+from engine.events import Event
+from engine.journal.sqlite.files import DB_NAME, create_private, ensure_state_dir, recovery_hint
+from engine.journal.sqlite.rows import (
+    EventRow,
+    JobsRow,
+    OutcomeRow,
+    event_row,
+    job_from_row,
+    stored_events,
+    with_ids,
+)
+from engine.journal.sqlite.schema import SCHEMA_VERSION, migrate
+from engine.journal.store import (
+    DEAD,
+    JOB_STATES,
+    PENDING,
+    RETRY,
+    ActionOutcome,
+    JobRow,
+    StoredEvent,
+)
+
+T = TypeVar("T")
+
+_JOB_COLUMNS = (
+    "j.id, j.event_seq, j.rule, j.state, j.next_action, j.attempts, j.errors, j.last_error, "
+    "j.created_at, j.updated_at, e.event_id, e.name, e.source, e.received_at, e.body"
+)
+
+
+#: Rows per multi-row statement (at most 8 parameters a row, well under
+#: SQLite's limit of 32,766). One statement is one sqlite3_step: the writer
+#: thread releases and re-takes the GIL for each, and each re-take waits for
+#: the busy event loop to let go (measured: ~1.6 ms a statement, tripling
+#: the writer's time), so fewer, larger statements win (executemany would
+#: step once per row).
+_CHUNK = 1024
+
+#: Progress of a chunk of jobs (v: one row per job, see `_finished_args`).
+_ACTION_FINISHED = """
+    WITH v(counted, next, attempts, error, now, dead, last, id) AS (VALUES {values})
+    UPDATE jobs SET
+        errors = errors + v.counted,
+        next_action = v.next,
+        attempts = v.attempts,
+        last_error = COALESCE(v.error, last_error),
+        updated_at = v.now,
+        state = CASE
+            WHEN v.dead THEN 'dead'
+            WHEN NOT v.last THEN 'pending'
+            WHEN errors + v.counted > 0 THEN 'failed'
+            ELSE 'done' END
+    FROM v WHERE jobs.id = v.id
+"""
+
+
+def _chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
+    """`items` in as few chunks of at most _CHUNK as possible, of equal size
+    (one statement each: see _CHUNK)."""
+    if not items:
+        return
+    count = -(-len(items) // _CHUNK)
+    size = -(-len(items) // count)
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _values(rows: int, row: str) -> str:
+    return ", ".join([row] * rows)
+
+
+#: OR IGNORE: a job id is only ever inserted twice when a writer process
+#: died after committing it and its batch is written again (the row there
+#: already holds the same job).
+#: Unmatched events as one JSON array of [seq, id, name, source, received_at, body].
+#: received_at travels as text with 17 significant digits ('!' lifts
+#: SQLite's default limit of 16), which gives back the exact double (as a
+#: JSON number it would be printed with 15); bodies are JSON already.
+_UNMATCHED = """
+    SELECT json_group_array(json_array(
+        seq, event_id, name, source, printf('%!.17g', received_at), json(CAST(body AS TEXT))))
+    FROM (SELECT * FROM events WHERE matched = 0 AND seq > ? ORDER BY seq LIMIT ?)
+"""
+
+_INSERT_JOB = (
+    "INSERT OR IGNORE INTO jobs (id, event_seq, rule, state, next_action, attempts, errors, "
+    "last_error, created_at, updated_at) VALUES "
+)
+
+
+def _apply_outcome(row: list[Any], outcome: OutcomeRow) -> None:
+    """`_ACTION_FINISHED` on a row of `_INSERT_JOB` columns not written yet
+    (the same rules, in Python)."""
+    counted, next_action, attempts, error, now, dead, last, _ = _finished_args(outcome)
+    row[6] += counted
+    row[4] = next_action
+    row[5] = attempts
+    if error is not None:
+        row[7] = error
+    row[9] = now
+    if dead:
+        row[3] = "dead"
+    elif not last:
+        row[3] = "pending"
+    else:
+        row[3] = "failed" if row[6] > 0 else "done"
+
+
+def _finished_args(outcome: OutcomeRow) -> tuple[Any, ...]:
+    """Parameters of `_ACTION_FINISHED` for one outcome."""
+    job_id, index, last_index, error, attempts, continue_on_error, now = outcome
+    failed = error is not None
+    dead = failed and not continue_on_error
+    return (
+        int(failed and not dead),
+        index if dead else index + 1,
+        attempts,
+        error,
+        now,
+        dead,
+        index >= last_index,
+        job_id,
+    )
+
+
+#: How long another process's write may block ours (dlq commands, replay).
+BUSY_TIMEOUT_MS = 10_000
+
+
+class JournalDB:
+    """The journal's tables on one sqlite3 connection (synchronous).
+
+    Not thread-safe by itself: `Journal` makes sure one thread at a time uses it.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self.conn = conn
+        self.path = path
+        self.last_seq = 0
+        self.refresh_last_seq()
+
+    def refresh_last_seq(self) -> None:
+        """Re-read the newest seq (after another connection appended events)."""
+        self.last_seq = self.conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+
+    @classmethod
+    def open(cls, state_dir: Path, *, create: bool = True) -> JournalDB:
+        """Open (and create or migrate) the journal in `state_dir`."""
+        if create:
+            ensure_state_dir(state_dir)
+        db = state_dir / DB_NAME
+        if not db.exists():
+            if not create:
+                raise JournalError(
+                    f"no journal at {db} (the daemon has not run with this state_dir)"
+                )
+            try:
+                create_private(db)
+            except OSError as exc:
+                raise JournalError(f"cannot create the journal {db}: {exc.strerror}") from None
+        try:
+            conn = sqlite3.connect(
+                db, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+            )
+        except sqlite3.Error as exc:
+            raise JournalError(
+                f"cannot open the journal {db}: {exc}. {recovery_hint(db)}"
+            ) from None
+        try:
+            return cls._prepare(conn, db)
+        except BaseException:
+            conn.close()
+            raise
+
+    @classmethod
+    def connect(cls, db: Path) -> JournalDB:
+        """Another connection to a journal `open` has already checked and migrated."""
+        conn = sqlite3.connect(
+            db, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+        )
+        conn.execute("PRAGMA synchronous = NORMAL")  # per connection; WAL is in the file
+        return cls(conn, db)
+
+    @classmethod
+    def open_reader(cls, db: Path) -> JournalDB:
+        """A read-only connection to a journal `open` has already checked."""
+        conn = sqlite3.connect(
+            f"file:{db}?mode=ro", uri=True, isolation_level=None,
+            check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000,
+        )  # fmt: skip
+        return cls(conn, db)
+
+    @classmethod
+    def _prepare(cls, conn: sqlite3.Connection, db: Path) -> JournalDB:
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise JournalError(
+                    f"the journal {db} has schema version {version}, written by a newer zoomrules "
+                    f"(this one knows versions up to {SCHEMA_VERSION}). Fix: run the newer "
+                    f"zoomrules again, or restore a backup taken before the upgrade."
+                )
+            if version and conn.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                raise sqlite3.DatabaseError("integrity check failed")
+            # WAL: readers (dlq, journal stats) never block the daemon's writer.
+            # synchronous=NORMAL: a commit survives the process being killed
+            # (SIGKILL, OOM); only an OS crash or power loss can lose the last
+            # few milliseconds of commits.
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            migrate(conn)
+        except sqlite3.OperationalError as exc:
+            if "readonly" in str(exc) or "unable to open" in str(exc):
+                raise JournalError(
+                    f"the journal {db} is not writable ({exc}). Fix: give the daemon's user "
+                    f"ownership of {db.parent} and its files (chown -R USER {db.parent})."
+                ) from None
+            raise JournalError(f"cannot use the journal {db}: {exc}. {recovery_hint(db)}") from None
+        except sqlite3.DatabaseError as exc:
+            raise JournalError(
+                f"the journal {db} is damaged or not a zoomrules journal ({exc}). {recovery_hint(db)}"
+            ) from None
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                Path(f"{db}{suffix}").chmod(0o600)
+        return cls(conn, db)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.conn.execute("BEGIN IMMEDIATE")
+        last_seq = self.last_seq
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            self.last_seq = last_seq  # the appends it counted are gone
+            raise
+        self.conn.execute("COMMIT")
+
+    # -- events ---------------------------------------------------------------
+
+    def append_event(self, event: Event, dedup_window: float) -> tuple[int, int] | None:
+        """Store `event`; None if the same event was stored within `dedup_window`.
+
+        Returns (seq of the previously stored event, seq of this one): the
+        consumer uses the pair to know that no stored event lies between.
+        """
+        return self.append_events([event], dedup_window)[0]
+
+    def append_events(
+        self, events: Sequence[Event], dedup_window: float
+    ) -> list[tuple[int, int] | None]:
+        """`append_event` for each of `events` in order, in a few statements."""
+        return self.append_rows([event_row(event) for event in events], dedup_window)
+
+    def append_rows(
+        self, rows: Sequence[EventRow], dedup_window: float
+    ) -> list[tuple[int, int] | None]:
+        """`append_events` for events already turned into rows (`event_row`).
+
+        One SELECT finds the latest stored row of every id in the batch, one
+        INSERT stores the new events. Must run inside a transaction
+        (`BEGIN IMMEDIATE`): holding the write lock, the AUTOINCREMENT seqs
+        of the inserted rows are consecutive, ending at last_insert_rowid().
+        """
+        rows, _ = with_ids(rows)
+        latest = self._latest_seen({row[0] for row in rows})
+        new_rows: list[EventRow] = []
+        #: Per event: its index among the inserted rows, or None if a duplicate.
+        slots: list[int | None] = []
+        #: Duplicates: a stored seq, or -1 - the index of a row inserted now.
+        duplicates: list[int] = []
+        for row in rows:
+            event_id, received_at = row[0], row[3]
+            seen = latest.get(event_id)
+            if seen is not None and received_at - seen[1] < dedup_window:
+                duplicates.append(seen[0])
+                slots.append(None)
+                continue
+            latest[event_id] = (-1 - len(new_rows), received_at)
+            slots.append(len(new_rows))
+            new_rows.append(row)
+        first = self._insert_events(new_rows)
+        if duplicates:
+            self.conn.executemany(
+                "UPDATE events SET duplicates = duplicates + 1 WHERE seq = ?",
+                [(seq if seq > 0 else first + (-1 - seq),) for seq in duplicates],
+            )
+        results: list[tuple[int, int] | None] = []
+        for slot in slots:
+            if slot is None:
+                results.append(None)
+                continue
+            seq = first + slot
+            results.append((self.last_seq, seq))
+            self.last_seq = seq
+        return results
+
+    def _latest_seen(self, ids: set[str]) -> dict[str, tuple[int, float]]:
+        """event_id -> (seq, received_at) of its latest stored row, for the `ids` stored."""
+        latest: dict[str, tuple[int, float]] = {}
+        for chunk in _chunks(list(ids)):
+            # A bare column next to MAX() comes from the row holding the max.
+            for event_id, seq, received_at in self.conn.execute(
+                "SELECT event_id, MAX(seq), received_at FROM events "
+                f"WHERE event_id IN ({','.join('?' * len(chunk))}) GROUP BY event_id",
+                chunk,
+            ):
+                latest[event_id] = (seq, received_at)
+        return latest
+
+    def _insert_events(self, rows: Sequence[EventRow]) -> int:
+        """Insert `rows`; returns the seq of the first (the others follow it)."""
+        if not rows:
+            return 0
+        for chunk in _chunks(rows):
+            self.conn.execute(
+                "INSERT INTO events (event_id, name, source, received_at, body) VALUES "
+                + _values(len(chunk), "(?, ?, ?, ?, ?)"),
+                [value for row in chunk for value in row],
+            )
+        return self._last_rowid() - len(rows) + 1
+
+    def _last_rowid(self) -> int:
+        # cursor.lastrowid is not updated by executemany().
+        rowid: int = self.conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+        return rowid
+
+    def seen_recently(self, event_id: str, now: float, window: float) -> bool:
+        row = self.conn.execute(
+            "SELECT 1 FROM events WHERE event_id = ? AND received_at > ? LIMIT 1",
+            (event_id, now - window),
+        ).fetchone()
+        return row is not None
+
+    def record_seen(self, event: Event) -> None:
+        """Store an event handled outside the daemon (replay) as already matched."""
+        self.conn.execute(
+            "INSERT INTO events (event_id, name, source, received_at, body, matched) "
+            "VALUES (?, ?, ?, ?, ?, 1)",
+            (event.id, event.name, event.source, event.received_at, orjson.dumps(event.body)),
+        )
+
+    def unmatched(self, after_seq: int, limit: int) -> list[StoredEvent]:
+        """Committed, unmatched events after `after_seq`, oldest first.
+
+        SQLite builds the whole answer as one JSON array: fetching row by
+        row would release and re-take the GIL once per row, each time
+        waiting for the daemon's busy event loop (measured: ~80 us a row).
+        """
+        return stored_events(self.unmatched_json(after_seq, limit))
+
+    def unmatched_json(self, after_seq: int, limit: int) -> str:
+        """`unmatched` as one JSON text (see `stored_events`).
+
+        Every stored body is JSON that orjson accepted, which SQLite's JSON
+        functions accept too (they keep numbers and escapes as written).
+        """
+        (text,) = self.conn.execute(_UNMATCHED, (after_seq, limit)).fetchone()
+        return text or "[]"
+
+    # -- jobs -----------------------------------------------------------------
+
+    def record_jobs(self, firings: Sequence[tuple[int, Sequence[str]]], now: float) -> list[int]:
+        """Mark events matched and add their jobs as pending, numbered after
+        the newest job; returns the job ids in order. (The daemon numbers its
+        jobs itself, see `Journal.queue_jobs`.)"""
+        first_id = self.max_job_id() + 1
+        self.record_jobs_and_outcomes([(firings, now, first_id)], ())
+        return list(range(first_id, first_id + sum(len(rules) for _, rules in firings)))
+
+    def record_jobs_and_outcomes(
+        self,
+        batches: Sequence[JobsRow],
+        outcomes: Sequence[OutcomeRow],
+    ) -> None:
+        """Mark events matched and add their jobs as pending, each batch
+        (firings, now, first job id) numbered from its first id; then record
+        `outcomes` (no ActionOutcome built per outcome: the writer process's
+        usual work).
+
+        An outcome of a job inserted here is folded into the inserted row
+        (the job is stored as it ends up, instead of inserted as pending and
+        then updated): in one transaction nobody can see the difference,
+        and it saves the update statement for the usual case of an action
+        that finishes before its job's row was written.
+        """
+        seqs: list[int] = []
+        rows: dict[int, list[Any]] = {}
+        for firings, now, first_id in batches:
+            job_id = first_id
+            for seq, rules in firings:
+                seqs.append(seq)
+                for rule in rules:
+                    # The columns of _INSERT_JOB, in order.
+                    rows[job_id] = [job_id, seq, rule, "pending", 0, 0, 0, None, now, now]
+                    job_id += 1
+        later: list[OutcomeRow] = []
+        for outcome in outcomes:
+            row = rows.get(outcome[0])
+            if row is None:
+                later.append(outcome)
+            else:
+                _apply_outcome(row, outcome)
+        self._mark_matched(seqs)
+        for chunk in _chunks(list(rows.values())):
+            self.conn.execute(
+                _INSERT_JOB + _values(len(chunk), "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+                [value for row in chunk for value in row],
+            )
+        if later:
+            self.outcomes_finished(later)
+
+    def _mark_matched(self, seqs: Sequence[int]) -> None:
+        for chunk in _chunks(seqs):
+            self.conn.execute(
+                f"UPDATE events SET matched = 1 WHERE seq IN ({','.join('?' * len(chunk))})", chunk
+            )
+
+    def action_finished(self, outcome: ActionOutcome, now: float) -> None:
+        self.outcomes_finished([(*outcome, now)])
+
+    def outcomes_finished(self, outcomes: Sequence[OutcomeRow]) -> None:
+        """Record each outcome (`OutcomeRow`) in order, a chunk of jobs per statement.
+
+        A job appears at most once per chunk: UPDATE ... FROM would apply
+        only one of two rows for the same job, in no defined order.
+        """
+        chunk: list[tuple[Any, ...]] = []
+        ids: set[int] = set()
+        for outcome in outcomes:
+            job_id = outcome[0]
+            if job_id in ids or len(chunk) == _CHUNK:
+                self._update_jobs(chunk)
+                chunk, ids = [], set()
+            chunk.append(_finished_args(outcome))
+            ids.add(job_id)
+        if chunk:
+            self._update_jobs(chunk)
+
+    def _update_jobs(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        self.conn.execute(
+            _ACTION_FINISHED.format(values=_values(len(rows), "(?, ?, ?, ?, ?, ?, ?, ?)")),
+            [value for row in rows for value in row],
+        )
+
+    def mark_dead(self, job_id: int, error: str, now: float) -> None:
+        self.conn.execute(
+            "UPDATE jobs SET state = 'dead', last_error = ?, updated_at = ? WHERE id = ?",
+            (error, now, job_id),
+        )
+
+    def jobs(
+        self,
+        states: Sequence[str],
+        *,
+        after_id: int = 0,
+        max_id: int | None = None,
+        limit: int = 1000,
+        ids: Sequence[int] | None = None,
+    ) -> list[JobRow]:
+        where = [f"j.state IN ({','.join('?' * len(states))})", "j.id > ?"]
+        args: list[Any] = [*states, after_id]
+        if max_id is not None:
+            where.append("j.id <= ?")
+            args.append(max_id)
+        if ids is not None:
+            where.append(f"j.id IN ({','.join('?' * len(ids))})")
+            args.extend(ids)
+        rows = self.conn.execute(
+            f"SELECT {_JOB_COLUMNS} FROM jobs j JOIN events e ON e.seq = j.event_seq "
+            f"WHERE {' AND '.join(where)} ORDER BY j.id LIMIT ?",
+            (*args, limit),
+        ).fetchall()
+        return [job_from_row(row) for row in rows]
+
+    def job(self, job_id: int) -> JobRow | None:
+        found = self.jobs(JOB_STATES, ids=[job_id], limit=1)
+        return found[0] if found else None
+
+    def max_job_id(self) -> int:
+        return self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM jobs").fetchone()[0]
+
+    def set_state(
+        self, ids: Sequence[int], state: str, from_states: Sequence[str], now: float
+    ) -> int:
+        """Move the jobs `ids` that are in one of `from_states` to `state`; returns how many."""
+        if not ids:
+            return 0
+        cursor = self.conn.execute(
+            f"UPDATE jobs SET state = ?, updated_at = ? WHERE id IN ({','.join('?' * len(ids))}) "
+            f"AND state IN ({','.join('?' * len(from_states))})",
+            (state, now, *ids, *from_states),
+        )
+        return cursor.rowcount
+
+    def requeue_retries(self, now: float) -> int:
+        """Jobs re-queued while no daemon ran become plain pending; returns the max job id."""
+        with self.transaction():
+            self.conn.execute(
+                "UPDATE jobs SET state = ?, updated_at = ? WHERE state = ?", (PENDING, now, RETRY)
+            )
+        return self.max_job_id()
+
+    def retry_now(self, ids: Sequence[int], now: float) -> list[JobRow]:
+        """Dead (or re-queued) jobs `ids` made pending, for the caller to run."""
+        self.set_state(ids, PENDING, [DEAD, RETRY], now)
+        return self.jobs([PENDING], ids=ids, limit=len(ids) or 1)
+
+    def claim_retries(self, now: float, limit: int = 1000) -> list[JobRow]:
+        """Jobs re-queued by `dlq retry`, moved to pending for this process to run."""
+        rows = self.jobs([RETRY], limit=limit)
+        self.set_state([row.id for row in rows], PENDING, [RETRY], now)
+        return rows
+
+    def delete_jobs(self, ids: Sequence[int], states: Sequence[str]) -> int:
+        if not ids:
+            return 0
+        cursor = self.conn.execute(
+            f"DELETE FROM jobs WHERE id IN ({','.join('?' * len(ids))}) "
+            f"AND state IN ({','.join('?' * len(states))})",
+            (*ids, *states),
+        )
+        return cursor.rowcount
+
+    def dead_before(self, cutoff: float) -> list[int]:
+        rows = self.conn.execute(
+            "SELECT id FROM jobs WHERE state = 'dead' AND updated_at < ?", (cutoff,)
+        ).fetchall()
+        return [row[0] for row in rows]
+
+    # -- retention and stats --------------------------------------------------
+
+    def purge_expired(
+        self, now: float, retention: float, keep_events: float, chunk: int = 5000
+    ) -> int:
+        """Delete one chunk of finished jobs and old events; returns rows deleted."""
+        conn = self.conn
+        cutoff = now - retention
+        jobs = conn.execute(
+            "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE state IN ('done', 'failed') "
+            "AND updated_at < ? LIMIT ?)",
+            (cutoff, chunk),
+        ).rowcount
+        # Events stay while a job still needs them (pending, dead letters) and
+        # for the dedup window, whichever is longer.
+        events = conn.execute(
+            "DELETE FROM events WHERE seq IN (SELECT seq FROM events e WHERE matched = 1 "
+            "AND received_at < ? AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.event_seq = e.seq) "
+            "LIMIT ?)",
+            (now - max(retention, keep_events), chunk),
+        ).rowcount
+        return jobs + events
+
+    def stats(self) -> dict[str, Any]:
+        conn = self.conn
+        counts = dict.fromkeys(JOB_STATES, 0)
+        counts.update(conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
+        events, unmatched, duplicates, oldest = conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(matched = 0), 0), COALESCE(SUM(duplicates), 0), "
+            "MIN(received_at) FROM events"
+        ).fetchone()
+        sizes = {
+            suffix or "db": _size(Path(f"{self.path}{suffix}")) for suffix in ("", "-wal", "-shm")
+        }
+        return {
+            "path": str(self.path),
+            "schema_version": SCHEMA_VERSION,
+            "events": events,
+            "events_unmatched": unmatched,
+            "duplicates_dropped": duplicates,
+            "oldest_event_at": oldest,
+            "jobs": counts,
+            "bytes": sum(sizes.values()),
+            "files": sizes,
+        }
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0

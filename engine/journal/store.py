@@ -1,0 +1,264 @@
+"""The journal's interface: what the engine asks of any store, and its values.
+
+Zoom never redelivers what a client missed, so once an event has been read
+it lives only in the journal until its jobs are done. A store keeps:
+
+- events, durable before anyone acts on them, each matched once;
+- jobs, one per (event, rule) firing: `pending` until its actions end, then
+  `done`, `failed` (a `continue_on_error` action failed) or `dead` (an action
+  failed for good: a dead letter); `retry` marks a dead letter re-queued by
+  `zoomrules dlq retry`, for the process running jobs to pick up;
+- each job's progress (`next_action`), so a resumed job starts at its first
+  unfinished action.
+
+The shape is dramatiq's broker and consumer: the event source appends
+(`append`), one consumer takes committed events in order (`take_events`),
+records the jobs they fire (`add_jobs`) and, action by action, their outcomes
+(`record_outcome`: the ack, or the nack that makes a dead letter). Two
+protocols, because two kinds of caller open a journal:
+
+- `JournalStore`: the process that runs jobs (the daemon; `dlq retry` when
+  no daemon runs) owns the journal;
+- `JournalAdmin`: `zoomrules dlq` and `journal stats` look at it, and
+  re-queue or purge dead letters, while a daemon may own it.
+
+Backends live in subpackages (`engine.journal.sqlite`) and are chosen by
+name (`engine.journal.open_journal`). Each applies `[engine] retention` and
+the duplicate window itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+
+if TYPE_CHECKING:
+    from engine.events import Event
+
+__all__ = [
+    "DEAD",
+    "DONE",
+    "FAILED",
+    "JOB_STATES",
+    "PENDING",
+    "RETRY",
+    "ActionOutcome",
+    "Firings",
+    "JobRow",
+    "JournalAdmin",
+    "JournalCounters",
+    "JournalStore",
+    "StoredEvent",
+]
+
+#: States of a job.
+PENDING, RETRY, DONE, FAILED, DEAD = "pending", "retry", "done", "failed", "dead"
+JOB_STATES = (PENDING, RETRY, DONE, FAILED, DEAD)
+
+#: Matched events and the names of the rules each fired, in order:
+#: (the event's position in the journal, rule names).
+Firings = Sequence[tuple[int, Sequence[str]]]
+
+
+class StoredEvent(NamedTuple):
+    """A committed event and its place in the journal.
+
+    NamedTuples here and for `ActionOutcome`: one is built per event or
+    action on the event loop, where a frozen dataclass's slower
+    construction showed.
+    """
+
+    seq: int
+    event: Event
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """A job as stored, with its event."""
+
+    id: int
+    event_seq: int
+    rule: str
+    state: str
+    next_action: int
+    attempts: int
+    errors: int
+    last_error: str | None
+    created_at: float
+    updated_at: float
+    event: Event
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "rule": self.rule,
+            "state": self.state,
+            "next_action": self.next_action,
+            "attempts": self.attempts,
+            "errors": self.errors,
+            "last_error": self.last_error,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "event_id": self.event.id,
+            "event": self.event.name,
+            "received_at": self.event.received_at,
+            "source": self.event.source,
+        }
+
+
+class ActionOutcome(NamedTuple):
+    """What the dispatcher reports after one action of a journaled job."""
+
+    job_id: int
+    index: int
+    last_index: int
+    error: str | None
+    attempts: int
+    continue_on_error: bool
+
+
+@dataclass
+class JournalCounters:
+    """What a store has done since it opened (for stats, metrics and tests)."""
+
+    appended: int = 0
+    duplicates: int = 0
+    commits: int = 0
+    ops: int = 0
+    write_errors: int = 0
+    #: Batches of new jobs held back one segment to meet their outcomes
+    #: (the SQLite store's `_carry`).
+    carried: int = 0
+    #: Rows removed by retention.
+    purged: int = 0
+
+
+class JournalAdmin(Protocol):
+    """Dead letters and statistics, usable while another process runs jobs."""
+
+    async def dead_letters(self, limit: int) -> list[JobRow]:
+        """Dead jobs and those re-queued but not picked up yet, oldest first."""
+        ...
+
+    async def job(self, job_id: int) -> JobRow | None:
+        """One job in any state, with its event."""
+        ...
+
+    async def dead_before(self, cutoff: float) -> list[int]:
+        """Ids of dead letters that failed before `cutoff` (epoch seconds)."""
+        ...
+
+    async def requeue(self, ids: Sequence[int]) -> int:
+        """Mark dead letters `ids` for the process running jobs to retry; how many were."""
+        ...
+
+    async def purge(self, ids: Sequence[int]) -> int:
+        """Delete dead or re-queued jobs `ids`; returns how many were deleted."""
+        ...
+
+    async def stats(self) -> dict[str, Any]:
+        """Counts of events and of jobs by state, and backend-specific figures.
+
+        Every backend gives `events`, `events_unmatched`, `duplicates_dropped`,
+        `oldest_event_at` (or None) and `jobs` (state -> count).
+        """
+        ...
+
+    def owner(self) -> str | None:
+        """Who runs the jobs of this journal right now (e.g. a daemon's pid), or None."""
+        ...
+
+    async def seen_recently(self, event_id: str, now: float, window: float) -> bool:
+        """Whether an event with this id was stored within `window` before `now`."""
+        ...
+
+    async def record_seen(self, event: Event) -> bool:
+        """Store an event handled outside the daemon (replay) as already matched;
+        False (nothing stored) while another process owns the journal."""
+        ...
+
+
+class JournalStore(JournalAdmin, Protocol):
+    """The journal as the process that runs jobs sees it."""
+
+    counters: JournalCounters
+
+    # -- the event sources' side -----------------------------------------------
+
+    async def append(self, event: Event) -> None:
+        """Journal `event`: it reaches `take_events` once durable.
+
+        Returns once queued; waits while the store cannot take more (that
+        wait is the backpressure that stops reading the socket). An event
+        stored within the duplicate window is dropped (counted).
+        """
+        ...
+
+    # -- the consumer's side ----------------------------------------------------
+
+    async def take_events(self, limit: int) -> tuple[list[int], list[Event]]:
+        """Committed events not matched yet and not taken before by this
+        store, oldest first, at most `limit`: their positions and the
+        events (two lists, not a tuple per event: this runs per event).
+        Empty when there are none right now."""
+        ...
+
+    async def wait_for_events(self) -> None:
+        """Return once `take_events` may have more (at once if it may already)."""
+        ...
+
+    async def add_jobs(self, firings: Firings) -> list[int]:
+        """Record the jobs of taken events as pending; the events count as
+        matched (those that fired nothing too). Returns the jobs' ids, in
+        order, for the caller to run now; their actions' outcomes may be
+        recorded at once (the store keeps them in order)."""
+        ...
+
+    def try_record_outcome(
+        self,
+        job_id: int,
+        index: int,
+        last_index: int,
+        error: str | None,
+        attempts: int,
+        continue_on_error: bool,
+    ) -> bool:
+        """`record_outcome` if it can be queued without waiting; False (and
+        nothing done) otherwise. The fields of an `ActionOutcome`, passed
+        apart: one call per action, no tuple built."""
+        ...
+
+    async def record_outcome(
+        self,
+        job_id: int,
+        index: int,
+        last_index: int,
+        error: str | None,
+        attempts: int,
+        continue_on_error: bool,
+    ) -> None:
+        """Record how action `index` of a job ended: the job moves on, ends
+        (`done`/`failed`) or becomes a dead letter."""
+        ...
+
+    async def mark_dead(self, job_id: int, error: str) -> None:
+        """Make a job a dead letter without running it (e.g. its rule is gone)."""
+        ...
+
+    # -- resuming and retrying ---------------------------------------------------
+
+    async def unfinished_jobs(self, after_id: int, limit: int) -> list[JobRow]:
+        """Jobs an earlier run left pending (and dead letters re-queued while
+        nothing ran), with ids above `after_id`, oldest first: the jobs to
+        resume at start. Only those that existed when the store opened."""
+        ...
+
+    async def claim_retries(self, limit: int) -> list[JobRow]:
+        """Dead letters re-queued (`JournalAdmin.requeue`) since, now pending
+        for this process to run."""
+        ...
+
+    async def retry_now(self, ids: Sequence[int]) -> list[JobRow]:
+        """Dead (or re-queued) jobs `ids`, made pending for the caller to run now."""
+        ...

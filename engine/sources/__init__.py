@@ -1,0 +1,56 @@
+"""Event sources: what feeds events into the engine.
+
+`base` defines the interface (`EventSource`, `EventSink`, `SourceHealth`);
+`zoom_ws` is Zoom's event WebSocket, one source per subscription.
+`build_sources` makes the daemon's sources from its configuration: the one
+place that knows which kinds exist.
+"""
+
+from __future__ import annotations
+
+from engine.auth import TokenManager
+from engine.config import Config, Subscription
+from engine.services import Services, TokenProvider
+from engine.sources.base import EventSink, EventSource, SourceHealth
+from engine.sources.zoom_ws import ZoomListener
+
+__all__ = ["EventSink", "EventSource", "SourceHealth", "build_sources"]
+
+
+def _credentials(sub: Subscription) -> tuple[str, str, str, str | None]:
+    return (sub.oauth_url, sub.client_id, sub.client_secret, sub.account_id)
+
+
+def build_sources(config: Config, services: Services) -> list[EventSource]:
+    """One source per configured subscription (none without `[zoom]`).
+
+    Subscriptions with the same credentials share one token: the services'
+    own (the one actions use) for the default subscription's credentials.
+    """
+    zoom = config.zoom
+    if zoom is None:
+        return []
+    tokens: dict[tuple[str, str, str, str | None], TokenProvider] = {}
+    if services.tokens is not None and zoom.subscriptions:
+        tokens[_credentials(zoom.default)] = services.tokens
+    sources: list[EventSource] = []
+    for sub in zoom.subscriptions:
+        key = _credentials(sub)
+        if key not in tokens:
+            tokens[key] = TokenManager(
+                oauth_url=sub.oauth_url,
+                client_id=sub.client_id,
+                client_secret=sub.client_secret,
+                account_id=sub.account_id,
+                http=services.http,
+            )
+        sources.append(
+            ZoomListener(
+                subscription=sub.name,
+                endpoint=sub.endpoint,
+                tokens=tokens[key],
+                heartbeat_interval=zoom.heartbeat_interval,
+                max_frame_size=zoom.max_frame_size,
+            )
+        )
+    return sources

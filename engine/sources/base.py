@@ -1,0 +1,57 @@
+"""The event-source interface: where events come from before the journal.
+
+A source delivers Zoom events to a sink (the journal's `append`, or the
+pipeline directly) until cancelled. The daemon runs every configured source
+side by side and reads their health and counters for logs, readiness and
+metrics; it never needs to know what kind of source it runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from engine.events import Event
+
+__all__ = ["EventSink", "EventSource", "SourceHealth"]
+
+#: Where a source hands each event: returns once the event is accepted
+#: (journaled, or matched and queued); waits while the engine is full, which
+#: is the backpressure a source passes on (e.g. by not reading its socket).
+EventSink = Callable[["Event"], Awaitable[object]]
+
+
+@dataclass(frozen=True)
+class SourceHealth:
+    """Whether a source is delivering, since when, and why not if not."""
+
+    #: Connected (or listening) and able to deliver events.
+    up: bool
+    #: When it last came up (`up`) or went down, epoch seconds; None if never.
+    since: float | None
+    #: One line for logs and status pages ("connected", the last close reason).
+    detail: str
+
+
+class EventSource(Protocol):
+    """One stream of Zoom events (a WebSocket subscription, a webhook endpoint, ...)."""
+
+    #: Unique among the daemon's sources; events carry it as `zoomrules.source`.
+    name: str
+    #: Counters of this source (a dataclass of its own kind), for stats and metrics.
+    stats: Any
+
+    def health(self) -> SourceHealth:
+        """Whether the source delivers right now."""
+        ...
+
+    async def run(self, sink: EventSink) -> None:
+        """Deliver events to `sink` until cancelled.
+
+        Returns or raises only when it cannot go on: `AuthError` (credentials
+        refused: retrying cannot help) ends the daemon. Anything transient
+        (a dropped connection, a malformed frame) is handled inside.
+        """
+        ...
