@@ -15,7 +15,8 @@ import random
 from pathlib import Path
 from typing import Any
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "zoom" / "events"
+#: Zoom's example events, as vendored for the tests (tests/data/zoom/README.md).
+CORPUS_DIR = Path(__file__).resolve().parents[1] / "tests" / "data" / "zoom" / "events"
 
 #: Condition shapes, each with the field it needs: a rule on an exact event
 #: name only gets shapes whose field that event has (as a person writing a
@@ -58,7 +59,7 @@ def _has(document: dict[str, Any], dotted: str) -> bool:
 
 def corpus() -> dict[str, dict[str, Any]]:
     events: dict[str, dict[str, Any]] = {}
-    for path in sorted(SHARED.glob("*.json")):
+    for path in sorted(CORPUS_DIR.glob("*.json")):
         if path.name == "index.json":
             continue
         for name, entry in json.loads(path.read_text())["events"].items():

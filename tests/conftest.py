@@ -15,7 +15,13 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-CORPUS_DIR = ROOT.parent / "shared" / "zoom" / "events"
+#: Test data vendored into the repository (see the README.md beside each set):
+#: tests and benchmarks read nothing outside the repository.
+DATA_DIR = ROOT / "tests" / "data"
+#: Zoom's example events, one `<product>.json` per product.
+CORPUS_DIR = DATA_DIR / "zoom" / "events"
+#: The JMESPath compliance suite.
+COMPLIANCE_DIR = DATA_DIR / "jmespath-compliance"
 EXAMPLE_RULES = ROOT / "rules.example.toml"
 
 #: What `[zoom]` in rules.example.toml reads from the environment.
@@ -45,6 +51,12 @@ def _corpus() -> dict[str, dict[str, Any]]:
 def corpus() -> dict[str, dict[str, Any]]:
     """Every example event of Zoom's docs, by the name it is documented under."""
     return _corpus()
+
+
+def product_events(product: str) -> dict[str, dict[str, Any]]:
+    """One product file of the corpus (`meetings`, ...), freshly read: event name ->
+    {"example", "schema", ...} as published."""
+    return json.loads((CORPUS_DIR / f"{product}.json").read_text())["events"]
 
 
 def example(name: str) -> dict[str, Any]:

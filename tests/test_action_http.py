@@ -7,7 +7,6 @@ import types
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -15,17 +14,14 @@ import anyio.abc
 import httpx
 import pytest
 from action_harness import action_type, read_http_request, run_action, serve_tcp, unused_port
+from conftest import product_events
 
 from engine.events import Event
 from engine.plugin import ActionError
 from engine.services import Services
 from plugins import http
 
-EXAMPLES = json.loads(
-    (
-        Path(__file__).resolve().parents[2] / "shared" / "zoom" / "events" / "meetings.json"
-    ).read_text()
-)["events"]
+EXAMPLES = product_events("meetings")
 
 
 @pytest.fixture

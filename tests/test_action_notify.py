@@ -19,17 +19,14 @@ import httpx
 import pytest
 from action_harness import action_context, action_type, read_http_request, render, serve_tcp
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from conftest import product_events
 
 from engine.events import Event
 from engine.plugin import ActionContext, ActionError
 from engine.services import Services
 from plugins import notify
 
-EXAMPLES = json.loads(
-    (
-        Path(__file__).resolve().parents[2] / "shared" / "zoom" / "events" / "meetings.json"
-    ).read_text()
-)["events"]
+EXAMPLES = product_events("meetings")
 TITLE = "VIP joined {{ payload.object.topic }}"
 BODY = "{{ payload.object.participant.user_name }} at {{ payload.object.participant.join_time }}"
 WANT_TITLE = "VIP joined Weekly project sync"

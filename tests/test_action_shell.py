@@ -17,17 +17,14 @@ import httpx
 import psutil
 import pytest
 from action_harness import action_type, run_action
+from conftest import product_events
 
 from engine.events import Event
 from engine.plugin import ActionError
 from engine.services import Services
 from plugins import shell
 
-EXAMPLES = json.loads(
-    (
-        Path(__file__).resolve().parents[2] / "shared" / "zoom" / "events" / "meetings.json"
-    ).read_text()
-)["events"]
+EXAMPLES = product_events("meetings")
 PY = sys.executable
 #: Prints its arguments as a JSON list: what the program really received.
 ARGV_DUMP = "import json, sys; print(json.dumps(sys.argv[1:]))"

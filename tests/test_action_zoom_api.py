@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import copy
 import email.utils
-import json
 import time
 import types
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -17,6 +15,7 @@ import anyio.abc
 import httpx
 import pytest
 from action_harness import action_type, run_action, serve_tcp, unused_port
+from conftest import product_events
 
 from engine.auth import TokenManager
 from engine.events import Event
@@ -25,11 +24,7 @@ from engine.services import Services
 from engine.simulator import SimResponse, Simulator
 from plugins import zoom_api
 
-EXAMPLES = json.loads(
-    (
-        Path(__file__).resolve().parents[2] / "shared" / "zoom" / "events" / "meetings.json"
-    ).read_text()
-)["events"]
+EXAMPLES = product_events("meetings")
 MEETING_ID = EXAMPLES["meeting.started"]["example"]["payload"]["object"]["id"]
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import product_events
 from daemon_process import ZOOMRULES, daemon_process, poll_until, simulator_env
 
 from engine.daemon import GC_GENERATION0, fewer_gc_passes
@@ -19,8 +20,7 @@ from engine.simulator import Simulator
 
 pytestmark = pytest.mark.anyio
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "zoom" / "events"
-MEETINGS = json.loads((SHARED / "meetings.json").read_text())["events"]
+MEETINGS = product_events("meetings")
 
 ZOOM = """
 version = 1

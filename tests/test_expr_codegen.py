@@ -21,12 +21,13 @@ from typing import Any
 
 import jmespath
 import pytest
+from conftest import COMPLIANCE_DIR, CORPUS_DIR
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jmespath import exceptions
 
-# The project is not installed in the venv and has no conftest (yet): make
-# `engine` importable when pytest is run as `.venv/bin/pytest`.
+# Make `engine` importable even when the project is not installed in the venv
+# and pytest is run as `.venv/bin/pytest`.
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
@@ -35,10 +36,6 @@ from engine.expr.codegen import compile_expression  # noqa: E402
 from engine.expr.compiler import ExpressionCompiler, _functions_class  # noqa: E402
 from engine.expr.functions import BUILTIN_FUNCTIONS  # noqa: E402
 from engine.plugin import JMESPathFunction  # noqa: E402
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-COMPLIANCE = SHARED / "jmespath-compliance"
-ZOOM_EVENTS = SHARED / "zoom" / "events"
 
 ENGINE_FUNCTIONS: dict[str, JMESPathFunction] = {fn.name: fn for fn in BUILTIN_FUNCTIONS}
 
@@ -135,7 +132,7 @@ def same_outcome(a: Outcome, b: Outcome, strict: bool = True) -> bool:
 
 def _compliance_cases() -> list[Any]:
     cases = []
-    for path in sorted(COMPLIANCE.glob("*.json")):
+    for path in sorted(COMPLIANCE_DIR.glob("*.json")):
         if path.name == "schema.json":
             continue
         for g, group in enumerate(json.loads(path.read_text())):
@@ -150,7 +147,7 @@ COMPLIANCE_CASES = _compliance_cases()
 
 
 def test_compliance_suite_is_present() -> None:
-    assert len(COMPLIANCE_CASES) > 800, f"compliance data not found under {COMPLIANCE}"
+    assert len(COMPLIANCE_CASES) > 800, f"compliance data not found under {COMPLIANCE_DIR}"
 
 
 @pytest.mark.parametrize(("given", "case"), COMPLIANCE_CASES)
@@ -284,7 +281,7 @@ EXPRESSIONS = st.one_of(TREES, TREES, TREES, GARBAGE)  # one draw in four is jun
 
 def _zoom_examples() -> list[Any]:
     examples = []
-    for path in sorted(ZOOM_EVENTS.glob("*.json")):
+    for path in sorted(CORPUS_DIR.glob("*.json")):
         events = json.loads(path.read_text()).get("events")
         if isinstance(events, dict):
             examples.extend(e["example"] for e in events.values() if "example" in e)
@@ -311,7 +308,7 @@ DOCUMENTS = JSON_DOCS | (st.sampled_from(ZOOM_EXAMPLES) if ZOOM_EXAMPLES else JS
 
 
 def test_zoom_examples_are_present() -> None:
-    assert len(ZOOM_EXAMPLES) > 100, f"Zoom examples not found under {ZOOM_EVENTS}"
+    assert len(ZOOM_EXAMPLES) > 100, f"Zoom examples not found under {CORPUS_DIR}"
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
 import orjson
 import pytest
+from conftest import product_events
 from websockets.asyncio.client import connect
 
 from engine.auth import TokenManager
@@ -32,12 +31,11 @@ def anyio_backend() -> str:
 pytestmark = pytest.mark.anyio
 
 CLIENT_ID, CLIENT_SECRET = "listener-client-id", "listener-client-secret"
-EVENTS = Path(__file__).resolve().parents[2] / "shared" / "zoom" / "events" / "meetings.json"
 
 
 @functools.cache
 def _example() -> dict[str, Any]:
-    return json.loads(EVENTS.read_text())["events"]["meeting.started"]["example"]
+    return product_events("meetings")["meeting.started"]["example"]
 
 
 def meeting_started(n: int) -> dict[str, Any]:

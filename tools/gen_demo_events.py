@@ -2,6 +2,9 @@
 
 Events are Zoom's examples as published in ../shared/zoom/events/meetings.json;
 only participant names/emails are varied so that one of them is a VIP.
+
+A maintainer tool: it reads the upstream corpus beside the repository
+(../shared/zoom/events/), not the copy vendored for the tests under tests/data/zoom/.
 """
 
 from __future__ import annotations

@@ -1,6 +1,10 @@
 """Regenerate engine/data/zoom_events.json from the Zoom event corpus.
 
 Usage: python tools/gen_event_catalogue.py [../shared/zoom/events/index.json]
+
+A maintainer tool: it reads the upstream corpus beside the repository
+(../shared/zoom/events/index.json), not the copy vendored for the tests under
+tests/data/zoom/, which leaves index.json out.
 """
 
 from __future__ import annotations
