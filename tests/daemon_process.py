@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
-from anyio.abc import Process
+from anyio.abc import Process, TaskGroup
 
 from engine.simulator import Simulator
 
@@ -34,11 +34,42 @@ def simulator_env(sim: Simulator, state_dir: Path, **extra: str) -> dict[str, st
 
 
 class DaemonProcess:
-    def __init__(self, process: Process) -> None:
-        self.process = process
+    """`zoomrules ARGS` as a real subprocess, restartable, its output kept line by line.
+
+    Made by `daemon_process`, whose task group reads the output; `start`
+    again after `kill` or `stop` runs a new process with the same
+    arguments, and its lines are appended to the same lists.
+    """
+
+    def __init__(
+        self, args: Sequence[str], env: Mapping[str, str], cwd: Path | None, tasks: TaskGroup
+    ) -> None:
+        self.args = [*ZOOMRULES, *args]
+        self.env = dict(env)
+        self.cwd = cwd
         self.stderr: list[str] = []
         self.stdout: list[str] = []
+        self._tasks = tasks
+        self._process: Process | None = None
         self._changed = anyio.Event()
+
+    @property
+    def process(self) -> Process:
+        assert self._process is not None, "not started"
+        return self._process
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    async def start(self) -> DaemonProcess:
+        assert self._process is None or self._process.returncode is not None, "still running"
+        self._process = process = await anyio.open_process(
+            self.args, env=self.env, cwd=self.cwd, stdin=None, start_new_session=True
+        )
+        self._tasks.start_soon(self._pump, process.stderr, self.stderr)
+        self._tasks.start_soon(self._pump, process.stdout, self.stdout)
+        return self
 
     async def _pump(self, stream: anyio.abc.ByteReceiveStream | None, sink: list[str]) -> None:
         if stream is None:
@@ -53,6 +84,10 @@ class DaemonProcess:
         if buffer:
             sink.append(buffer.decode(errors="replace"))
         self._changed.set()
+
+    def output(self) -> str:
+        """Everything it wrote so far (standard error, then standard output)."""
+        return "\n".join([*self.stderr, *self.stdout])
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float = 20.0) -> None:
         with anyio.fail_after(timeout):
@@ -81,27 +116,40 @@ class DaemonProcess:
         with anyio.fail_after(timeout):
             return await self.process.wait()
 
+    async def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, then its exit status."""
+        self.send_signal(signal.SIGTERM)
+        return await self.wait_exit(timeout)
+
+    async def kill(self) -> None:
+        """SIGKILL, and wait until it is gone."""
+        self.send_signal(signal.SIGKILL)
+        await self.wait_exit(10)
+
+    async def ensure_dead(self) -> None:
+        process = self._process
+        if process is None:
+            return
+        with anyio.CancelScope(shield=True):
+            if process.returncode is None:
+                process.send_signal(signal.SIGKILL)
+            await process.wait()
+            await process.aclose()
+
 
 @asynccontextmanager
 async def daemon_process(
-    args: Sequence[str], env: Mapping[str, str], cwd: Path | None = None
+    args: Sequence[str], env: Mapping[str, str], cwd: Path | None = None, *, start: bool = True
 ) -> AsyncIterator[DaemonProcess]:
-    """Start `zoomrules ARGS`; on exit, make sure it is gone."""
-    process = await anyio.open_process(
-        [*ZOOMRULES, *args], env=dict(env), cwd=cwd, stdin=None, start_new_session=True
-    )
-    daemon = DaemonProcess(process)
+    """`zoomrules ARGS` (started unless `start=False`); on exit, make sure it is gone."""
     async with anyio.create_task_group() as tg:
-        tg.start_soon(daemon._pump, process.stderr, daemon.stderr)
-        tg.start_soon(daemon._pump, process.stdout, daemon.stdout)
+        daemon = DaemonProcess(args, env, cwd, tg)
         try:
+            if start:
+                await daemon.start()
             yield daemon
         finally:
-            if process.returncode is None:
-                process.send_signal(signal.SIGKILL)
-            with anyio.CancelScope(shield=True):
-                await process.wait()
-            await process.aclose()
+            await daemon.ensure_dead()
 
 
 async def poll_until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import psutil
 import pytest
+from daemon_process import daemon_process
 from test_journal_support import (
-    DaemonProcess,
     JournalView,
     Target,
     daemon_env,
@@ -35,10 +35,11 @@ async def test_stalled_target_does_not_stall_the_listener(tmp_path: Path) -> Non
     )
     async with Simulator() as sim, Target().serve() as target:
         rules.write_text(rules.read_text().replace("TARGET", target.url))
-        daemon = DaemonProcess(rules, daemon_env(sim, state), tmp_path / "daemon.log")
         view = JournalView(state)
-        try:
-            daemon.start()
+        async with daemon_process(
+            ["run", "-c", str(rules)], daemon_env(sim, state), start=False
+        ) as daemon:
+            await daemon.start()
             await sim.wait_connected(timeout=30)
             target.stall()
             await sim.send_events(meeting_events(WARMUP))
@@ -65,7 +66,5 @@ async def test_stalled_target_does_not_stall_the_listener(tmp_path: Path) -> Non
             matched = sum(1 for i in range(total) if f"uuid-{i}".endswith("00"))
             await wait_until(lambda: len(target.counts) == matched, 60)
             assert await daemon.stop() == 0
-        finally:
-            daemon.ensure_dead()
     assert set(target.counts.values()) == {1}
     assert view.jobs("done") == matched

@@ -6,8 +6,8 @@ import time
 from pathlib import Path
 
 import pytest
+from daemon_process import daemon_process
 from test_journal_support import (
-    DaemonProcess,
     JournalView,
     Target,
     daemon_env,
@@ -42,10 +42,11 @@ async def test_sigkill_mid_burst_loses_nothing_and_repeats_nothing_finished(
     )
     async with Simulator() as sim, Target(delay=0.05).serve() as target:
         rules.write_text(rules.read_text().replace("TARGET", target.url))
-        daemon = DaemonProcess(rules, daemon_env(sim, state), tmp_path / "daemon.log")
         view = JournalView(state)
-        try:
-            daemon.start()
+        async with daemon_process(
+            ["run", "-c", str(rules)], daemon_env(sim, state), start=False
+        ) as daemon:
+            await daemon.start()
             await sim.wait_connected(timeout=30)
             burst = meeting_events(BURST)
             matched = [body for body in burst if body["payload"]["object"]["uuid"].endswith("0")]
@@ -63,18 +64,16 @@ async def test_sigkill_mid_burst_loses_nothing_and_repeats_nothing_finished(
             await wait_until(lambda: sum(target.counts.values()) >= MATCHED // 2, 30)
             # ...and some have been complete for over a second (the "settled" ones below).
             await wait_until(lambda: time.monotonic() - min(target.completed.values()) > 1.5, 30)
-            daemon.kill()
+            await daemon.kill()
             killed_at = time.monotonic()
             done_before_kill = sum(target.counts.values())
             assert done_before_kill < 2 * MATCHED, "the burst finished before the kill"
             assert view.jobs("pending") > 0
 
-            daemon.start()
+            await daemon.start()
             expected = {(f"/{path}", body_id) for path in ("a", "b") for body_id in _ids(matched)}
             await wait_until(lambda: expected <= set(target.counts), 60)
             assert await daemon.stop() == 0
-        finally:
-            daemon.ensure_dead()
 
     output = daemon.output()
     assert "resumed" in output

@@ -11,8 +11,8 @@ from pathlib import Path
 import anyio
 import pytest
 from conftest import cli_env, run_cli, write_rules
+from daemon_process import daemon_process
 from test_journal_support import (
-    DaemonProcess,
     JournalView,
     Target,
     daemon_env,
@@ -238,11 +238,10 @@ async def test_dead_letters_round_trip(tmp_path: Path) -> None:
         env = daemon_env(sim, state)
         rules = write_rules(tmp_path, rules_text(target.url, action="retries = 1"))
         view = JournalView(state)
-        daemon = DaemonProcess(rules, env, tmp_path / "daemon.log")
-        try:
+        async with daemon_process(["run", "-c", str(rules)], env, start=False) as daemon:
             # The target is down: both attempts fail, the jobs become dead letters.
             target.status = 503
-            daemon.start()
+            await daemon.start()
             await sim.wait_connected(timeout=30)
             await sim.send_events(meeting_events(5))
             await wait_until(lambda: view.jobs("dead") == 5, 30)
@@ -279,8 +278,6 @@ async def test_dead_letters_round_trip(tmp_path: Path) -> None:
             )
             stats = json.loads(out)
             assert stats["jobs"]["done"] == 8 and stats["events"] == 8
-        finally:
-            daemon.ensure_dead()
     assert set(target.counts.values()) == {1}
 
 

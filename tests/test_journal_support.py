@@ -9,10 +9,7 @@
 from __future__ import annotations
 
 import contextlib
-import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -23,7 +20,7 @@ from typing import Any
 import anyio
 from anyio.abc import SocketAttribute, SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
-from conftest import ROOT, example, write_rules
+from conftest import example, write_rules
 from daemon_process import poll_until, simulator_env
 
 from engine.simulator import Simulator
@@ -173,52 +170,6 @@ def daemon_env(sim: Simulator, state_dir: Path) -> dict[str, str]:
     return simulator_env(sim, state_dir)
 
 
-class DaemonProcess:
-    """`zoomrules run -c rules.toml` in a subprocess; output goes to a log file."""
-
-    def __init__(self, rules: Path, env: dict[str, str], log: Path) -> None:
-        self.rules, self.env, self.log = rules, env, log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, *extra: str) -> DaemonProcess:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "engine.cli", "run", "-c", str(self.rules), *extra],
-                env=self.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    async def stop(self, timeout: float = 30) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return await self.wait(timeout)
-
-    async def wait(self, timeout: float = 30) -> int:
-        assert self.proc is not None
-        proc = self.proc
-        await wait_until(lambda: proc.poll() is not None, timeout)
-        assert proc.returncode is not None
-        return proc.returncode
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def ensure_dead(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
 class JournalView:
     """Read-only queries on a journal another process writes (WAL allows it)."""
 
@@ -246,7 +197,6 @@ class JournalView:
 
 
 __all__ = [
-    "DaemonProcess",
     "JournalView",
     "Target",
     "daemon_env",
