@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from engine import __version__
 from engine.commands import check, demo, dlq, journal, plugins, replay, run, test
 from engine.commands.base import DEFAULT_CONFIG, EXIT_OK, Command
+from engine.logs import LogFormat
 
 #: Every subcommand, in the order `zoomrules --help` lists them.
 COMMANDS: list[Command] = [
@@ -61,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def setup_logging(level: str, fmt: str) -> None:
+def setup_logging(level: str, fmt: LogFormat) -> None:
     from engine.logs import configure_logging
 
     configure_logging(level, fmt)

@@ -345,17 +345,17 @@ class _Builder:
         )  # fmt: skip
         self.unknown_keys(data, known, ctx)
         get = _Getter(self, data, ctx)
-        oauth_url = self.env.get("ZOOM_OAUTH_URL") or get.str("oauth_url", DEFAULT_OAUTH_URL)
+        oauth_url = self.env.get("ZOOM_OAUTH_URL") or get.string("oauth_url", DEFAULT_OAUTH_URL)
         defaults = {
-            "client_id": get.str("client_id", None),
-            "client_secret": get.str("client_secret", None),
-            "account_id": get.str("account_id", None) or None,
+            "client_id": get.string("client_id", None),
+            "client_secret": get.string("client_secret", None),
+            "account_id": get.string("account_id", None) or None,
             "oauth_url": oauth_url,
         }
         subscriptions: list[Subscription] = []
         raw_subs = data.get("subscription")
         if raw_subs is None:
-            endpoint = self.env.get("ZOOM_WS_ENDPOINT") or get.str("endpoint", None)
+            endpoint = self.env.get("ZOOM_WS_ENDPOINT") or get.string("endpoint", None)
             sub = self.subscription("default", endpoint, defaults, ctx, top_level=True)
             if sub:
                 subscriptions.append(sub)
@@ -366,7 +366,8 @@ class _Builder:
         self.zoom = ZoomConfig(
             subscriptions=tuple(subscriptions),
             api_base_url=(
-                self.env.get("ZOOM_API_BASE_URL") or get.str("api_base_url", DEFAULT_API_BASE_URL)
+                self.env.get("ZOOM_API_BASE_URL")
+                or get.string("api_base_url", DEFAULT_API_BASE_URL)
             ).rstrip("/"),
             heartbeat_interval=get.duration("heartbeat_interval", 30.0, minimum=0.01),
             max_frame_size=get.convert("max_frame_size", 1 << 20, parse_size),
@@ -379,9 +380,8 @@ class _Builder:
         out: list[Subscription] = []
         seen: set[str] = set()
         for index, raw in enumerate(raw_subs):
-            name = (
-                raw.get("name") if isinstance(raw.get("name"), str) else f"subscription-{index + 1}"
-            )
+            given = raw.get("name")
+            name = given if isinstance(given, str) else f"subscription-{index + 1}"
             sub_ctx = _Ctx(
                 ctx.file,
                 ctx.smap,
@@ -395,13 +395,13 @@ class _Builder:
             seen.add(name)
             get = _Getter(self, raw, sub_ctx)
             merged = {
-                "client_id": get.str("client_id", defaults["client_id"]),
-                "client_secret": get.str("client_secret", defaults["client_secret"]),
-                "account_id": get.str("account_id", defaults["account_id"]) or None,
-                "oauth_url": get.str("oauth_url", defaults["oauth_url"]),
+                "client_id": get.string("client_id", defaults["client_id"]),
+                "client_secret": get.string("client_secret", defaults["client_secret"]),
+                "account_id": get.string("account_id", defaults["account_id"]) or None,
+                "oauth_url": get.string("oauth_url", defaults["oauth_url"]),
             }
             sub = self.subscription(
-                name, get.str("endpoint", None), merged, sub_ctx, top_level=False
+                name, get.string("endpoint", None), merged, sub_ctx, top_level=False
             )
             if sub:
                 out.append(sub)
@@ -440,23 +440,23 @@ class _Builder:
         )  # fmt: skip
         self.unknown_keys(data, known, ctx)
         get = _Getter(self, data, ctx)
-        state_dir = get.str("state_dir", str(defaults.state_dir))
-        evaluator = get.str("evaluator", defaults.evaluator)
+        state_dir = get.string("state_dir", str(defaults.state_dir))
+        evaluator = get.string("evaluator", defaults.evaluator)
         if evaluator not in ("compiled", "interpreter"):
             self.problem(
                 ctx, "evaluator", f"must be 'compiled' or 'interpreter', got {evaluator!r}"
             )
         self.engine = EngineConfig(
             state_dir=Path(state_dir),
-            max_concurrency=get.int("max_concurrency", defaults.max_concurrency, minimum=1),
+            max_concurrency=get.integer("max_concurrency", defaults.max_concurrency, minimum=1),
             plugins=tuple(get.str_list("plugins", [])),
             shutdown_grace=get.duration("shutdown_grace", defaults.shutdown_grace),
             evaluator=evaluator,
             action_timeout=get.duration("action_timeout", defaults.action_timeout, minimum=0.001),
-            action_retries=get.int("action_retries", defaults.action_retries, minimum=0),
+            action_retries=get.integer("action_retries", defaults.action_retries, minimum=0),
             retry_backoff=get.duration("retry_backoff", defaults.retry_backoff),
             retry_backoff_cap=get.duration("retry_backoff_cap", defaults.retry_backoff_cap),
-            journal=get.bool("journal", defaults.journal),
+            journal=get.boolean("journal", defaults.journal),
             retention=get.duration("retention", defaults.retention),
             dedup_window=get.duration("dedup_window", defaults.dedup_window),
         )
@@ -500,16 +500,16 @@ class _Builder:
                 ctx, "on", "must be an event name or a non-empty list of them (globs allowed)"
             )
             on = []
-        when = get.str("when", None)
+        when = get.string("when", None)
         rule = _spec(
             RuleSpec,
             name=name,
             on=tuple(on),
             when=when if when and when.strip() else None,
-            enabled=get.bool("enabled", True),
-            stop=get.bool("stop", False),
+            enabled=get.boolean("enabled", True),
+            stop=get.boolean("stop", False),
             throttle=self.throttle(raw.get("throttle"), ctx),
-            description=get.str("description", "") or "",
+            description=get.string("description", "") or "",
             actions=self.actions(raw.get("action"), ctx),
             file=top.file,
             index=position,
@@ -526,14 +526,14 @@ class _Builder:
         sub = _Ctx(ctx.file, ctx.smap, ctx.where, ctx.path + ("throttle",), "throttle.")
         self.unknown_keys(raw, ("key", "limit", "per"), sub)
         get = _Getter(self, raw, sub)
-        key = get.str("key", None)
+        key = get.string("key", None)
         if not key:
             self.problem(
                 sub, "key", "is required (a JMESPath expression, e.g. 'payload.object.uuid')"
             )
         return ThrottleSpec(
             key=key or "",
-            limit=get.int("limit", 1, minimum=1),
+            limit=get.integer("limit", 1, minimum=1),
             per=get.duration("per", 60.0, minimum=0.001),
         )
 
@@ -561,8 +561,8 @@ class _Builder:
                     type=type_,
                     params=params,
                     timeout=get.convert("timeout", None, _positive_duration),
-                    retries=get.int("retries", None, minimum=0),  # type: ignore[arg-type]
-                    continue_on_error=get.bool("continue_on_error", False),
+                    retries=get.integer("retries", None, minimum=0),  # type: ignore[arg-type]
+                    continue_on_error=get.boolean("continue_on_error", False),
                     index=index,
                     unresolved=self.unresolved(params, sub) if self.env_failed else frozenset(),
                     locator=Locator(ctx.smap, sub.path),
@@ -651,7 +651,7 @@ class _Getter:
             self.ctx, key, f"must be {expected}, got {_type_name(value)} {value!r}"
         )
 
-    def str(self, key: str, default: Any) -> Any:
+    def string(self, key: str, default: Any) -> Any:
         if key not in self.data:
             return default
         if not isinstance(self.data[key], str):
@@ -659,15 +659,16 @@ class _Getter:
             return default
         return self.data[key]
 
-    def bool(self, key: str, default: bool) -> bool:
+    def boolean(self, key: str, default: bool) -> bool:
         if key not in self.data:
             return default
-        if not isinstance(self.data[key], bool):
+        value = self.data[key]
+        if not isinstance(value, bool):
             self._bad(key, "true or false")
             return default
-        return self.data[key]
+        return value
 
-    def int(self, key: str, default: int, *, minimum: int | None = None) -> int:
+    def integer(self, key: str, default: int, *, minimum: int | None = None) -> int:
         if key not in self.data:
             return default
         value = self.data[key]
@@ -680,7 +681,7 @@ class _Getter:
         return value
 
     def duration(self, key: str, default: float, *, minimum: float = 0.0) -> float:
-        value = self.convert(key, default, parse_duration)
+        value: float = self.convert(key, default, parse_duration)
         if value < minimum:
             self.builder.problem(self.ctx, key, f"must be at least {minimum:g}s")
             return default

@@ -33,7 +33,8 @@ def demo_rules_path() -> Path:
 
 def demo_events() -> list[dict[str, Any]]:
     text = resources.files("engine").joinpath("data/demo_events.json").read_text()
-    return json.loads(text)
+    events: list[dict[str, Any]] = json.loads(text)
+    return events
 
 
 async def run_demo(duration: float | None, step: float = STEP) -> Daemon:

@@ -48,6 +48,7 @@ class Event:
 
     name: str
     body: dict[str, Any]
+    _id: str | None
     received_at: float
     source: str
     #: The event's JSON as received, when it came as text (the journal

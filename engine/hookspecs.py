@@ -121,9 +121,9 @@ class ZoomrulesSpec:
     """Hook specifications of the `zoomrules` pluggy project."""
 
     @hookspec
-    def zoomrules_action_types(self) -> Sequence[ActionType]:
+    def zoomrules_action_types(self) -> Sequence[ActionType]:  # type: ignore[empty-body]
         """Return the action types this plugin provides."""
 
     @hookspec
-    def zoomrules_jmespath_functions(self) -> Sequence[JMESPathFunction]:
+    def zoomrules_jmespath_functions(self) -> Sequence[JMESPathFunction]:  # type: ignore[empty-body]
         """Return extra JMESPath functions for conditions and templates."""

@@ -12,7 +12,7 @@ import importlib.metadata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 import pluggy
 
@@ -100,7 +100,8 @@ def _collect(registry: Registry) -> None:
     owners: dict[str, str] = {}
     for impl in manager.hook.zoomrules_action_types.get_hookimpls():
         label = _plugin_label(manager, impl.plugin)
-        for action in impl.function() or ():
+        actions = cast(Iterable[object], impl.function() or ())
+        for action in actions:
             if not isinstance(action, ActionType):
                 raise PluginError(f"plugin {label} returned {action!r}, not an ActionType")
             if action.name in registry.actions:
@@ -111,7 +112,8 @@ def _collect(registry: Registry) -> None:
             registry.actions[action.name] = replace(action, plugin=label)
     for impl in manager.hook.zoomrules_jmespath_functions.get_hookimpls():
         label = _plugin_label(manager, impl.plugin)
-        for fn in impl.function() or ():
+        functions = cast(Iterable[object], impl.function() or ())
+        for fn in functions:
             if not isinstance(fn, JMESPathFunction):
                 raise PluginError(f"plugin {label} returned {fn!r}, not a JMESPathFunction")
             if fn.name in registry.functions:

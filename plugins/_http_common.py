@@ -211,9 +211,13 @@ async def send(
     return response, body
 
 
-def stringify_query(query: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+#: Query parameters as httpx takes them.
+QueryPairs = list[tuple[str, str | int | float | bool | None]]
+
+
+def stringify_query(query: Mapping[str, Any] | None) -> QueryPairs:
     """Query parameters as pairs: lists repeat the key, None drops it, JSON-ish scalars."""
-    pairs: list[tuple[str, str]] = []
+    pairs: QueryPairs = []
     for key, value in (query or {}).items():
         values: Iterable[Any] = value if isinstance(value, list) else [value]
         for item in values:

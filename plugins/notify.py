@@ -55,7 +55,8 @@ def _apprise() -> ModuleType:
 
 def _asset() -> apprise.AppriseAsset:
     # Memory-only: a daemon should not grow Apprise's on-disk cache as a side effect.
-    return _apprise().AppriseAsset(storage_mode="memory")
+    asset: apprise.AppriseAsset = _apprise().AppriseAsset(storage_mode="memory")
+    return asset
 
 
 def _key(url: str) -> str:

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from conftest import EXAMPLE_RULES, ZOOM_ENV, corpus, example, run_cli
 
-from engine.commands.test import evaluate
 from engine.events import Event
+from engine.explain import evaluate
 from engine.loader import LoadedRules, load_rules
 
 #: A few representative events also go through the real CLI.

@@ -14,9 +14,7 @@ import collections
 import copy
 import json
 import re
-import sys
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import jmespath
@@ -26,16 +24,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jmespath import exceptions
 
-# Make `engine` importable even when the project is not installed in the venv
-# and pytest is run as `.venv/bin/pytest`.
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from engine.expr.codegen import compile_expression  # noqa: E402
-from engine.expr.compiler import ExpressionCompiler, _functions_class  # noqa: E402
-from engine.expr.functions import BUILTIN_FUNCTIONS  # noqa: E402
-from engine.plugin import JMESPathFunction  # noqa: E402
+from engine.expr.codegen import compile_expression, functions_instance
+from engine.expr.compiler import ExpressionCompiler
+from engine.expr.functions import BUILTIN_FUNCTIONS
+from engine.plugin import JMESPathFunction
 
 ENGINE_FUNCTIONS: dict[str, JMESPathFunction] = {fn.name: fn for fn in BUILTIN_FUNCTIONS}
 
@@ -75,7 +67,7 @@ def outcome(compile_: Callable[[str], Callable[[Any], Any]], text: str, doc: Any
 
 def reference(functions: Mapping[str, JMESPathFunction] = {}) -> Callable[[str], Any]:
     """The reference evaluator, with custom functions as engine.expr.compiler adds them."""
-    options = jmespath.Options(custom_functions=_functions_class(functions.values())())
+    options = jmespath.Options(custom_functions=functions_instance(functions))
 
     def compile_(text: str) -> Callable[[Any], Any]:
         parsed = jmespath.compile(text)

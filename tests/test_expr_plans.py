@@ -22,7 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.events import Event
-from engine.expr.compiler import _functions_class, is_truthy
+from engine.expr.codegen import functions_instance
+from engine.expr.compiler import is_truthy
 from engine.expr.functions import BUILTIN_FUNCTIONS
 from engine.expr.plans import PlanStep, compile_plan
 from engine.loader import load_rules
@@ -90,7 +91,7 @@ def reference(
     texts: Sequence[str | None], stops: Sequence[bool], document: Any, functions: dict
 ) -> Outcome:
     """Each condition with jmespath's interpreter, in turn."""
-    options = jmespath.Options(custom_functions=_functions_class(functions.values())())
+    options = jmespath.Options(custom_functions=functions_instance(functions))
     fired: list[str] = []
     errors: list[tuple[str, str, str]] = []
     for index, (text, stop) in enumerate(zip(texts, stops, strict=True)):

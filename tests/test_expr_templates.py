@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from conftest import ZOOM_ENV, example, write_rules
 
-from engine.commands.test import evaluate
 from engine.errors import TemplateError
 from engine.events import Event
+from engine.explain import evaluate
 from engine.expr.compiler import ExpressionCompiler
 from engine.expr.functions import BUILTIN_FUNCTIONS
 from engine.expr.templates import Constant, Template, compile_value, to_text

@@ -59,11 +59,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import CodeType
-from typing import Any
+from typing import Any, cast
 
 import jmespath.functions
 from jmespath import visitor
-from jmespath.parser import Parser
+from jmespath.parser import ParsedResult, Parser
 
 from engine.hookspecs import JMESPathFunction
 
@@ -140,6 +140,22 @@ def _values(value: Any) -> Any:
         return _MISSING
 
 
+#: jmespath's own helpers for its comparison semantics, used as they are.
+#: Private to jmespath and left out of its type stubs, hence typed Any.
+_VISITOR: Any = visitor
+
+
+def parsed_result(text: str, tree: Node) -> ParsedResult:
+    """jmespath's `ParsedResult` for a tree of ours (its stubs type trees as
+    TypedDicts; ours are plain dicts of the same shape)."""
+    return ParsedResult(text, cast(Any, tree))
+
+
+def tree_of(parsed: ParsedResult) -> Node:
+    """The tree of a `ParsedResult`, as the plain dict it is."""
+    return cast(Node, parsed.parsed)
+
+
 def is_true(value: Any) -> bool:
     """TreeInterpreter._is_true, verbatim (equality checks on purpose)."""
     return not (value == "" or value == [] or value == {} or value is None or value is False)
@@ -147,14 +163,14 @@ def is_true(value: Any) -> bool:
 
 def _not(value: Any) -> bool:
     """visit_not_expression: Python `not`, except that `!0` is false."""
-    if visitor._is_actual_number(value) and value == 0:
+    if _VISITOR._is_actual_number(value) and value == 0:
         return False
     return not value
 
 
 def _ordering(op: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
     """An ordering comparator: null unless both sides are numbers or strings."""
-    is_comparable = visitor._is_comparable
+    is_comparable = _VISITOR._is_comparable
 
     def compare(left: Any, right: Any) -> Any:
         if not (is_comparable(left) and is_comparable(right)):
@@ -165,7 +181,7 @@ def _ordering(op: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
 
 
 def _ne(left: Any, right: Any) -> bool:
-    return not visitor._equals(left, right)
+    return not _VISITOR._equals(left, right)
 
 
 #: Results of pure functions by string argument, one bounded cache per
@@ -209,7 +225,7 @@ _RUNTIME: dict[str, Any] = {
     "_remember": _remember,
     "_is_true": is_true,
     "_not": _not,
-    "_eq": visitor._equals,
+    "_eq": _VISITOR._equals,
     "_ne": _ne,
     "_lt": _ordering(operator.lt),
     "_lte": _ordering(operator.le),
@@ -245,9 +261,9 @@ _BOOL_BUILTINS = frozenset({"contains", "starts_with", "ends_with"})
 # Function tables.
 
 
-def _functions_instance(functions: Mapping[str, JMESPathFunction]) -> jmespath.functions.Functions:
-    """A jmespath `Functions` instance with the custom functions, built exactly
-    like `engine.expr.compiler._functions_class` (a custom name overrides a builtin).
+def functions_instance(functions: Mapping[str, JMESPathFunction]) -> jmespath.functions.Functions:
+    """A jmespath `Functions` instance with the custom functions (a custom
+    name overrides a builtin), for jmespath's interpreter and our code alike.
 
     Built once per set of functions: creating the class walks every method,
     which would otherwise dominate compiling a large rule file.
@@ -274,10 +290,11 @@ def _build_functions_instance(
 
         method.signature = tuple(fn.signature)  # type: ignore[attr-defined]
         namespace[f"_func_{name}"] = method
-    cls = type(jmespath.functions.Functions)(
-        "ZoomrulesFunctions", (jmespath.functions.Functions,), namespace
-    )
-    return cls()
+    # The metaclass builds FUNCTION_TABLE at class creation time.
+    metaclass: Any = type(jmespath.functions.Functions)
+    cls = metaclass("ZoomrulesFunctions", (jmespath.functions.Functions,), namespace)
+    instance: jmespath.functions.Functions = cls()
+    return instance
 
 
 _DEFAULT_FUNCTIONS = jmespath.functions.Functions()
@@ -315,8 +332,8 @@ def _fast_classes(types: Sequence[str]) -> frozenset[type] | None:
 
 def _run(code: CodeType, namespace: dict[str, Any], main: str, source: str) -> Search:
     exec(code, namespace)
-    search = namespace[main]
-    search.__jmespath_source__ = source
+    search: Search = namespace[main]
+    search.__jmespath_source__ = source  # type: ignore[attr-defined]
     return search
 
 
@@ -356,7 +373,7 @@ class CodeGenerator:
 
     def __init__(self, functions: Mapping[str, JMESPathFunction]) -> None:
         self._custom = functions
-        self._funcs = _functions_instance(functions)
+        self._funcs = functions_instance(functions)
         self._namespace: dict[str, Any] = dict(_RUNTIME)
         self._namespace["_call"] = self._funcs.call_function
         self._counter = itertools.count()
@@ -435,7 +452,8 @@ class CodeGenerator:
     def node(self, node: Node, cur: str) -> str:
         """Emit statements computing `node` on variable `cur`; return the
         variable (or literal/constant expression) holding the value."""
-        return getattr(self, f"_n_{node['type']}")(node, cur)
+        emitted: str = getattr(self, f"_n_{node['type']}")(node, cur)
+        return emitted
 
     def _assign(self, expr: str) -> str:
         var = self._tmp()
@@ -777,7 +795,7 @@ def _plain_equality(node: Node) -> bool:
     value = node["value"]
     if isinstance(value, bool):
         return False
-    return not (visitor._is_actual_number(value) and value in (0, 1))
+    return not (_VISITOR._is_actual_number(value) and value in (0, 1))
 
 
 def _is_boolean_node(node: Node, custom: Mapping[str, JMESPathFunction]) -> bool:
@@ -829,7 +847,7 @@ def generate(
     expression runs on jmespath's interpreter instead)."""
     generator = CodeGenerator(functions)
     try:
-        return generator.build(parsed.parsed, text), generator.generated
+        return generator.build(tree_of(parsed), text), generator.generated
     except (SyntaxError, RecursionError, MemoryError):
         # Python's own limits (nested blocks, indentation, recursion) on a
         # pathological expression: use the reference interpreter instead.
@@ -837,7 +855,7 @@ def generate(
 
 
 def _interpreted(parsed: Any, functions: Mapping[str, JMESPathFunction]) -> Search:
-    options = jmespath.Options(custom_functions=_functions_instance(functions))
+    options = jmespath.Options(custom_functions=functions_instance(functions))
 
     def search(document: Any) -> Any:
         return parsed.search(document, options)

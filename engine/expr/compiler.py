@@ -24,7 +24,7 @@ from jmespath import exceptions
 from jmespath.parser import ParsedResult
 
 from engine.errors import ExpressionError
-from engine.expr.codegen import Generated, generate
+from engine.expr.codegen import Generated, functions_instance, generate, parsed_result, tree_of
 from engine.expr.guards import find_guard, is_pure
 from engine.expr.shapes import ShapeCache
 from engine.hookspecs import JMESPathFunction
@@ -32,22 +32,6 @@ from engine.hookspecs import JMESPathFunction
 Search = Callable[[Any], Any]
 Evaluator = Literal["compiled", "interpreter"]
 EVALUATORS: tuple[str, ...] = ("compiled", "interpreter")
-
-
-def _functions_class(functions: Iterable[JMESPathFunction]) -> type:
-    """A jmespath `Functions` subclass carrying our extra functions."""
-    namespace: dict[str, Any] = {}
-    for fn in functions:
-
-        def method(self: Any, *args: Any, _impl: Callable[..., Any] = fn.func) -> Any:
-            return _impl(*args)
-
-        method.signature = tuple(fn.signature)  # type: ignore[attr-defined]
-        namespace[f"_func_{fn.name}"] = method
-    # The metaclass builds FUNCTION_TABLE at class creation time.
-    return type(jmespath.functions.Functions)(
-        "ZoomrulesFunctions", (jmespath.functions.Functions,), namespace
-    )
 
 
 def _known_function_names(tree: dict[str, Any]) -> Iterable[str]:
@@ -88,9 +72,7 @@ class ExpressionCompiler:
             raise ValueError(f"unknown evaluator {evaluator!r}; choose one of {EVALUATORS}")
         self.functions: dict[str, JMESPathFunction] = {fn.name: fn for fn in functions}
         self.evaluator: Evaluator = evaluator
-        self._options = jmespath.Options(
-            custom_functions=_functions_class(self.functions.values())()
-        )
+        self._options = jmespath.Options(custom_functions=functions_instance(self.functions))
         self._builtin_names = set(jmespath.functions.Functions.FUNCTION_TABLE)
         self._cache: dict[str, Search] = {}
         #: Parsed ASTs by text, for `guard`.
@@ -118,7 +100,7 @@ class ExpressionCompiler:
         except exceptions.JMESPathError as exc:  # lexer errors and friends
             raise ExpressionError(str(exc)) from None
         unknown = sorted(
-            set(_known_function_names(parsed.parsed)) - self._builtin_names - set(self.functions)
+            set(_known_function_names(tree_of(parsed))) - self._builtin_names - set(self.functions)
         )
         if unknown:
             raise ExpressionError(f"unknown function: {', '.join(n + '()' for n in unknown)}")
@@ -141,7 +123,7 @@ class ExpressionCompiler:
             return None
         search = self._guard_searches.get(shape.key)
         if search is None:
-            parsed = ParsedResult(f"<guard of {text}>", shape.node)
+            parsed = parsed_result(f"<guard of {text}>", shape.node)
             search = self._guard_searches[shape.key] = self._build(parsed.expression, parsed)
         return Guard(shape.key, search, shape.values, shape.exact)
 

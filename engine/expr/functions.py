@@ -20,8 +20,8 @@ from jmespath import exceptions
 
 from engine.hookspecs import JMESPathFunction
 
-_STRING = {"types": ["string"]}
-_ANY = {"types": []}
+_STRING: dict[str, Any] = {"types": ["string"]}
+_ANY: dict[str, Any] = {"types": []}
 
 
 @functools.lru_cache(maxsize=512)

@@ -55,12 +55,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import jmespath
-from jmespath.parser import ParsedResult
 
-from engine.expr.codegen import CodeGenerator, ExpressionRef, compile_parsed, is_true
+from engine.expr.codegen import (
+    CodeGenerator,
+    ExpressionRef,
+    compile_parsed,
+    is_true,
+    parsed_result,
+)
 from engine.expr.guards import is_pure, set_comparable, shareable
 from engine.hookspecs import JMESPathFunction
 
@@ -145,7 +150,7 @@ def _strings(elements: Any, name: str) -> list[str] | None:
     for value in values:
         if value.__class__ is not str:
             return None
-    return values
+    return cast(list[str], values)
 
 
 _PLAN_RUNTIME: dict[str, Any] = {
@@ -500,7 +505,7 @@ class _PlanGenerator(CodeGenerator):
                     return None
             # jmespath's own interpreter: the reference, and cheaper than
             # generating code for a value computed once.
-            parsed = ParsedResult("<condition without its list>", constant)
+            parsed = parsed_result("<condition without its list>", constant)
             value = parsed.search(None, jmespath.Options(custom_functions=self._funcs))
         except Exception:  # noqa: BLE001 - RecursionError included: no shortcut
             return None
@@ -825,7 +830,7 @@ class _PlanGenerator(CodeGenerator):
         known = self._null_keys.get(key)
         if known is None:
             try:
-                parsed = ParsedResult("<group key>", key_node)
+                parsed = parsed_result("<group key>", key_node)
                 value = compile_parsed(parsed, parsed.expression, self._custom)(None)
             except Exception:  # noqa: BLE001 - any error: assume the worst
                 known = False
@@ -887,7 +892,7 @@ class _Deferred:
 
     def __call__(self, document: Any) -> Any:
         if self._search is None:
-            parsed = ParsedResult("<filter of a plan>", self._node)
+            parsed = parsed_result("<filter of a plan>", self._node)
             self._search = compile_parsed(parsed, parsed.expression, self._functions)
         return self._search(document)
 

@@ -46,7 +46,7 @@ from typing import Any
 import jmespath
 from jmespath.parser import ParsedResult
 
-from engine.expr.codegen import Generated, is_result_cache
+from engine.expr.codegen import Generated, is_result_cache, parsed_result, tree_of
 
 Node = dict[str, Any]
 Search = Callable[[Any], Any]
@@ -161,12 +161,12 @@ class ShapeCache:
             self.hits += 1
             tree = template.tree(scanned.values)
             if template.generated is None:
-                return tree, self._build(text, ParsedResult(text, tree))[0]
+                return tree, self._build(text, parsed_result(text, tree))[0]
             constants = {name: scanned.values[i] for name, i in template.bindings}
             return tree, template.generated.instantiate(constants)
         parsed = parse(text)
         if scanned is None or scanned.key in self._templates:
-            return parsed.parsed, self._build(text, parsed)[0]
+            return tree_of(parsed), self._build(text, parsed)[0]
         misses = self._misses.get(scanned.key, 0) + 1
         self._misses[scanned.key] = misses
         if misses >= 2:
@@ -177,7 +177,7 @@ class ShapeCache:
                     self._templates[scanned.key] = None
             except RecursionError:
                 self._templates[scanned.key] = None
-        return parsed.parsed, self._build(text, parsed)[0]
+        return tree_of(parsed), self._build(text, parsed)[0]
 
     def _learn(self, text: str, scanned: Scanned, parsed: ParsedResult) -> tuple[Node, Search]:
         """Make the template of `scanned`'s shape from `text`; its tree and search."""
@@ -185,7 +185,7 @@ class ShapeCache:
         tree = builder(scanned.values)
         if repr(tree) != repr(parsed.parsed):  # repr tells 1, 1.0 and true apart
             raise _Refused(permanent=True)
-        search, generated = self._build(text, ParsedResult(text, tree))
+        search, generated = self._build(text, parsed_result(text, tree))
         bindings: tuple[tuple[str, int], ...] = ()
         if generated is not None:
             bindings = _bindings(generated, scanned.values)

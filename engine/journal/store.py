@@ -111,8 +111,8 @@ class ActionOutcome(NamedTuple):
     """What the dispatcher reports after one action of a journaled job."""
 
     job_id: int
-    index: int
-    last_index: int
+    action: int
+    last_action: int
     error: str | None
     attempts: int
     continue_on_error: bool

@@ -134,7 +134,9 @@ def apply_segment(
                 db.outcomes_finished(finished)
         if stored and None not in stored:
             # All stored: append_rows numbers them consecutively.
-            return stored[0], None, ids
+            first = stored[0]
+            assert first is not None
+            return first, None, ids
         return stored, None, ids
     except Exception:  # noqa: BLE001 - isolate the failing op below
         log.warning(

@@ -23,6 +23,7 @@ from engine.journal.sqlite.rows import (
     EventRow,
     JobsRow,
     OutcomeRow,
+    StoredRow,
     event_row,
     job_from_row,
     stored_events,
@@ -285,14 +286,14 @@ class JournalDB:
         (`BEGIN IMMEDIATE`): holding the write lock, the AUTOINCREMENT seqs
         of the inserted rows are consecutive, ending at last_insert_rowid().
         """
-        rows, _ = with_ids(rows)
-        latest = self._latest_seen({row[0] for row in rows})
-        new_rows: list[EventRow] = []
+        stored, _ = with_ids(rows)
+        latest = self._latest_seen({row[0] for row in stored})
+        new_rows: list[StoredRow] = []
         #: Per event: its index among the inserted rows, or None if a duplicate.
         slots: list[int | None] = []
         #: Duplicates: a stored seq, or -1 - the index of a row inserted now.
         duplicates: list[int] = []
-        for row in rows:
+        for row in stored:
             event_id, received_at = row[0], row[3]
             seen = latest.get(event_id)
             if seen is not None and received_at - seen[1] < dedup_window:
@@ -501,7 +502,8 @@ class JournalDB:
         return found[0] if found else None
 
     def max_job_id(self) -> int:
-        return self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM jobs").fetchone()[0]
+        newest: int = self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM jobs").fetchone()[0]
+        return newest
 
     def set_state(
         self, ids: Sequence[int], state: str, from_states: Sequence[str], now: float

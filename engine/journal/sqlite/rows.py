@@ -7,7 +7,7 @@ writer process with `marshal` (see `engine.journal.sqlite.writer`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -39,7 +39,11 @@ def event_row(event: Event) -> EventRow:
     return (event.known_id, event.name, event.source, event.received_at, raw)
 
 
-def with_ids(rows: Sequence[EventRow]) -> tuple[Sequence[EventRow], list[str] | None]:
+#: An event row whose id is known: as the `events` table stores it.
+StoredRow = tuple[str, str, str, float, bytes]
+
+
+def with_ids(rows: Sequence[EventRow]) -> tuple[Sequence[StoredRow], list[str] | None]:
     """`rows` with every id filled in, and all their ids in order (None if
     none was missing).
 
@@ -49,11 +53,11 @@ def with_ids(rows: Sequence[EventRow]) -> tuple[Sequence[EventRow], list[str] | 
     fail).
     """
     if all(row[0] is not None for row in rows):
-        return rows, None
-    filled = [
-        row if row[0] is not None else (identify(orjson.loads(row[4])), *row[1:]) for row in rows
+        return cast(Sequence[StoredRow], rows), None
+    filled: list[StoredRow] = [
+        (row[0] if row[0] is not None else identify(orjson.loads(row[4])), *row[1:]) for row in rows
     ]
-    return filled, [row[0] for row in filled]  # type: ignore[misc]
+    return filled, [row[0] for row in filled]
 
 
 def stored_events(unmatched_json: str) -> list[StoredEvent]:

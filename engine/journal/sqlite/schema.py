@@ -68,7 +68,7 @@ MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1, 2: _v2}
 
 def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
     """Apply the missing migrations, each in its own transaction; returns the old version."""
-    current = conn.execute("PRAGMA user_version").fetchone()[0]
+    current: int = conn.execute("PRAGMA user_version").fetchone()[0]
     for version in range(current + 1, target + 1):
         conn.execute("BEGIN IMMEDIATE")
         try:

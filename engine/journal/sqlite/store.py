@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 import anyio
@@ -861,8 +862,9 @@ class SqliteJournal:
             while True:
                 now = time.time()
                 deleted: int = await self.call(
-                    lambda db, now=now: db.purge_expired(now, config.retention, config.dedup_window)
-                )
+                    partial(JournalDB.purge_expired, now=now, retention=config.retention,
+                            keep_events=config.dedup_window)
+                )  # fmt: skip
                 self.counters.purged += deleted
                 if not deleted:
                     break

@@ -21,6 +21,7 @@ from engine.plugin import (
     JMESPathFunction,
     Param,
     hookimpl,
+    parse_retry_after,
 )
 
 EVENTS_API = "https://events.pagerduty.com/v2/enqueue"
@@ -70,10 +71,10 @@ async def run(params: Mapping[str, Any], ctx: ActionContext) -> dict[str, Any]:
         # Network trouble: retryable (the dispatcher backs off and tries again).
         raise ActionError(f"PagerDuty unreachable: {type(exc).__name__}") from None
     if response.status_code == 429 or response.status_code >= 500:
-        retry_after = response.headers.get("Retry-After")
         raise ActionError(
             f"PagerDuty answered {response.status_code}",
-            retry_after=float(retry_after) if retry_after and retry_after.isdigit() else None,
+            # Seconds or an HTTP date; None when absent (the dispatcher backs off).
+            retry_after=parse_retry_after(response.headers.get("Retry-After")),
         )
     if response.status_code >= 400:
         # A bad routing key or payload will not get better by retrying.
