@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._results import write_section  # noqa: E402
 from benchmarks.workload import LOG_ACTION, choose_names, events, rules_toml  # noqa: E402
 from engine.events import Event  # noqa: E402
-from engine.expr.compiler import _functions_class  # noqa: E402
+from engine.expr.codegen import functions_instance  # noqa: E402
 from engine.loader import LoadedRules, load_rules  # noqa: E402
 from engine.matcher import Matcher  # noqa: E402
 from engine.plugin import ActionContext, ActionType, Param, hookimpl  # noqa: E402
@@ -148,7 +148,7 @@ def interleaved(contenders: list[Contender], passes: int = 1) -> None:
 def run_naive(loaded: LoadedRules, evs: Sequence[Event]) -> int:
     """Every rule's `jmespath.search` on every event, then its `on` check: no index."""
     options = jmespath.Options(
-        custom_functions=_functions_class(loaded.registry.functions.values())()
+        custom_functions=functions_instance(loaded.registry.functions)
     )
     rules = [(r.spec.on, r.spec.when) for r in loaded.rules]
     fired = 0
