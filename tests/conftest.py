@@ -32,6 +32,10 @@ ZOOM_ENV = {
 }
 
 
+#: Fixtures that run a real nats-server: nats_server_bin, nats_server, nats_cluster.
+pytest_plugins = ["tests.nats_server"]
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
