@@ -76,6 +76,9 @@ class EngineConfig:
     dedup_window: float = 86400.0
     #: Which `engine.journal` backend keeps the journal.
     journal_backend: str = "sqlite"
+    #: Bytes of events (their JSON) held in memory while not yet journaled;
+    #: past this, intake waits (the socket is not read).
+    journal_buffer: int = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -436,7 +439,7 @@ class _Builder:
         known = (
             "state_dir", "max_concurrency", "plugins", "shutdown_grace", "evaluator",
             "action_timeout", "action_retries", "retry_backoff", "retry_backoff_cap",
-            "journal", "retention", "dedup_window",
+            "journal", "retention", "dedup_window", "journal_buffer",
         )  # fmt: skip
         self.unknown_keys(data, known, ctx)
         get = _Getter(self, data, ctx)
@@ -459,6 +462,7 @@ class _Builder:
             journal=get.boolean("journal", defaults.journal),
             retention=get.duration("retention", defaults.retention),
             dedup_window=get.duration("dedup_window", defaults.dedup_window),
+            journal_buffer=get.convert("journal_buffer", defaults.journal_buffer, parse_size),
         )
 
     def check_notifiers(self, data: dict[str, Any], ctx: _Ctx) -> None:

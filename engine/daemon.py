@@ -114,6 +114,13 @@ class Daemon:
                 await self._run(config)
         except JournalError as exc:
             raise DaemonError(str(exc)) from None
+        store = self.runtime.store if self.runtime is not None else None
+        if store is not None and store.counters.unwritten:
+            raise DaemonError(
+                f"{store.counters.unwritten} event(s) read from Zoom could not be journaled "
+                "before the daemon stopped (the journal's storage refused writes): see the "
+                "log for their ids"
+            )
         log.info("zoomrules stopped")
 
     @property

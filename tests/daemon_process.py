@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -75,12 +76,13 @@ class DaemonProcess:
         if stream is None:
             return
         buffer = b""
-        async for chunk in stream:
-            buffer += chunk
-            *lines, buffer = buffer.split(b"\n")
-            sink.extend(line.decode(errors="replace") for line in lines)
-            self._changed.set()
-            self._changed = anyio.Event()
+        with contextlib.suppress(anyio.ClosedResourceError):  # closed by `ensure_dead`
+            async for chunk in stream:
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                sink.extend(line.decode(errors="replace") for line in lines)
+                self._changed.set()
+                self._changed = anyio.Event()
         if buffer:
             sink.append(buffer.decode(errors="replace"))
         self._changed.set()
@@ -90,6 +92,15 @@ class DaemonProcess:
         return "\n".join([*self.stderr, *self.stdout])
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+        try:
+            await self._wait_for(predicate, timeout)
+        except TimeoutError:
+            raise AssertionError(
+                f"the condition did not hold within {timeout}s; the daemon's last lines:\n"
+                + "\n".join(self.stderr[-30:])
+            ) from None
+
+    async def _wait_for(self, predicate: Callable[[], bool], timeout: float) -> None:
         with anyio.fail_after(timeout):
             while not predicate():
                 changed = self._changed

@@ -29,6 +29,7 @@ from engine.journal.store import (
     JournalCounters,
     JournalStore,
     StoredEvent,
+    StoreHealth,
 )
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "JournalAdmin",
     "JournalCounters",
     "JournalStore",
+    "StoreHealth",
     "StoredEvent",
     "backend",
     "open_journal",

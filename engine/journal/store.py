@@ -49,6 +49,7 @@ __all__ = [
     "JournalAdmin",
     "JournalCounters",
     "JournalStore",
+    "StoreHealth",
     "StoredEvent",
 ]
 
@@ -132,6 +133,17 @@ class JournalCounters:
     carried: int = 0
     #: Rows removed by retention.
     purged: int = 0
+    #: Events read but never made durable: the journal stopped while its
+    #: storage refused writes (the daemon then exits with a failure).
+    unwritten: int = 0
+
+
+@dataclass(frozen=True)
+class StoreHealth:
+    """Whether a store takes writes; if not, why, and what it holds meanwhile."""
+
+    ok: bool
+    detail: str
 
 
 class JournalAdmin(Protocol):
@@ -183,6 +195,10 @@ class JournalStore(JournalAdmin, Protocol):
     """The journal as the process that runs jobs sees it."""
 
     counters: JournalCounters
+
+    def health(self) -> StoreHealth:
+        """Whether writes succeed right now (a full disk makes this false)."""
+        ...
 
     # -- the event sources' side -----------------------------------------------
 

@@ -10,6 +10,7 @@ transaction of its own, so one bad op fails alone.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +23,21 @@ log = logging.getLogger("zoomrules.journal")
 #: OP_CALL: fn(db); OP_APPEND: an EventRow; OP_FINISHED: an OutcomeRow;
 #: OP_JOBS: (firings, when, first job id), see `SqliteJournal.add_jobs`.
 OP_CALL, OP_APPEND, OP_FINISHED, OP_JOBS = 0, 1, 2, 3
+#: SQLite's primary result codes that mean the storage cannot take writes
+#: right now (busy or locked, out of memory, read-only, an I/O error such as
+#: a full disk or a file-size limit, full, cannot open, a locking protocol
+#: error) or at all (corrupt): what is being written is kept and written
+#: again later, never dropped.
+_STORAGE_CODES = frozenset({5, 6, 7, 8, 10, 11, 13, 14, 15})
+
+
+def storage_failure(exc: BaseException) -> bool:
+    """Whether `exc` says the database cannot be written, rather than that
+    one operation is wrong."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, sqlite3.Error) and code is not None and code & 0xFF in _STORAGE_CODES
+
+
 #: One op as the writer sees it.
 WireOp = tuple[int, Any]
 #: Per op: (result, None) or (None, the error).
@@ -36,7 +52,9 @@ def apply_batch(db: JournalDB, ops: Sequence[WireOp], dedup_window: float) -> li
         with db.transaction():
             _run_ops(db, ops, results, dedup_window)
         return [(result, None) for result in results]
-    except Exception:  # noqa: BLE001 - isolate the failing op below
+    except Exception as exc:  # noqa: BLE001 - isolate the failing op below
+        if storage_failure(exc):
+            return [(None, exc)] * len(ops)  # none of them is wrong: none could be written
         log.warning("journal: a batch of %d failed; retrying one by one", len(ops))
     return _one_by_one(db, ops, dedup_window)
 
@@ -103,11 +121,19 @@ def _flush_jobs(db: JournalDB, jobs: list[Any], finished: list[Any]) -> None:
 #: every op that failed, positions counted over rows, then jobs, then
 #: outcomes; None when all committed. Then the ids of the rows, in order,
 #: when the writer computed some (`with_ids`); else None.
+#: When the storage cannot take writes (`storage_failure`), nothing of the
+#: segment is committed and the answer is `unavailable(message)`: the first
+#: item is None and the message is the one error's.
 SegmentAnswer = tuple[
-    tuple[int, int] | list[tuple[int, int] | None],
+    tuple[int, int] | list[tuple[int, int] | None] | None,
     list[tuple[int, str]] | None,
     list[str] | None,
 ]
+
+
+def unavailable(message: str) -> SegmentAnswer:
+    """The answer for a segment not written because the storage cannot take writes."""
+    return None, [(-1, message)], None
 
 
 def apply_segment(
@@ -138,7 +164,9 @@ def apply_segment(
             assert first is not None
             return first, None, ids
         return stored, None, ids
-    except Exception:  # noqa: BLE001 - isolate the failing op below
+    except Exception as exc:  # noqa: BLE001 - isolate the failing op below
+        if storage_failure(exc):
+            return unavailable(f"{type(exc).__name__}: {exc}")
         log.warning(
             "journal: a batch of %d failed; retrying one by one",
             len(rows) + len(jobs) + len(finished),

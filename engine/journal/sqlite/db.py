@@ -255,7 +255,10 @@ class JournalDB:
         try:
             yield self.conn
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            # SQLite has already rolled back after some errors (an I/O error,
+            # a full disk): then there is nothing left to roll back.
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.execute("ROLLBACK")
             self.last_seq = last_seq  # the appends it counted are gone
             raise
         self.conn.execute("COMMIT")

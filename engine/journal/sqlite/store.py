@@ -26,9 +26,15 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from engine.config import EngineConfig
-from engine.errors import JournalBusy, JournalWriterLost
+from engine.errors import JournalBusy, JournalError, JournalWriterLost
 from engine.events import Event
-from engine.journal.sqlite.batches import OP_CALL, SegmentAnswer, apply_batch, apply_segment
+from engine.journal.sqlite.batches import (
+    OP_CALL,
+    SegmentAnswer,
+    apply_batch,
+    apply_segment,
+    storage_failure,
+)
 from engine.journal.sqlite.db import JournalDB
 from engine.journal.sqlite.files import ensure_state_dir, exclusive_lock, lock_holder
 from engine.journal.sqlite.rows import EventRow, JobsRow, OutcomeRow, event_row, stored_events
@@ -41,12 +47,21 @@ from engine.journal.store import (
     JobRow,
     JournalCounters,
     StoredEvent,
+    StoreHealth,
 )
+from engine.retry import Backoff
 
 log = logging.getLogger("zoomrules.journal")
 
 #: How long a stopping journal waits for its writer process's last answers.
 _WRITER_STOP_TIMEOUT = 30.0
+#: How long a stopping journal keeps trying to write what it holds while the
+#: storage refuses writes, before it gives up on it (and says how much).
+_OUTAGE_STOP_TIMEOUT = 10.0
+#: While the storage refuses writes: the first retry soon, then at most
+#: this often; and how often the outage is logged again meanwhile.
+_RETRY_FIRST, _RETRY_CAP = 0.2, 5.0
+_OUTAGE_REPORT_EVERY = 60.0
 
 
 @dataclass(slots=True)
@@ -146,6 +161,7 @@ class SqliteJournal:
         max_in_flight: int = 4,
         read_batch: int = 256,
         retention_every: float | None = None,
+        queue_bytes: int | None = None,
     ) -> None:
         self.db = db
         #: Where SQLite writes run: a separate process (the default: its
@@ -168,8 +184,12 @@ class SqliteJournal:
         #: The segment new appends, jobs and outcomes go to: the queue's last
         #: entry, until the writer takes it or a call is queued behind it.
         self._open: _Segment | None = None
-        #: Ops in `_queue` (what `queue_size` bounds).
+        #: Ops in `_queue` (what `queue_size` bounds), and the JSON size of
+        #: the events appended and not committed yet, wherever they are
+        #: (what `queue_bytes` bounds).
         self._queued = 0
+        self._held_bytes = 0
+        self._queue_bytes = config.journal_buffer if queue_bytes is None else queue_bytes
         #: Calls someone waits for (the consumer's first `queue_jobs`, resume,
         #: retries, retention): they jump the queue, see `_collect`.
         self._calls: deque[_Op] = deque()
@@ -211,6 +231,21 @@ class SqliteJournal:
         self.retention_every = retention_every or min(max(retention / 10, 1.0), 3600.0)
         #: Background reads (`_ReadAhead`); set by `run`.
         self._tasks: TaskGroup | None = None
+        # -- when the storage refuses writes (a full disk, an I/O error) ------
+        #: Why the last write was refused; None while writes succeed. While
+        #: set, nothing more is sent to be written until `_recover` retries.
+        self._failure: str | None = None
+        #: What was refused, and what was taken to be written after it and
+        #: not sent: written again, in this order, by `_recover`.
+        self._refused: list[_Segment | _Op] = []
+        self._unsent: list[_Segment | _Op] = []
+        #: When the current outage began (monotonic), and when it was last logged.
+        self._outage_since: float | None = None
+        self._outage_logged = 0.0
+        self._intake_stopped = False
+        self._retry = Backoff(_RETRY_FIRST, _RETRY_CAP)
+        #: Set once closing: until then, a refusing storage is retried forever.
+        self._close_deadline: float | None = None
 
     # -- writer ----------------------------------------------------------------
 
@@ -235,8 +270,17 @@ class SqliteJournal:
             task_status.started()
             try:
                 while True:
+                    if self._failure is not None:
+                        if not await self._recover():
+                            break
+                        continue
                     calls, entries = await self._collect()
                     if not calls and not entries:
+                        # Closing: what was sent may still come back refused.
+                        with anyio.CancelScope(shield=True):
+                            await self._wait_answered()
+                        if self._failure is not None:
+                            continue
                         break
                     # Shielded: a cancelled daemon still commits what it already took.
                     with anyio.CancelScope(shield=True):
@@ -282,7 +326,7 @@ class SqliteJournal:
         """
         queue, calls = self._queue, self._calls
         while not queue and not calls:
-            if self._closed:
+            if self._closed or self._failure is not None:
                 return [], []
             if self._work.is_set():
                 self._work = anyio.Event()
@@ -383,15 +427,21 @@ class SqliteJournal:
         another process: each waits for everything sent before it, then runs
         in a thread on this process's connection.
         """
-        for op in calls:
-            await self._run_call(op)
+        for index, op in enumerate(calls):
+            if self._failure is not None or not await self._run_call(op):
+                # Refused: they wait at the head, as they were, for `_recover`.
+                self._calls.extendleft(reversed(calls[index:]))
+                break
         for entry in entries:
             if isinstance(entry, _Segment):
                 await self._send(entry)
+            elif self._failure is not None:
+                self._unsent.append(entry)
             else:
                 await self._run_call(entry)
 
-    async def _run_call(self, op: _Op) -> None:
+    async def _run_call(self, op: _Op) -> bool:
+        """Run a call and finish it; False when the storage refused it (not finished)."""
         # If a writer process was lost, what it had in flight goes first.
         await self._wait_answered()
         results = await anyio.to_thread.run_sync(
@@ -399,6 +449,16 @@ class SqliteJournal:
             limiter=self._limiter,
         )  # fmt: skip
         ((op.result, op.error),) = results
+        if op.error is not None and storage_failure(op.error):
+            # Nothing wrong with the call: the storage cannot take writes.
+            # It waits for `_recover` (the caller puts a waited-for call back).
+            message = f"{type(op.error).__name__}: {op.error}"
+            op.error = None
+            if op.done is None:
+                self._refused.append(op)
+            self._refuse(message)
+            return False
+        self._succeeded()
         self.counters.commits += 1
         self.counters.ops += 1
         if op.error is not None:
@@ -407,6 +467,7 @@ class SqliteJournal:
                 log.error("journal: write failed: %s", op.error)
         if op.done is not None:
             op.done.set()
+        return True
 
     async def _write_in_thread(self, segment: _Segment) -> None:
         answer = await anyio.to_thread.run_sync(
@@ -418,6 +479,9 @@ class SqliteJournal:
     async def _send(self, segment: _Segment) -> None:
         while len(self._in_flight) >= self.max_in_flight:
             await self._answered_event().wait()
+        if self._failure is not None:
+            self._unsent.append(segment)  # written after what was refused, in order
+            return
         if self._process is None:  # writing from a thread, or lost while we waited
             # After `_writer_lost` has rewritten what was in flight: order matters.
             await self._wait_answered()
@@ -430,6 +494,110 @@ class SqliteJournal:
             await self._process.send(
                 segment.rows, segment.jobs, segment.finished, self.config.dedup_window
             )
+
+    # -- when the storage refuses writes -------------------------------------------
+
+    def _refuse(self, message: str) -> None:
+        """The storage refused a write: stop sending, and say so (once per outage,
+        then every `_OUTAGE_REPORT_EVERY`)."""
+        self.counters.write_errors += 1
+        self._failure = message
+        now = time.monotonic()
+        if self._outage_since is None:
+            self._outage_since = self._outage_logged = now
+            log.error(
+                "journal: cannot write (%s); holding %d event(s) in memory and retrying; "
+                "nothing is dropped, and reading stops once %d events or %d MiB are held",
+                message, self.held_events(), self._queue_size, self._queue_bytes >> 20,
+            )  # fmt: skip
+        elif now - self._outage_logged >= _OUTAGE_REPORT_EVERY:
+            self._outage_logged = now
+            log.error(
+                "journal: still cannot write after %.0fs (%s); %d event(s) held in memory",
+                now - self._outage_since, message, self.held_events(),
+            )  # fmt: skip
+        # Wake the writer if it waits for work: it has some.
+        self._work.set()
+        self._urgent.set()
+
+    def _succeeded(self) -> None:
+        """A write committed: an outage, if there was one, is over."""
+        if self._outage_since is None:
+            return
+        log.warning(
+            "journal: writing again after %.1fs without; %d event(s) still held",
+            time.monotonic() - self._outage_since, self.held_events(),
+        )  # fmt: skip
+        self._outage_since = None
+        self._intake_stopped = False
+        self._retry.reset()
+
+    async def _recover(self) -> bool:
+        """After a refused write: wait (backing off), then put everything that was
+        refused or not sent back at the head of the queue, in order, and let the
+        writer try again. False when the journal is closing and the storage has
+        kept refusing for `_OUTAGE_STOP_TIMEOUT`: what is held is then given up
+        (`counters.unwritten`), loudly."""
+        await self._wait_answered()
+        if self._closed:
+            if self._close_deadline is None:
+                self._close_deadline = time.monotonic() + _OUTAGE_STOP_TIMEOUT
+            if time.monotonic() >= self._close_deadline:
+                self._give_up()
+                return False
+        await anyio.sleep(self._retry.next())
+        held = [*self._refused, *self._unsent]
+        self._refused.clear()
+        self._unsent.clear()
+        for entry in reversed(held):
+            self._queue.appendleft(entry)
+            if isinstance(entry, _Segment):
+                self._queued += entry.size
+            else:
+                self._queued += 1
+        if self._process is not None:
+            with contextlib.suppress(JournalWriterLost):
+                await self._process.send_retry()
+        self._failure = None
+        return True
+
+    def _give_up(self) -> None:
+        """Stopping with writes still refused: count and name what is lost."""
+        held = [*self._refused, *self._unsent, *self._queue]
+        events = [event for entry in held if isinstance(entry, _Segment) for event in entry.events]
+        self.counters.unwritten += len(events)
+        for op in self._calls:
+            op.error = JournalError(f"the journal cannot write ({self._failure})")
+            if op.done is not None:
+                op.done.set()
+        self._calls.clear()
+        if events:
+            shown = ", ".join(event.id for event in events[:20])
+            more = f" and {len(events) - 20} more" if len(events) > 20 else ""
+            log.critical(
+                "journal: stopping while it cannot write (%s): %d event(s) read from Zoom were "
+                "never journaled and are lost: %s%s",
+                self._failure, len(events), shown, more,
+            )  # fmt: skip
+
+    def held_events(self) -> int:
+        """Events read and not yet durable (queued, sent, or refused and waiting)."""
+        count = 0
+        for entry in (*self._queue, *self._in_flight, *self._refused, *self._unsent):
+            if isinstance(entry, _Segment):
+                count += len(entry.events)
+        return count
+
+    def health(self) -> StoreHealth:
+        if self._outage_since is None:
+            return StoreHealth(True, "writing")
+        since = time.monotonic() - self._outage_since
+        stopped = "; intake stopped" if self._intake_stopped else ""
+        return StoreHealth(
+            False,
+            f"cannot write for {since:.0f}s ({self._failure}); "
+            f"{self.held_events()} event(s) held{stopped}",
+        )
 
     def _answered_event(self) -> anyio.Event:
         if self._answered.is_set():
@@ -481,8 +649,20 @@ class SqliteJournal:
         self._answered.set()
 
     def _finish(self, segment: _Segment, answer: SegmentAnswer) -> None:
-        """A committed segment: count it, log its failures, hand its new events on."""
+        """A committed segment: count it, log its failures, hand its new events on.
+
+        A refused one (the storage cannot take writes) is kept to be
+        written again, with everything after it (`_recover`).
+        """
         stored, errors, ids = answer
+        if stored is None:
+            self._refused.append(segment)
+            self._refuse(errors[0][1] if errors else "refused")
+            return
+        self._succeeded()
+        if segment.bytes:
+            self._held_bytes -= segment.bytes
+            self._space.set()
         if ids is not None:
             # Before the events reach the consumer: matching and the jobs
             # then find each id known, and nothing is hashed on this loop.
@@ -552,8 +732,16 @@ class SqliteJournal:
         while True:
             if self._closed:
                 raise anyio.ClosedResourceError
-            if self._queued < self._queue_size:
+            if self._queued < self._queue_size and self._held_bytes < self._queue_bytes:
                 return
+            if self._outage_since is not None and not self._intake_stopped:
+                self._intake_stopped = True
+                log.error(
+                    "journal: %d event(s) held in memory and none can be written (%s): "
+                    "stopped taking events (the WebSocket is not read) until the journal "
+                    "can write again",
+                    self.held_events(), self._failure or "refused",
+                )  # fmt: skip
             if self._space.is_set():
                 self._space = anyio.Event()
             await self._space.wait()
@@ -609,7 +797,11 @@ class SqliteJournal:
 
     async def append(self, event: Event) -> None:
         """Queue `event` for the journal (waits only while the queue is full)."""
-        if self._closed or self._queued >= self._queue_size:
+        if (
+            self._closed
+            or self._queued >= self._queue_size
+            or self._held_bytes >= self._queue_bytes
+        ):
             await self._room()
         row = event_row(event)  # here, so a bad event fails its caller, not the writer
         # `_segment()` and `_added()`, inlined: this runs for every event.
@@ -618,9 +810,11 @@ class SqliteJournal:
             segment = self._segment()
         segment.events.append(event)
         segment.rows.append(row)
-        segment.bytes += len(row[4])
+        size = len(row[4])
+        segment.bytes += size
         segment.size += 1
         self._queued += 1
+        self._held_bytes += size
         if self._lingering and self._queued >= self.max_batch:
             self._urgent.set()
         if self._writer_waiting:

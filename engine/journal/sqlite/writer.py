@@ -51,6 +51,9 @@ log = logging.getLogger("zoomrules.journal")
 
 _LENGTH = struct.Struct(">Q")
 
+#: The daemon's message after a refused segment (see `serve`): try again.
+RETRY = "retry"
+
 
 #: Pipe capacity asked for (Linux; the default is 64 KiB): a whole batch
 #: then goes into the pipe at once, instead of trickling through while the
@@ -124,7 +127,14 @@ class WriterProcess:
         from `receive`, in send order."""
         # Version 2: no back-references, so no table of every object dumped
         # (a quarter cheaper here; strings repeat, which costs bytes only).
-        data = marshal.dumps((rows, jobs, finished, dedup_window), 2)
+        await self._send_message((rows, jobs, finished, dedup_window))
+
+    async def send_retry(self) -> None:
+        """After a refused segment: the segments sent from now on are tried again."""
+        await self._send_message(RETRY)
+
+    async def _send_message(self, message: Any) -> None:
+        data = marshal.dumps(message, 2)
         view = memoryview(_LENGTH.pack(len(data)) + data)
         while view:
             try:
@@ -225,9 +235,22 @@ def serve(path: Path, stdin: BinaryIO, stdout: BinaryIO) -> None:
         return
     try:
         _write(stdout, "ready")
+        #: Set when a segment could not be written (the storage refused it):
+        #: every segment after it is answered the same without a try, so
+        #: nothing commits out of order, until the daemon says RETRY and
+        #: sends them all again.
+        refused: SegmentAnswer | None = None
         while (message := _read(stdin)) is not None:
+            if message == RETRY:
+                refused = None
+                continue
+            if refused is not None:
+                _write(stdout, refused)
+                continue
             rows, jobs, finished, dedup_window = message
             answer: SegmentAnswer = apply_segment(db, rows, jobs, finished, dedup_window)
+            if answer[0] is None:
+                refused = answer
             _write(stdout, answer)
     except BrokenPipeError:
         pass  # the daemon is gone; what we committed stays committed
