@@ -21,6 +21,7 @@ import tomli
 
 from engine.durations import Rate, parse_duration, parse_rate, parse_size
 from engine.errors import ConfigError
+from engine.nesting import MAX_TOML_NESTING, toml_too_deep
 from engine.problems import Problem, did_you_mean
 from engine.sourcemap import Locator, SourceMap
 
@@ -247,8 +248,20 @@ class _Builder:
         except UnicodeDecodeError as exc:
             self.problems.append(Problem(path, None, "file", None, f"not UTF-8: {exc}"))
             return
+        deep = toml_too_deep(text)
+        if deep is not None:
+            self.problems.append(
+                Problem(
+                    path, deep, "TOML syntax", None,
+                    f"arrays or inline tables nested more than {MAX_TOML_NESTING} levels deep",
+                )
+            )  # fmt: skip
+            return
         try:
             data = parse_toml(text)
+        except RecursionError:  # the scan above makes this unreachable; kept as a net
+            self.problems.append(Problem(path, None, "TOML syntax", None, "nested too deeply"))
+            return
         except tomllib.TOMLDecodeError as exc:
             line = re.search(r"line (\d+)", str(exc))
             self.problems.append(

@@ -89,6 +89,10 @@ class Daemon:
             for problem in exc.problems:
                 log.error("  %s", problem)
             return False
+        except Exception:  # noqa: BLE001 - a reload never takes the daemon down
+            self.failed_reloads += 1
+            log.exception("reload failed; keeping the previous rules")
+            return False
         old_zoom, new_zoom = self.loaded.config.zoom, fresh.config.zoom
         if old_zoom != new_zoom:
             log.warning("[zoom] settings changed; connections keep the old ones until a restart")

@@ -41,9 +41,29 @@ def load_rules(
     extra_plugins: Iterable[object] = (),
     entry_points: bool = True,
 ) -> LoadedRules:
-    """Load rule files; raises ConfigError listing every problem found."""
-    with _collector_paused():
-        return _load_rules(paths, env, extra_plugins, entry_points)
+    """Load rule files; raises ConfigError listing every problem found.
+
+    Nothing else escapes: a rule set that exhausts Python's recursion limit
+    or memory, or trips a bug, is reported as a problem too, so neither
+    `check` nor a reload (which keeps the old rules) can crash on a file.
+    """
+    try:
+        with _collector_paused():
+            return _load_rules(paths, env, extra_plugins, entry_points)
+    except ConfigError:
+        raise
+    except (RecursionError, MemoryError) as exc:
+        what = "nested too deeply" if isinstance(exc, RecursionError) else "too large"
+        raise ConfigError([_whole_load_problem(paths, f"the rule set is {what} to load")]) from None
+    except Exception as exc:  # noqa: BLE001 - reported as a problem, never a traceback
+        raise ConfigError(
+            [_whole_load_problem(paths, f"loading failed: {type(exc).__name__}: {exc}")]
+        ) from exc
+
+
+def _whole_load_problem(paths: Sequence[str | Path], message: str) -> Problem:
+    files = [str(p) for p in paths]
+    return Problem(Path(files[0]) if len(files) == 1 else None, None, ", ".join(files), None, message)
 
 
 @contextmanager

@@ -28,6 +28,7 @@ from engine.expr.codegen import Generated, functions_instance, generate, parsed_
 from engine.expr.guards import find_guard, is_pure
 from engine.expr.shapes import ShapeCache
 from engine.hookspecs import JMESPathFunction
+from engine.nesting import MAX_EXPRESSION_NESTING, expression_too_deep
 
 Search = Callable[[Any], Any]
 Evaluator = Literal["compiled", "interpreter"]
@@ -86,13 +87,23 @@ class ExpressionCompiler:
         cached = self._cache.get(text)
         if cached is not None:
             return cached
-        tree, search = self._shapes.compile(text, self._parse)
+        try:
+            tree, search = self._shapes.compile(text, self._parse)
+        except RecursionError:
+            # An expression shallow by the text's measure can still make a
+            # tree too deep to walk (a chain of thousands of fields).
+            raise ExpressionError("too deeply nested to compile") from None
         self._cache[text] = search
         self._trees[text] = tree
         return search
 
     def _parse(self, text: str) -> ParsedResult:
         """jmespath's parse of `text`, its functions checked; ExpressionError if broken."""
+        if expression_too_deep(text):
+            raise ExpressionError(
+                f"nested more than {MAX_EXPRESSION_NESTING} levels deep "
+                "(parentheses, brackets, braces, ! and & prefixes)"
+            )
         try:
             parsed = jmespath.compile(text)
         except exceptions.ParseError as exc:

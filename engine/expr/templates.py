@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from engine.errors import ExpressionError, TemplateError
+from engine.logs import shorten
 from engine.expr.compiler import ExpressionCompiler, Search
 
 _PART = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
@@ -55,16 +56,16 @@ class Template:
                 parts.append(source[pos : match.start()])
             expr = match.group(1).strip()
             if not expr:
-                raise TemplateError(f"empty template '{{{{}}}}' in {source!r}")
+                raise TemplateError(f"empty template '{{{{}}}}' in {shorten(source, 80)!r}")
             try:
                 parts.append(compiler.compile(expr))
             except ExpressionError as exc:
-                raise TemplateError(f"in template {{{{ {expr} }}}}: {exc}") from None
+                raise TemplateError(f"in template {{{{ {shorten(expr, 80)} }}}}: {exc}") from None
             pos = match.end()
         if pos < len(source):
             parts.append(source[pos:])
         if "{{" in "".join(p for p in parts if isinstance(p, str)):
-            raise TemplateError(f"unclosed '{{{{' in {source!r}")
+            raise TemplateError(f"unclosed '{{{{' in {shorten(source, 80)!r}")
         self._parts = tuple(parts)
         # Exactly one template and nothing around it: the raw value.
         self._whole = parts[0] if len(parts) == 1 and not isinstance(parts[0], str) else None
