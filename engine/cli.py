@@ -62,6 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Libraries whose INFO lines (one per request, per notification, per
+#: connection) drown the daemon's own: WARNING and up only, except at debug.
+THIRD_PARTY_LOGGERS = (
+    "httpx", "httpcore", "websockets", "apprise", "uvicorn", "uvicorn.error", "uvicorn.access",
+    "nats",
+)  # fmt: skip
+
+
 def setup_logging(level: str, fmt: LogFormat) -> None:
     from engine.logs import configure_logging
 
@@ -69,8 +77,8 @@ def setup_logging(level: str, fmt: LogFormat) -> None:
     if level != "debug":
         # Per-request lines from the HTTP client and the simulator's servers
         # drown the daemon's own messages; they stay available at debug.
-        for noisy in ("httpx", "websockets.server", "uvicorn.error", "uvicorn.access"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+        for library in THIRD_PARTY_LOGGERS:
+            logging.getLogger(library).setLevel(logging.WARNING)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

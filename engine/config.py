@@ -23,6 +23,7 @@ from engine.durations import Rate, parse_duration, parse_rate, parse_size
 from engine.errors import ConfigError
 from engine.nesting import MAX_TOML_NESTING, toml_too_deep
 from engine.problems import Problem, did_you_mean
+from engine.redact import register_secret
 from engine.sourcemap import Locator, SourceMap
 
 DEFAULT_OAUTH_URL = "https://zoom.us/oauth/token"
@@ -310,6 +311,12 @@ class _Builder:
                     )
                 )
                 return ""
+            if not path or path[0] != "engine":
+                # A value from the environment is a secret wherever it goes
+                # (credentials, webhook URLs, API keys): masked in every log
+                # line and in `test` and `check` output from now on. [engine]
+                # holds paths and durations, which operators need to read.
+                register_secret(value)
             return value
 
         return _VAR.sub(replace, text)

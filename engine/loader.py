@@ -63,7 +63,9 @@ def load_rules(
 
 def _whole_load_problem(paths: Sequence[str | Path], message: str) -> Problem:
     files = [str(p) for p in paths]
-    return Problem(Path(files[0]) if len(files) == 1 else None, None, ", ".join(files), None, message)
+    return Problem(
+        Path(files[0]) if len(files) == 1 else None, None, ", ".join(files), None, message
+    )
 
 
 @contextmanager

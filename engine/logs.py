@@ -10,13 +10,22 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable, Hashable
 from typing import Any, Literal
 
 import orjson
 
 from engine.redact import RedactingFilter, redact
 
-__all__ = ["JsonFormatter", "TextFormatter", "configure_logging", "install_filter", "shorten"]
+__all__ = [
+    "JsonFormatter",
+    "LogLimiter",
+    "TextFormatter",
+    "configure_logging",
+    "escape_controls",
+    "install_filter",
+    "shorten",
+]
 
 LogFormat = Literal["text", "json"]
 
@@ -33,6 +42,66 @@ def shorten(value: Any, limit: int = 200) -> str:
     if not text.isprintable() or "  " in text:
         text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def escape_controls(text: str) -> str:
+    """`text` with every unprintable character (newlines, carriage returns,
+    escape sequences, Unicode line separators) written as its escape, so a
+    value can never start a line of its own in a text log."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+class LogLimiter:
+    """At most `burst` lines per kind of message per `window` seconds.
+
+    For messages that hostile or broken input can trigger once per event
+    (duplicates, throttled firings, failing keys): past the burst they are
+    counted, and the next line of that kind logged says how many were left
+    out since the last one, so a flood costs a few lines a minute and the
+    count is never lost.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        *,
+        burst: int = 5,
+        window: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        max_kinds: int = 1024,
+    ) -> None:
+        self.logger = logger
+        self.burst = burst
+        self.window = window
+        self._clock = clock
+        self._max_kinds = max_kinds
+        #: kind -> [window start, lines logged in it, lines left out since the last logged]
+        self._kinds: dict[Hashable, list[float]] = {}
+
+    def log(self, level: int, kind: Hashable, message: str, *args: Any, **kwargs: Any) -> bool:
+        """Log `message % args` unless this kind is over its burst; True if logged."""
+        if not self.logger.isEnabledFor(level):
+            return False
+        now = self._clock()
+        state = self._kinds.get(kind)
+        if state is None:
+            if len(self._kinds) >= self._max_kinds:
+                self._kinds.clear()  # many kinds: a flood of its own; start afresh
+            state = self._kinds[kind] = [now, 0.0, 0.0]
+        elif now - state[0] >= self.window:
+            state[0], state[1] = now, 0.0
+        if state[1] >= self.burst:
+            state[2] += 1
+            return False
+        state[1] += 1
+        left_out = int(state[2])
+        state[2] = 0.0
+        if left_out:
+            message = f"{message} ({left_out} similar message(s) left out before this one)"
+        self.logger.log(level, message, *args, **kwargs)
+        return True
 
 
 # Attributes every LogRecord has; anything else came from `extra=`.
@@ -61,6 +130,11 @@ class TextFormatter(logging.Formatter):
             "%(asctime)s.%(msecs)03d %(levelname)-7s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"
         )
 
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        # The message only: a traceback after it keeps its lines.
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
+
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         extra = _extra_fields(record)
@@ -74,7 +148,10 @@ class TextFormatter(logging.Formatter):
 
 def _text_value(value: Any) -> str:
     text = str(value)
-    return orjson.dumps(text).decode() if (" " in text or not text) else text
+    if " " in text or not text or not text.isprintable():
+        # Quoted; JSON escapes the C0 controls, escape_controls the rest.
+        return escape_controls(orjson.dumps(text).decode())
+    return text
 
 
 class JsonFormatter(logging.Formatter):
@@ -104,7 +181,9 @@ _HANDLER_MARK = "_zoomrules_handler"
 
 # Libraries that may install handlers of their own (uvicorn does, with its
 # default log config): their handlers get the filter too.
-_THIRD_PARTY = ("uvicorn", "uvicorn.error", "uvicorn.access", "websockets", "httpx", "httpcore")
+_THIRD_PARTY = (
+    "uvicorn", "uvicorn.error", "uvicorn.access", "websockets", "httpx", "httpcore", "apprise",
+)  # fmt: skip
 
 
 def configure_logging(

@@ -9,7 +9,9 @@ from typing import Any
 
 from engine.dispatch import Dispatcher, Job
 from engine.events import Event
+from engine.expr.templates import to_text
 from engine.loader import LoadedRules
+from engine.logs import LogLimiter, shorten
 from engine.ruleset import CompiledRule
 from engine.throttle import Throttle
 
@@ -21,6 +23,7 @@ class PipelineStats:
     events: int = 0
     events_by_name: Counter[str] = field(default_factory=Counter)
     throttled: Counter[str] = field(default_factory=Counter)
+    throttle_key_errors: Counter[str] = field(default_factory=Counter)
 
 
 class Pipeline:
@@ -34,6 +37,8 @@ class Pipeline:
         self.rules = rules
         self.dispatcher = dispatcher
         self.stats = PipelineStats()
+        #: Per-event lines that a flood could repeat are rate-limited.
+        self._logs = LogLimiter(log)
 
     def replace_rules(self, rules: LoadedRules) -> None:
         # Keep throttle windows of rules that survive a reload, so a reload
@@ -69,22 +74,24 @@ class Pipeline:
         try:
             key = rule.throttle_key(root)
         except Exception as exc:  # noqa: BLE001 - a bad key must not drop the firing silently
-            log.warning(
+            self.stats.throttle_key_errors[rule.name] += 1
+            self._logs.log(
+                logging.WARNING,
+                ("key failed", rule.name),
                 "throttle key of rule %r failed on %s: %s; not throttled",
-                rule.name,
-                event.name,
-                exc,
-            )
+                rule.name, event.name, shorten(str(exc)),
+            )  # fmt: skip
             return True
         if throttle.allow(key):
             return True
         self.stats.throttled[rule.name] += 1
-        log.info(
+        self._logs.log(
+            logging.INFO,
+            ("throttled", rule.name),
             "rule %r throttled for key %r",
-            rule.name,
-            key,
+            rule.name, shorten(to_text(key), 100),
             extra={"rule": rule.name, "event": event.name},
-        )
+        )  # fmt: skip
         return False
 
     async def handle(self, event: Event) -> int:

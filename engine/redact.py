@@ -32,7 +32,9 @@ __all__ = [
     "RedactingFilter",
     "Secret",
     "redact",
+    "mask_urls",
     "redact_url",
+    "redact_value",
     "register_secret",
 ]
 
@@ -143,6 +145,29 @@ def _mask_match(match: re.Match[str]) -> str:
     return (match.group("key") or match.group("scheme")) + MASK
 
 
+#: Any URL in text: scheme, then what follows `//` up to a space or a quote.
+_URL = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*)://([^\s\"'<>]*)")
+#: Schemes whose host is a host (the rest of other schemes, e.g. Apprise's
+#: `slack://TokenA/TokenB`, is all credentials).
+_HOST_SCHEMES = frozenset({"http", "https", "ws", "wss"})
+
+
+def mask_urls(text: str) -> str:
+    """Every URL in `text` cut to what `redact_url` shows: scheme, host and
+    port of web URLs; only the scheme of any other (an Apprise URL's rest
+    is its credentials)."""
+    if "://" not in text:
+        return text
+    return _URL.sub(_mask_url_match, text)
+
+
+def _mask_url_match(match: re.Match[str]) -> str:
+    scheme = match.group(1)
+    if scheme.lower() in _HOST_SCHEMES:
+        return redact_url(match.group(0))
+    return f"{scheme}://{MASK}" if match.group(2) else match.group(0)
+
+
 _registry = _Registry()
 
 
@@ -163,6 +188,28 @@ def clear_secrets() -> None:
 def redact(text: str) -> str:
     """`text` with registered secrets and recognisable credentials masked."""
     return _registry.redact(text)
+
+
+#: Keys whose values are credentials whatever they hold (header names, mostly).
+_SECRET_KEYS = frozenset(
+    {"authorization", "proxy-authorization", "x-api-key", "api-key", "api_key"}
+)
+
+
+def redact_value(value: Any) -> Any:
+    """`value` (strings, lists and tables, as action parameters are) with
+    registered secrets and recognisable credentials masked in every string,
+    and the value of every `Authorization`-like key masked whole."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {
+            key: MASK if str(key).lower() in _SECRET_KEYS and value[key] else redact_value(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [redact_value(item) for item in value]
+    return value
 
 
 def redact_url(url: object) -> str:
@@ -203,12 +250,12 @@ class RedactingFilter(logging.Filter):
             message = record.getMessage()
         except Exception:  # a broken format string must not hide the record
             message = f"{record.msg!r} % {record.args!r}"
-        record.msg = redact(message)
+        record.msg = mask_urls(redact(message))
         record.args = None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
-            record.exc_text = redact(record.exc_text)
+            record.exc_text = mask_urls(redact(record.exc_text))
         if record.stack_info:
             record.stack_info = redact(record.stack_info)
         return True

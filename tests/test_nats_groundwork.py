@@ -1,6 +1,6 @@
 """What the cluster mode will rely on, checked against a real nats-server with nats-py.
 
-Each test states one fact (see docs/notes-nats.md). Timings go to stdout as `TIMING name=...s`
+Each test states one fact (see docs/dev/nats-notes.md). Timings go to stdout as `TIMING name=...s`
 (visible with `pytest -s`). No fixed sleeps: every wait polls a condition with a deadline, except
 where the time itself is what is tested (lease renewals at a third of the TTL).
 """

@@ -156,7 +156,10 @@ def test_check_applies_the_plugins_parameter_checks(site: Path, tmp_path: Path) 
 def test_test_renders_the_plugin_action(site: Path, tmp_path: Path) -> None:
     rules = write_rules(tmp_path, rules_text())
     body = example("meeting.ended")  # 17:00 -> 17:55
-    result = run_cli("test", "-c", rules, "--json", "-", input=json.dumps(body), env=env_with(site))
+    result = run_cli(
+        "test", "-c", rules, "--json", "--show-secrets", "-",
+        input=json.dumps(body), env=env_with(site),
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc["fired"][0]["actions"][0] == {
@@ -171,6 +174,9 @@ def test_test_renders_the_plugin_action(site: Path, tmp_path: Path) -> None:
             "url": "https://events.pagerduty.com/v2/enqueue",
         },
     }
+    # Without --show-secrets, the routing key (from ${PAGERDUTY_ROUTING_KEY}) is masked.
+    masked = run_cli("test", "-c", rules, "--json", "-", input=json.dumps(body), env=env_with(site))
+    assert json.loads(masked.stdout)["fired"][0]["actions"][0]["params"]["routing_key"] == "***"
     short = example("meeting.ended")
     short["payload"]["object"]["end_time"] = "2026-02-05T17:20:00Z"
     result = run_cli(

@@ -7,6 +7,7 @@ import sys
 
 from engine.commands.base import EXIT_INVALID, EXIT_OK, Command
 from engine.commands.common import load_or_report
+from engine.redact import redact
 
 
 def handle(args: argparse.Namespace) -> int:
@@ -14,7 +15,7 @@ def handle(args: argparse.Namespace) -> int:
     if loaded is None:
         return EXIT_INVALID
     for warning in loaded.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+        print(f"warning: {redact(str(warning))}", file=sys.stderr)
     rules = loaded.rules
     actions = sum(len(rule.actions) for rule in rules)
     files = ", ".join(str(p) for p in loaded.config.files)

@@ -12,6 +12,7 @@ from engine.commands.base import config_paths
 from engine.errors import ConfigError, InvalidEvent
 from engine.events import Event
 from engine.loader import LoadedRules, load_rules
+from engine.redact import redact
 
 
 def load_or_report(args: argparse.Namespace) -> LoadedRules | None:
@@ -19,7 +20,8 @@ def load_or_report(args: argparse.Namespace) -> LoadedRules | None:
     try:
         return load_rules(config_paths(args))
     except ConfigError as exc:
-        print(f"zoomrules: {exc}", file=sys.stderr)
+        # A problem may quote a value, and a value may have come from ${VAR}.
+        print(f"zoomrules: {redact(str(exc))}", file=sys.stderr)
         return None
 
 

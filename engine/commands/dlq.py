@@ -32,6 +32,7 @@ from engine.durations import parse_duration
 from engine.errors import JournalBusy, JournalError
 from engine.journal import DEAD, RETRY, JournalAdmin, open_journal, open_journal_admin
 from engine.logs import shorten
+from engine.redact import redact, redact_value
 
 _LIST_LIMIT = 100_000
 
@@ -43,7 +44,8 @@ def _when(ts: float) -> str:
 async def cmd_list(admin: JournalAdmin, args: argparse.Namespace) -> int:
     rows = await admin.dead_letters(_LIST_LIMIT)
     if args.json:
-        print(orjson.dumps([row.as_dict() for row in rows], option=orjson.OPT_INDENT_2).decode())
+        documents = [redact_value(row.as_dict()) for row in rows]
+        print(orjson.dumps(documents, option=orjson.OPT_INDENT_2).decode())
         return EXIT_OK
     if not rows:
         print("no dead letters")
@@ -55,7 +57,7 @@ async def cmd_list(admin: JournalAdmin, args: argparse.Namespace) -> int:
         print(
             f"{row.id:>6}  {_when(row.updated_at):19}  {shorten(row.rule, 20):20}  "
             f"{shorten(row.event.name, 28):28}  {row.next_action + 1:>6}  {row.attempts:>5}  "
-            f"{shorten(row.last_error or '', 60)}{state}"
+            f"{shorten(redact(row.last_error or ''), 60)}{state}"
         )
     print(f"{len(rows)} dead letter(s); `zoomrules dlq show ID` for one, "
           "`zoomrules dlq retry --all` to run them again")  # fmt: skip
@@ -68,10 +70,10 @@ async def cmd_show(admin: JournalAdmin, args: argparse.Namespace) -> int:
         print(f"zoomrules: no job {args.id} in the journal", file=sys.stderr)
         return EXIT_FAILURE
     if args.json:
-        doc = {**row.as_dict(), "body": row.event.body}
+        doc = {**redact_value(row.as_dict()), "body": row.event.body}
         print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
         return EXIT_OK
-    for key, value in row.as_dict().items():
+    for key, value in redact_value(row.as_dict()).items():
         if key in ("created_at", "updated_at", "received_at"):
             value = f"{_when(value)} ({value:.3f})"
         elif key == "next_action":

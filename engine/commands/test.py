@@ -16,6 +16,7 @@ from engine.commands.common import load_or_report, read_event_file
 from engine.errors import InvalidEvent
 from engine.events import Event
 from engine.explain import evaluate
+from engine.redact import redact_value
 
 
 def _print_text(result: dict[str, Any], event: Event) -> None:
@@ -41,6 +42,10 @@ def handle(args: argparse.Namespace) -> int:
         print(f"zoomrules: {exc}", file=sys.stderr)
         return EXIT_INVALID
     result = evaluate(loaded, event)
+    if not args.show_secrets:
+        # Values from ${VAR}, credentials in URLs and headers: `test` output
+        # lands in terminals and CI logs.
+        result = redact_value(result)
     if args.json:
         sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
@@ -54,6 +59,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--json", action="store_true", help="print one JSON object (stable interface)"
+    )
+    parser.add_argument(
+        "--show-secrets",
+        action="store_true",
+        help="show values from ${VAR} and credentials unmasked (local debugging only)",
     )
 
 

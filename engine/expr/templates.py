@@ -17,8 +17,8 @@ from typing import Any
 import orjson
 
 from engine.errors import ExpressionError, TemplateError
-from engine.logs import shorten
 from engine.expr.compiler import ExpressionCompiler, Search
+from engine.logs import shorten
 
 _PART = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
 

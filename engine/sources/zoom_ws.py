@@ -25,7 +25,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from engine.clock import loop_clock
 from engine.errors import InvalidEvent
 from engine.events import Event
-from engine.logs import shorten
+from engine.logs import LogLimiter, shorten
 from engine.redact import redact, redact_url
 from engine.retry import Backoff
 from engine.services import TokenProvider
@@ -74,7 +74,9 @@ class _Session:
 
     token: str
     ws: ClientConnection | None = None
+    opened_at: float | None = None  # anyio clock when the WebSocket handshake succeeded
     built_at: float | None = None  # anyio clock when build_connection succeeded
+    heard_back: bool = False  # the server answered a heartbeat
     idle_since: float | None = None  # anyio clock when recv() started waiting
     closed_by_server: bool = False
     refresh_token: bool = False  # the token was rejected: get a new one before reconnecting
@@ -114,6 +116,8 @@ class ZoomListener:
         self.kick_threshold = kick_threshold
         self.stats = ListenerStats()
         self._backoff = Backoff(backoff_initial, backoff_cap)
+        #: Lines that a flood of bad input could repeat are rate-limited.
+        self._logs = LogLimiter(log)
         #: Why the last connection ended (for `health`).
         self._last_reason = ""
         self._consecutive_kicks = 0
@@ -146,7 +150,13 @@ class ZoomListener:
     async def _after_session(self, session: _Session) -> None:
         """Account for an ended connection and wait before the next attempt."""
         now = anyio.current_time()
-        lived = now - session.built_at if session.built_at is not None else 0.0
+        # How long the connection worked: since build_connection, or since
+        # the handshake if the server answered heartbeats without ever
+        # sending build_connection.
+        since = session.built_at
+        if since is None and session.heard_back:
+            since = session.opened_at
+        lived = now - since if since is not None else 0.0
         if lived >= self.healthy_after:
             # A connection that stayed up a while proves the path works:
             # start again from the shortest delay.
@@ -203,7 +213,16 @@ class ZoomListener:
                 close_timeout=2,
             ) as ws:
                 session.ws = ws
-                await self._serve(session)
+                session.opened_at = anyio.current_time()
+                try:
+                    await self._serve(session)
+                except anyio.get_cancelled_exc_class():
+                    # The daemon is stopping: say so (1001, going away), not
+                    # "internal error" (1011), which is what leaving the
+                    # block with an exception would send.
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                        await ws.close(1001, "going away")
+                    raise
         except InvalidStatus as exc:
             self._handshake_refused(session, exc.response.status_code)
         except (OSError, InvalidHandshake, TimeoutError) as exc:
@@ -331,6 +350,7 @@ class ZoomListener:
             return self._message(frame, message)
         if module == "heartbeat":
             self.stats.heartbeats_acked += 1
+            session.heard_back = True
             return True
         if module == "build_connection":
             return self._build_connection(session, frame)
@@ -354,9 +374,10 @@ class ZoomListener:
 
     def _handler_failed(self, event: Event) -> None:
         self.stats.handler_errors += 1
-        log.exception(
-            "zoom[%s]: event handler failed on %s (id %s)", self.subscription, event.name, event.id
-        )
+        self._logs.log(
+            logging.ERROR, "handler", "zoom[%s]: event handler failed on %s (id %s)",
+            self.subscription, shorten(event.name, 100), event.id, exc_info=True,
+        )  # fmt: skip
 
     def _build_connection(self, session: _Session, frame: dict[str, Any]) -> bool:
         content = frame.get("content")

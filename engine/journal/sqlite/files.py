@@ -36,13 +36,19 @@ def ensure_state_dir(state_dir: Path) -> None:
         f"[engine] state_dir / ZOOMRULES_STATE_DIR at a writable directory."
     )
     try:
-        if not state_dir.is_dir():
-            state_dir.mkdir(mode=0o700, parents=True)
-            state_dir.chmod(0o700)  # mkdir's mode is filtered by the umask
+        state_dir.mkdir(mode=0o700, parents=True)
+    except FileExistsError:
+        pass  # there already, or made by another process at the same moment
     except OSError as exc:
         raise JournalError(
             f"cannot create the state directory {state_dir}: {exc.strerror}. {hint}"
         ) from None
+    else:
+        # Ours: owner-only whatever the umask filtered out of mkdir's mode.
+        with contextlib.suppress(OSError):
+            state_dir.chmod(0o700)
+    if not state_dir.is_dir():
+        raise JournalError(f"the state directory {state_dir} is not a directory. {hint}")
     if not os.access(state_dir, os.W_OK | os.X_OK):
         raise JournalError(f"the state directory {state_dir} is not writable. {hint}")
 

@@ -49,6 +49,7 @@ from engine.journal.store import (
     StoredEvent,
     StoreHealth,
 )
+from engine.logs import LogLimiter, shorten
 from engine.retry import Backoff
 
 log = logging.getLogger("zoomrules.journal")
@@ -178,6 +179,8 @@ class SqliteJournal:
         self.max_batch = max_batch
         self.commit_delay = commit_delay
         self.counters = JournalCounters()
+        #: Duplicates (one line each, else) are rate-limited.
+        self._logs = LogLimiter(log)
         # A plain deque, not a memory object stream: queuing an op is then a
         # list append with no task switch (a stream send cost ~40 us here).
         self._queue: deque[_Segment | _Op] = deque()
@@ -705,7 +708,10 @@ class SqliteJournal:
             if result is None:
                 if index not in failed:
                     counters.duplicates += 1
-                    log.info("duplicate of event %s (%s) dropped", event.id, event.name)
+                    self._logs.log(
+                        logging.INFO, "duplicate", "duplicate of event %s (%s) dropped",
+                        event.id, shorten(event.name, 100),
+                    )  # fmt: skip
                 continue
             counters.appended += 1
             self._keep_hot(_HotRun(result[0], result[1], [event], len(row[4])))
