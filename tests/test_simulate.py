@@ -7,6 +7,7 @@ Real processes throughout: `zoomrules simulate` on free ports, a real
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import pty
@@ -416,3 +417,37 @@ async def test_the_schedule_without_loop_goes_through_once() -> None:
             names = [orjson.loads(orjson.loads(await ws.recv())["content"])["event"] for _ in "ab"]
     assert names == ["meeting.started", "meeting.ended"]
     assert feed.schedule_done and feed.sent == 2
+
+
+# -- the documentation ---------------------------------------------------------
+
+
+def test_the_getting_started_commands_parse() -> None:
+    """Every `zoomrules demo`/`simulate` command the guide shows is one the CLI takes."""
+    import re
+
+    from engine.cli import COMMANDS, build_parser
+
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "getting-started.md").read_text()
+    blocks = re.findall(r"^ *```sh\n(.*?)^ *```", guide, re.S | re.M)
+    commands = [
+        line.strip()
+        for block in blocks
+        for line in block.splitlines()
+        if line.strip().startswith(("zoomrules simulate", "zoomrules demo"))
+    ]
+    assert "zoomrules simulate --env-file sim.env" in commands
+    assert "zoomrules demo -c rules.toml" in commands
+    parser = build_parser()
+    for command in commands:
+        parser.parse_args(shlex.split(command)[1:])
+    section = guide[guide.index("## 5. Try your rules locally") : guide.index("## 6. Run")]
+    assert "set -a; . ./sim.env; set +a" in section  # what the env-file test above runs
+    helps = ""
+    for command in COMMANDS:
+        if command.name in ("simulate", "demo"):
+            sub = argparse.ArgumentParser()
+            command.add_arguments(sub)
+            helps += sub.format_help()
+    for option in re.findall(r"`(--[a-z-]+)", section):
+        assert option in helps, option
