@@ -13,14 +13,14 @@ import sys
 from collections.abc import Callable, Sequence
 
 from engine import __version__
-from engine.commands import check, demo, dlq, journal, plugins, replay, run, test
+from engine.commands import check, demo, dlq, journal, plugins, replay, run, simulate, test
 from engine.commands.base import DEFAULT_CONFIG, EXIT_OK, Command
 from engine.logs import LogFormat
 
 #: Every subcommand, in the order `zoomrules --help` lists them.
 COMMANDS: list[Command] = [
     run.COMMAND, check.COMMAND, test.COMMAND, replay.COMMAND, plugins.COMMAND,
-    dlq.COMMAND, journal.COMMAND, demo.COMMAND,
+    dlq.COMMAND, journal.COMMAND, demo.COMMAND, simulate.COMMAND,
 ]  # fmt: skip
 
 

@@ -2,8 +2,10 @@
 
 The WebSocket side uses websockets' server (direct transport access for TCP
 resets and exact close codes); OAuth and REST are a small Starlette app under
-uvicorn. Both listen on sockets bound to 127.0.0.1:0 before anything starts,
-so the URLs are known as soon as `__aenter__` returns.
+uvicorn. Both listen on sockets bound to 127.0.0.1 before anything starts
+(ports chosen by the OS unless given), so the URLs are known as soon as
+`__aenter__` returns. `add_routes` adds HTTP routes of one's own (the
+control endpoint of `zoomrules simulate`) beside OAuth and REST.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import secrets
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -32,7 +34,7 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
@@ -91,7 +93,10 @@ class Simulator:
         account_id: str | None = None,
         token_lifetime: float = 3600,
         host: str = "127.0.0.1",
+        http_port: int = 0,
+        ws_port: int = 0,
     ) -> None:
+        """`http_port` (OAuth, REST) and `ws_port` (events): 0 lets the OS choose."""
         self.client_id = client_id
         self.client_secret = client_secret
         self.subscription_id = subscription_id
@@ -129,17 +134,29 @@ class Simulator:
         self._tg: anyio.abc.TaskGroup | None = None
         self._ws_server: Server | None = None
         self._http_server: _QuietServer | None = None
-        self.ws_port = 0
-        self.http_port = 0
+        self._extra_routes: list[BaseRoute] = []
+        self.ws_port = ws_port  # the bound port once started
+        self.http_port = http_port
 
     # -- lifecycle ----------------------------------------------------------
 
     async def __aenter__(self) -> Simulator:
         self._changed = anyio.Event()
+        # Bound first: a port in use is a plain OSError, raised before anything runs.
+        ws_sock = socket.create_server((self.host, self.ws_port))
+        try:
+            http_sock = socket.create_server((self.host, self.http_port))
+        except BaseException:
+            ws_sock.close()
+            raise
+        self.ws_port = ws_sock.getsockname()[1]
+        self.http_port = http_sock.getsockname()[1]
         async with AsyncExitStack() as stack:
+            stack.callback(ws_sock.close)  # until the servers own them
+            stack.callback(http_sock.close)
             self._tg = await stack.enter_async_context(anyio.create_task_group())
-            await self._start_ws(stack)
-            self._start_http(stack)
+            await self._start_ws(stack, ws_sock)
+            self._start_http(stack, http_sock)
             self._stack = stack.pop_all()
         return self
 
@@ -153,9 +170,7 @@ class Simulator:
         stack, self._stack = self._stack, None
         return await stack.__aexit__(exc_type, exc, tb)
 
-    async def _start_ws(self, stack: AsyncExitStack) -> None:
-        sock = socket.create_server((self.host, 0))
-        self.ws_port = sock.getsockname()[1]
+    async def _start_ws(self, stack: AsyncExitStack, sock: socket.socket) -> None:
         self._ws_server = await serve(
             self._handle_ws,
             sock=sock,
@@ -172,9 +187,7 @@ class Simulator:
         self._ws_server.close()  # closes live connections with 1001, like a restarting Zoom
         await self._ws_server.wait_closed()
 
-    def _start_http(self, stack: AsyncExitStack) -> None:
-        sock = socket.create_server((self.host, 0))
-        self.http_port = sock.getsockname()[1]
+    def _start_http(self, stack: AsyncExitStack, sock: socket.socket) -> None:
         config = uvicorn.Config(
             self._build_app(),
             log_config=None,  # leave logging to the host process (and its redaction filter)
@@ -460,11 +473,17 @@ class Simulator:
 
     # -- HTTP side: OAuth and REST ------------------------------------------
 
+    def add_routes(self, routes: Sequence[BaseRoute]) -> None:
+        """Serve `routes` on the HTTP side too (call before `async with`)."""
+        assert self._http_server is None, "add routes before the simulator starts"
+        self._extra_routes.extend(routes)
+
     def _build_app(self) -> Starlette:
         return Starlette(
             routes=[
                 Route("/oauth/token", self._oauth, methods=["POST"]),
                 Route("/v2/{path:path}", self._api, methods=_ALL_METHODS),
+                *self._extra_routes,
             ]
         )
 
