@@ -301,3 +301,29 @@ def test_dlq_purge(tmp_path: Path) -> None:
     assert [d["id"] for d in json.loads(done.stdout)] == [ids[2]]
     done = run_cli("journal", "stats", "--state-dir", state, env=env)
     assert "1 dead" in done.stdout and "events:   1" in done.stdout
+
+
+def test_two_processes_creating_the_state_directory_at_once_both_succeed(tmp_path: Path) -> None:
+    """The losing one used to say `File exists. Fix: create it`."""
+    import threading
+
+    from engine.journal.sqlite.files import ensure_state_dir
+
+    state = tmp_path / "a" / "b" / "state"
+    errors: list[BaseException] = []
+    start = threading.Barrier(8)
+
+    def create() -> None:
+        start.wait()
+        try:
+            ensure_state_dir(state)
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=create) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert state.is_dir() and (state.stat().st_mode & 0o777) == 0o700

@@ -323,3 +323,32 @@ async def test_warns_when_another_client_keeps_replacing_ours(
         await sim.wait_for(ours_live)
     assert listener.stats.kicks >= 3
     assert "Another client is probably connected to the same subscription" in caplog.text
+
+
+async def test_stopping_closes_with_going_away_not_internal_error() -> None:
+    """A cancelled listener (the daemon stopping) closes with 1001, not 1011."""
+    async with simulator() as sim:
+        async with running(sim) as (listener, got, _):
+            await sim.wait_connected()
+            await sim.send_event(meeting_started(1))
+            await got.wait_count(1)  # connected as the listener sees it, too
+        await sim.wait_for(lambda: sim.connections[-1].closed_at is not None, timeout=5)
+    assert sim.connections[-1].close_code == 1001
+    assert sim.connections[-1].close_reason == "going away"
+
+
+async def test_backoff_resets_after_a_long_connection_without_build_connection() -> None:
+    """A connection that lived past `healthy_after` and answered heartbeats proves
+    the path works even if the server never sent `build_connection`."""
+    async with simulator() as sim:
+        sim.build_connection_frames = False
+        options = {"healthy_after": 0.3, "heartbeat_interval": 0.1}
+        async with running(sim, **options) as (listener, got, _):
+            for cycle in range(1, 4):
+                await sim.wait_for(lambda c=cycle: len(sim.connections) >= c, timeout=10)
+                beats = sim.heartbeats_received
+                await sim.wait_heartbeats(beats + 5, timeout=10)  # >= 0.5 s, answered
+                await sim.drop(1006)
+            await sim.wait_for(lambda: len(sim.connections) >= 4, timeout=10)
+    # Reset after each healthy connection: one step of backoff, never three.
+    assert listener._backoff.attempt == 1

@@ -106,6 +106,9 @@ class Simulator:
 
         #: Answer client heartbeats (set False to simulate a silent server).
         self.heartbeat_acks = True
+        #: Send `build_connection` on connect (set False for a server that
+        #: accepts and delivers without ever saying so).
+        self.build_connection_frames = True
         #: Reject bad tokens with HTTP 401 at the handshake instead of a
         #: `build_connection` failure frame.
         self.reject_bad_tokens_at_handshake = False
@@ -355,7 +358,8 @@ class Simulator:
         previous, self._live = self._live, conn
         conn.accepted = True
         conn.content = f"connection established: {secrets.token_hex(8)}"
-        await conn.ws.send(_build_frame(True, conn.content))
+        if self.build_connection_frames:
+            await conn.ws.send(_build_frame(True, conn.content))
         if previous is not None:
             self._replace(previous)
         self._notify()
