@@ -32,8 +32,9 @@ if TYPE_CHECKING:
 #: Methods the HTTP actions accept.
 METHODS: tuple[str, ...] = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 
-#: How much of a response body goes into logs and error messages.
-EXCERPT_CHARS = 300
+#: How much of a response body (or a program's output) goes into logs and error
+#: messages: bodies can echo event data, and a log line stays one short line.
+EXCERPT_CHARS = 200
 
 #: Response headers handed to later actions (lower-case). Everything else is
 #: dropped: responses can carry cookies and other things not worth exposing.
