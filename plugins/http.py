@@ -116,7 +116,9 @@ def checked_headers(headers: Any) -> dict[str, str]:
             else None
         )
         if problem:
-            raise ActionError(f"headers.{name}: the value has {problem}; not sent", retryable=False)
+            raise ActionError(
+                f"headers.{shorten(name, 60)}: the value has {problem}; not sent", retryable=False
+            )
         out[name] = text
     return out
 

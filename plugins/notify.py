@@ -78,7 +78,7 @@ def _key(url: str) -> str:
 
 def _scheme_only(url: str) -> str:
     """What we may show of a URL Apprise could not parse (its rest may hold credentials)."""
-    return url.split("://", 1)[0] + "://…" if "://" in url else "(not a URL)"
+    return shorten(url.split("://", 1)[0], 40) + "://…" if "://" in url else "(not a URL)"
 
 
 def _as_list(value: Any) -> list[Any]:

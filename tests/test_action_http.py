@@ -258,6 +258,27 @@ async def test_a_bad_header_name_from_the_event_fails_at_once_unsent(
     assert server.received == []
 
 
+@pytest.mark.anyio
+async def test_a_long_header_name_from_the_event_is_not_echoed_at_length(
+    server: Server, services: Services
+) -> None:
+    name = "X-" + "n" * 5000
+    with pytest.raises(ActionError) as info:
+        await call_with(
+            services,
+            {
+                "url": f"http://127.0.0.1:{server.port}/hook",
+                "headers": "{{ payload.object.topic }}",
+            },
+            topic_event({name: "a\r\nX-Injected: 1"}),
+        )
+    assert not info.value.retryable
+    assert str(info.value).startswith("headers.X-nnn")
+    assert str(info.value).endswith("…: the value has a line break or NUL byte; not sent")
+    assert len(str(info.value)) < 120
+    assert server.received == []
+
+
 # -- hostile days: nothing of the URL's path or query, nor Authorization, in logs ------
 
 SECRET_PATH = "/hooks/T0KEN-in-the-path/more"

@@ -449,6 +449,16 @@ async def test_a_failed_target_from_event_data_is_not_echoed_at_length(receiver:
     assert len(str(info.value)) < 500
 
 
+@pytest.mark.anyio
+async def test_an_unparsable_url_from_the_event_is_not_echoed_at_length() -> None:
+    with pytest.raises(ActionError) as info:
+        await send_topic({"to": "{{ payload.object.topic }}", "body": "x"}, "s" * 5000 + "://x")
+    assert not info.value.retryable
+    assert str(info.value).startswith("to: sss")
+    assert str(info.value).endswith("…://… is not a valid Apprise URL")
+    assert len(str(info.value)) < 100
+
+
 def test_validate_attach_dirs_and_templated_config() -> None:
     validate = action_type(notify).validate
     assert validate is not None
