@@ -81,9 +81,10 @@ def confine(name: str, value: Any, root: Any) -> str:
     directory, showing at most SHOWN characters of what the event supplied.
     Blocking: resolves symlinks.
     """
-    if not is_templated(value):
+    if not isinstance(value, Template) or "{{" not in value.source:
+        # Literal, or text rendered before it got here (no template left to tell parts apart).
         return as_text(value, root)
-    source: str = value.source
+    source = value.source
     rendered = as_text(value, root)
     base = literal_base(source)
     where = base or "the current directory"

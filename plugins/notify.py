@@ -300,7 +300,11 @@ async def _send_one(
 
 async def run(params: Mapping[str, Any], ctx: ActionContext) -> dict[str, Any]:
     # Attachments are checked before anything is sent: a refusal notifies nobody.
-    attach = await anyio.to_thread.run_sync(_attachments, params, ctx.root)
+    attach = (
+        await anyio.to_thread.run_sync(_attachments, params, ctx.root)
+        if params.get("attach") is not None
+        else []
+    )
     targets = await resolve_targets(params, ctx.services.config, ctx.root)
     extra = log_extra(ctx, NAME)
     sent: list[str] = ctx.state.setdefault(_SENT, [])
