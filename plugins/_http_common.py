@@ -11,11 +11,15 @@ retry later, give up), so a webhook and a Zoom API call behave the same way:
 
 Nothing here ever puts a URL's credentials, query string or request headers
 into a message: callers pass a display string they have already redacted.
+A response body is shown only as a short excerpt, and with `secrets` (what
+`request_secrets` found in the request: the URL's path and query, credential
+header values) masked, for servers that echo the request in their errors.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -32,8 +36,9 @@ if TYPE_CHECKING:
 #: Methods the HTTP actions accept.
 METHODS: tuple[str, ...] = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 
-#: How much of a response body goes into logs and error messages.
-EXCERPT_CHARS = 300
+#: How much of a response body (or a program's output) goes into logs and error
+#: messages: bodies can echo event data, and a log line stays one short line.
+EXCERPT_CHARS = 200
 
 #: Response headers handed to later actions (lower-case). Everything else is
 #: dropped: responses can carry cookies and other things not worth exposing.
@@ -55,6 +60,17 @@ _RETRYABLE_4XX = frozenset({408, 425, 429})
 
 #: Above this, an X-RateLimit-Reset value is a Unix timestamp, not a delay.
 _EPOCH_THRESHOLD = 1_000_000_000
+
+#: Request headers whose values are credentials.
+_CREDENTIAL_HEADER = re.compile(
+    r"authorization|cookie|token|secret|password|passwd|api[-_]?key|signature", re.IGNORECASE
+)
+#: Shorter pieces of a URL are not worth masking (and would mask ordinary words).
+_MIN_SECRET = 6
+#: How much of a response body is searched for secrets before an excerpt is cut from it.
+_SCAN_CHARS = 64 * 1024
+#: What a masked secret reads as.
+MASK = "…"
 
 
 def log_extra(ctx: ActionContext, action: str, **more: Any) -> dict[str, Any]:
@@ -123,27 +139,66 @@ def parse_body(response: httpx.Response) -> Any:
     return response.text
 
 
-def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
-    """One line, at most `limit` characters: for logs and error messages."""
-    return shorten(text, limit)
+def excerpt(text: str, limit: int = EXCERPT_CHARS, secrets: Sequence[str] = ()) -> str:
+    """One line, at most `limit` characters, `secrets` masked: for logs and error messages."""
+    return shorten(mask(text, secrets), limit)
 
 
-def error_detail(body: Any) -> str:
+def mask(text: str, secrets: Sequence[str]) -> str:
+    """`text` with every one of `secrets` (longest first) replaced by MASK."""
+    if not secrets:
+        return text
+    text = text[:_SCAN_CHARS]
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, MASK)
+    return text
+
+
+def request_secrets(request: httpx.Request, *, url: bool) -> tuple[str, ...]:
+    """What of `request` must not appear in a message, longest first.
+
+    Credential header values (and their part after `Bearer `/`Basic `); with
+    `url`, also the URL's path and query, raw and decoded, each path segment
+    and each query value.
+    """
+    import urllib.parse
+
+    found: set[str] = set()
+    for name, value in request.headers.items():
+        if _CREDENTIAL_HEADER.search(name):
+            found.add(value)
+            found.add(value.split(" ", 1)[-1])
+    if url:
+        raw = request.url.raw_path.decode("ascii", "replace")
+        path, _, query = raw.partition("?")
+        for text in (raw, path, query, urllib.parse.unquote(path), urllib.parse.unquote(query)):
+            found.add(text)
+        for segment in path.split("/"):
+            found.update((segment, urllib.parse.unquote(segment)))
+        for _, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
+            found.update(
+                (value, urllib.parse.quote(value, safe=""), urllib.parse.quote_plus(value))
+            )
+    return tuple(sorted((s for s in found if len(s) >= _MIN_SECRET), key=len, reverse=True))
+
+
+def error_detail(body: Any, secrets: Sequence[str] = ()) -> str:
     """The useful part of an error response: Zoom's `code`/`message` or a text excerpt."""
     if isinstance(body, dict):
         message = body.get("message") or body.get("error_description") or body.get("error")
         code = body.get("code")
         parts = []
         if code is not None:
-            parts.append(f"code {code}")
+            parts.append(f"code {excerpt(str(code), 40, secrets)}")
         if message:
-            parts.append(excerpt(str(message)))
+            parts.append(excerpt(str(message), secrets=secrets))
         if parts:
             return ": ".join(parts)
-        return excerpt(orjson.dumps(body).decode())
+        return excerpt(orjson.dumps(body).decode(), secrets=secrets)
     if body is None:
         return "empty body"
-    return excerpt(str(body))
+    return excerpt(str(body), secrets=secrets)
 
 
 def selected_headers(headers: httpx.Headers) -> dict[str, str]:
@@ -160,13 +215,17 @@ def result(response: httpx.Response, body: Any) -> dict[str, Any]:
 
 
 def check_response(
-    response: httpx.Response, body: Any, expect: Sequence[int] | None, target: str
+    response: httpx.Response,
+    body: Any,
+    expect: Sequence[int] | None,
+    target: str,
+    secrets: Sequence[str] = (),
 ) -> None:
     """Raise the ActionError the response deserves, or return if it is accepted."""
     status = response.status_code
     if is_expected(status, expect):
         return
-    detail = error_detail(body)
+    detail = error_detail(body, secrets)
     message = f"{target} answered HTTP {status} ({detail})"
     if status in (429, 503):
         delay = rate_limit_delay(response.headers)
@@ -183,12 +242,14 @@ async def send(
     target: str,
     log: logging.Logger,
     extra: Mapping[str, Any],
+    secrets: Sequence[str] = (),
 ) -> tuple[httpx.Response, Any]:
     """Send one request; network failures become retryable ActionErrors.
 
     Returns the response (already read) and its parsed body. `target` is the
     redacted description used in messages; the request URL itself is never
-    logged because it may carry secrets.
+    logged because it may carry secrets, and `secrets` are masked in the
+    excerpt of the response body.
     """
     import httpx
 
@@ -198,14 +259,14 @@ async def send(
         raise ActionError(f"{target}: timed out ({type(exc).__name__})", retryable=True) from None
     except httpx.TransportError as exc:
         # httpx transport messages hold OS errors, not URLs; still keep them short.
-        reason = excerpt(str(exc), 120) or type(exc).__name__
+        reason = excerpt(str(exc), 120, secrets) or type(exc).__name__
         raise ActionError(f"{target}: network error: {reason}", retryable=True) from None
     body = parse_body(response)
     log.debug(
         "%s -> HTTP %d %s",
         target,
         response.status_code,
-        excerpt(response.text if response.content else ""),
+        excerpt(response.text if response.content else "", secrets=secrets),
         extra={**extra, "status": response.status_code},
     )
     return response, body

@@ -14,12 +14,23 @@ The child runs in its own session (process group) with a minimal
 environment. When the job is cancelled (the engine's timeout) or the program
 fails, the whole group is terminated, then killed, so nothing it spawned
 outlives the action.
+
+Event data never chooses what runs or where: `validate` (so `zoomrules
+check`) refuses a `{{ }}` that the quoting of `shell = true` cannot protect
+(inside quotes, backquotes, here-documents, comments, `$(( ))`; as a program
+name, an `eval` argument or a redirection target: `plugins._shell_syntax`),
+a templated program name without a fixed absolute directory, a `{{ }}` in the
+script of `sh -c` in the list form, and templated loader variables (`PATH`,
+`LD_*`, ...). A templated program path or `cwd` must stay under the directory
+written before its first `{{` (`plugins._paths`), checked when the action
+runs. Logs and messages show at most a short line of what the program printed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -30,15 +41,17 @@ import anyio
 import anyio.abc
 import orjson
 
-from engine.plugin import ActionContext, ActionError, ActionType, Param, hookimpl
-from plugins._http_common import excerpt, log_extra, scalar_text
+from engine.plugin import ActionContext, ActionError, ActionType, Param, hookimpl, shorten
+from plugins import _paths, _shell_syntax
+from plugins._http_common import EXCERPT_CHARS, excerpt, log_extra, scalar_text
 
 NAME = "shell"
 SHELL = "/bin/sh"
 #: Output kept per stream and returned to later actions; the rest is read and dropped.
 CAPTURE_BYTES = 64 * 1024
-#: Output shown in logs.
-LOG_BYTES = 4 * 1024
+#: Output shown in logs and failure messages: one line of at most this many characters
+#: (the program may print event data, and a log line must stay one short line).
+LOG_CHARS = EXCERPT_CHARS
 #: How long the group gets between SIGTERM and SIGKILL.
 TERM_GRACE = 2.0
 #: How long to wait for SIGKILLed processes to be gone, and how often to look.
@@ -48,6 +61,16 @@ GROUP_POLL = 0.02
 #: background child may hold them open forever).
 DRAIN_GRACE = 0.5
 
+#: Environment variables that make programs load or run other files.
+LOADER_VARIABLES = frozenset(
+    {
+        "PATH", "BASH_ENV", "ENV", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PERL5LIB",
+        "PERL5OPT", "PERLLIB", "RUBYLIB", "RUBYOPT", "NODE_OPTIONS", "NODE_PATH", "GCONV_PATH",
+    }
+)  # fmt: skip
+LOADER_PREFIXES = ("LD_", "DYLD_")
+_PROGRAM_EXAMPLE = "/usr/local/lib/zoomrules/{{ ... }}"
+
 
 def validate(params: Mapping[str, Any]) -> list[str]:
     errors: list[str] = []
@@ -55,12 +78,20 @@ def validate(params: Mapping[str, Any]) -> list[str]:
     if params.get("shell", False) is True:
         if not isinstance(command, str) or not command.strip():
             errors.append("command: with shell = true, must be one non-empty string")
+        else:
+            errors.extend(
+                f"command: {shorten(found.template, 60)} {_shell_syntax.PLACES[found.place]}"
+                for found in _shell_syntax.misplaced(command)
+            )
     elif not isinstance(command, list) or not command:
         errors.append(
             "command: must be a non-empty list of arguments (or set shell = true for a string)"
         )
     elif not all(isinstance(arg, str) for arg in command):
         errors.append("command: every argument must be a string")
+    else:
+        errors.extend(_check_argv(command))
+    errors.extend(_paths.check_source("cwd", params.get("cwd"), "/srv/zoomrules/work/{{ ... }}"))
     env = params.get("env")
     if env is not None:
         if not isinstance(env, dict):
@@ -71,6 +102,53 @@ def validate(params: Mapping[str, Any]) -> list[str]:
                 for key in env
                 if not key or "=" in key or "\0" in key
             )
+            errors.extend(
+                f"env: a templated {key} would let event data choose what the program loads; "
+                "write it literally"
+                for key, value in env.items()
+                if _is_loader_variable(key) and _paths.is_templated(value)
+            )
+    return errors
+
+
+def _is_loader_variable(name: str) -> bool:
+    return name in LOADER_VARIABLES or name.startswith(LOADER_PREFIXES)
+
+
+def _check_argv(command: list[str]) -> list[str]:
+    """Load-time problems of the list form: event data choosing a program or a script."""
+    errors: list[str] = []
+    program = command[0]
+    if _paths.is_templated(program):
+        base = _paths.literal_base(program)
+        if not base.startswith("/") or not base.strip("/"):
+            errors.append(
+                "command[0]: event data must not choose the program: a templated program needs "
+                f"a fixed absolute directory before its first {{{{ }}}} (e.g. {_PROGRAM_EXAMPLE})"
+            )
+        return errors
+    name = os.path.basename(program)
+    if name in _shell_syntax.WRAPPERS:
+        # The wrapped program: its first argument that is not an option or NAME=value.
+        for i, arg in enumerate(command[1:], 1):
+            if arg.startswith("-") or re.match(r"[A-Za-z_][A-Za-z0-9_]*=", arg):
+                continue
+            if _paths.is_templated(arg):
+                errors.append(
+                    f"command[{i}]: event data must not choose the program run by {name}; "
+                    "write the program literally"
+                )
+            break
+    if name in _shell_syntax.SHELLS:
+        for i, arg in enumerate(command[1:-1], 1):
+            if _shell_syntax.SCRIPT_OPTION.fullmatch(arg):
+                if _paths.is_templated(command[i + 1]):
+                    errors.append(
+                        f"command[{i + 1}]: a {{{{ }}}} in a script run by {name} -c is pasted "
+                        'into shell code unquoted: pass the value as an argument ("$1") or use '
+                        "shell = true"
+                    )
+                break
     return errors
 
 
@@ -80,18 +158,37 @@ def _text(value: Any) -> str:
 
 
 def build_argv(params: Mapping[str, Any], root: Mapping[str, Any]) -> list[str]:
-    """Render `command` (a raw Template, list of Templates, or plain values) into argv."""
+    """Render `command` (a raw Template, or a list of Templates or plain values) into argv.
+
+    Blocking: a templated program path is resolved (symlinks) and must stay
+    under its directory; the resolved path is what runs.
+    """
     command = params["command"]
     if params.get("shell", False):
         rendered = command if isinstance(command, str) else command.render(root, quote=shlex.quote)
         return [SHELL, "-c", _text(rendered)]
-    rendered = command if isinstance(command, list) else command.render(root)
-    if not isinstance(rendered, list):
-        raise ActionError("command: did not render to a list of arguments", retryable=False)
-    argv = [_text(arg.render(root) if hasattr(arg, "render") else arg) for arg in rendered]
+    if not isinstance(command, list):
+        # Only a list written in the rule: a whole-value template would let the event pick argv.
+        raise ActionError(
+            "command: must be a list of arguments (or set shell = true for a string)",
+            retryable=False,
+        )
+    argv = []
+    for i, arg in enumerate(command):
+        if i == 0 and _paths.is_templated(arg):
+            argv.append(_paths.confine("command[0]", arg, root))
+        else:
+            argv.append(_text(arg.render(root) if hasattr(arg, "render") else arg))
     if not argv or not argv[0]:
         raise ActionError("command: the program name is empty", retryable=False)
     return argv
+
+
+def _prepare(params: Mapping[str, Any], root: Mapping[str, Any]) -> tuple[list[str], str | None]:
+    """argv and the working directory, both checked (blocking: resolves paths)."""
+    argv = build_argv(params, root)
+    cwd = params.get("cwd")
+    return argv, (None if cwd is None else _paths.confine("cwd", cwd, root) or None)
 
 
 def build_env(params: Mapping[str, Any]) -> dict[str, str]:
@@ -231,10 +328,13 @@ async def _run_process(
                 env=env,
                 start_new_session=True,
             )
-    except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
-        raise ActionError(f"cannot start {argv[0]!r}: {exc.strerror}", retryable=False) from None
+    except OSError as exc:  # missing program or cwd, not executable, name too long, ...
+        program = shorten(argv[0], _paths.SHOWN + 100)
+        reason = exc.strerror or type(exc).__name__
+        raise ActionError(f"cannot start {program!r}: {reason}", retryable=False) from None
     except ValueError as exc:  # e.g. a NUL byte in an argument
-        raise ActionError(f"cannot start {argv[0]!r}: {exc}", retryable=False) from None
+        program = shorten(argv[0], _paths.SHOWN + 100)
+        raise ActionError(f"cannot start {program!r}: {exc}", retryable=False) from None
     out, err = _Capture(CAPTURE_BYTES), _Capture(CAPTURE_BYTES)
     ok = False
     try:
@@ -258,10 +358,11 @@ async def _run_process(
 
 
 async def run(params: Mapping[str, Any], ctx: ActionContext) -> dict[str, Any]:
-    argv = build_argv(params, ctx.root)
+    argv, cwd = await anyio.to_thread.run_sync(_prepare, params, ctx.root)
     env = build_env(params)
     stdin = orjson.dumps(ctx.event.body) if params.get("stdin") == "event" else None
-    extra = log_extra(ctx, NAME, program=argv[0] if not params.get("shell") else SHELL)
+    program = shorten(argv[0], _paths.SHOWN + 100) if not params.get("shell") else SHELL
+    extra = log_extra(ctx, NAME, program=program)
     # Arguments and env values may hold secrets from ${VAR}: log the program and env names only.
     ctx.log.debug(
         "running %s (%d args, env: %s)",
@@ -270,18 +371,24 @@ async def run(params: Mapping[str, Any], ctx: ActionContext) -> dict[str, Any]:
         ", ".join(sorted(env)),
         extra=extra,
     )
-    code, out, err = await _run_process(argv, cwd=params.get("cwd"), env=env, stdin=stdin)
+    code, out, err = await _run_process(argv, cwd=cwd, env=env, stdin=stdin)
     stdout, stderr = out.text(), err.text()
     ctx.log.debug(
         "exit %d; stdout: %s; stderr: %s",
         code,
-        stdout[:LOG_BYTES],
-        stderr[:LOG_BYTES],
+        excerpt(stdout, LOG_CHARS),
+        excerpt(stderr, LOG_CHARS),
         extra={**extra, "exit_code": code},
     )
     if code != 0:
-        raise ActionError(f"{_describe_exit(code)}: {excerpt(stderr[-LOG_BYTES:]) or 'no stderr'}")
+        raise ActionError(f"{_describe_exit(code)}: {_last_words(stderr) or 'no stderr'}")
     return {"exit_code": code, "stdout": stdout, "stderr": stderr}
+
+
+def _last_words(text: str) -> str:
+    """The end of `text` as one line of at most LOG_CHARS characters (where errors are)."""
+    line = " ".join(text[-8 * LOG_CHARS :].split())
+    return line if len(line) <= LOG_CHARS else "…" + line[-(LOG_CHARS - 1) :]
 
 
 def _describe_exit(code: int) -> str:
@@ -310,7 +417,7 @@ def zoomrules_action_types() -> list[ActionType]:
                     help="argv list, each item one argument; a string with shell = true",
                 ),
                 Param("shell", bool, default=False, help="run a string through /bin/sh -c"),
-                Param("cwd", str, help="working directory"),
+                Param("cwd", str, raw=True, help="working directory"),
                 Param("env", dict, help="environment variables (templated values)"),
                 Param("inherit_env", bool, default=False, help="pass the daemon's environment"),
                 Param("stdin", str, choices=("event",), help='"event": the event JSON on stdin'),

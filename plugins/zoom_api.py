@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from engine.plugin import ActionContext, ActionError, ActionType, Param, hookimpl
+from engine.plugin import ActionContext, ActionError, ActionType, Param, hookimpl, shorten
 from plugins import _http_common as common
 
 # httpx (and the command-line tools it imports) loads on the first request,
@@ -138,9 +138,11 @@ async def run(params: Mapping[str, Any], ctx: ActionContext) -> dict[str, Any]:
     path = render_path(params["path"], ctx.root)
     url = build_url(base_url, path).copy_merge_params(common.stringify_query(params.get("query")))
     expect = params.get("expect")
-    # Zoom paths carry ids, not secrets, so the path is fine in messages; the query is not shown.
-    target = f"Zoom API {method} {url.path}"
-    extra = common.log_extra(ctx, NAME, method=method, path=url.path)
+    # Messages show the path as the rule writes it: the rendered one holds event data
+    # (of any length), and the query is never shown.
+    shown = shorten(getattr(params["path"], "source", params["path"]), 120)
+    target = f"Zoom API {method} {shown}"
+    extra = common.log_extra(ctx, NAME, method=method, path=shown)
 
     limiter = limiter_for(services.state, getattr(zoom, "api_rate", None))
     token = await services.tokens.token()
@@ -154,7 +156,7 @@ async def run(params: Mapping[str, Any], ctx: ActionContext) -> dict[str, Any]:
         response, body = await _call(
             services.http, method, url, params, token, limiter, target, ctx, extra
         )
-    common.check_response(response, body, expect, target)
+    common.check_response(response, body, expect, target, (token,))
     return common.result(response, body)
 
 
@@ -178,7 +180,11 @@ async def _call(
         headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
         json=json_body if json_body is not None else None,
     )
-    return await common.send(client, request, target=target, log=ctx.log, extra=extra)
+    # Zoom's errors quote ids from the path, which are useful; only the token is masked.
+    secrets = common.request_secrets(request, url=False)
+    return await common.send(
+        client, request, target=target, log=ctx.log, extra=extra, secrets=secrets
+    )
 
 
 @hookimpl

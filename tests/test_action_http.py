@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import types
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
@@ -191,3 +192,131 @@ def test_validate() -> None:
     assert validate({"url": "https://example.com", "headers": {"X": 1}})
     assert validate({"url": "https://example.com", "expect": [42]})
     assert validate({"url": "{{ payload.object.join_url }}"}) == []
+
+
+# -- hostile days: header injection ---------------------------------------------------
+
+
+def topic_event(topic: Any) -> Event:
+    body = json.loads(json.dumps(EXAMPLES["meeting.participant_joined"]["example"]))
+    body["payload"]["object"]["topic"] = topic
+    return Event.from_body(body, source="test")
+
+
+async def call_with(services: Services, params: Mapping[str, Any], event: Event) -> Any:
+    return await run_action(http, services, params, event)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("a\r\nX-Injected: 1", "a line break or NUL byte"),
+        ("a\nX-Injected: 1", "a line break or NUL byte"),
+        ("a\rX-Injected: 1", "a line break or NUL byte"),
+        ("a\x00X-Injected", "a line break or NUL byte"),
+        ("a\x01X-Injected", "a control character"),
+        ("Zoë X-Injected", "a character that is not ASCII (put such values in json or query)"),
+    ],
+)
+async def test_a_bad_templated_header_value_fails_at_once_unsent(
+    server: Server, services: Services, value: str, problem: str
+) -> None:
+    with pytest.raises(ActionError) as info:
+        await call_with(
+            services,
+            {
+                "url": f"http://127.0.0.1:{server.port}/hook",
+                "headers": {
+                    "X-Topic": "{{ payload.object.topic }}",
+                    "Authorization": "Bearer s3cret",
+                },
+            },
+            topic_event(value),
+        )
+    assert not info.value.retryable
+    assert str(info.value) == f"headers.X-Topic: the value has {problem}; not sent"
+    assert "Injected" not in str(info.value) and "s3cret" not in str(info.value)
+    assert server.received == []
+
+
+@pytest.mark.anyio
+async def test_a_bad_header_name_from_the_event_fails_at_once_unsent(
+    server: Server, services: Services
+) -> None:
+    with pytest.raises(ActionError) as info:
+        await call_with(
+            services,
+            {
+                "url": f"http://127.0.0.1:{server.port}/hook",
+                "headers": "{{ payload.object.topic }}",
+            },
+            topic_event({"X-Ok": "1", "X-A\r\nX-Injected": "1"}),
+        )
+    assert not info.value.retryable
+    assert str(info.value) == "headers: 'X-A X-Injected' is not a valid header name; not sent"
+    assert server.received == []
+
+
+@pytest.mark.anyio
+async def test_a_long_header_name_from_the_event_is_not_echoed_at_length(
+    server: Server, services: Services
+) -> None:
+    name = "X-" + "n" * 5000
+    with pytest.raises(ActionError) as info:
+        await call_with(
+            services,
+            {
+                "url": f"http://127.0.0.1:{server.port}/hook",
+                "headers": "{{ payload.object.topic }}",
+            },
+            topic_event({name: "a\r\nX-Injected: 1"}),
+        )
+    assert not info.value.retryable
+    assert str(info.value).startswith("headers.X-nnn")
+    assert str(info.value).endswith("…: the value has a line break or NUL byte; not sent")
+    assert len(str(info.value)) < 120
+    assert server.received == []
+
+
+# -- hostile days: nothing of the URL's path or query, nor Authorization, in logs ------
+
+SECRET_PATH = "/hooks/T0KEN-in-the-path/more"
+SECRET_QUERY = "sig=S1GNATURE-in-the-query"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("status", [200, 404, 500])
+async def test_debug_logs_and_errors_never_show_the_url_path_query_or_authorization(
+    server: Server, services: Services, caplog: pytest.LogCaptureFixture, status: int
+) -> None:
+    # A server that echoes what it got: the request line and the Authorization header.
+    echo = f"{status} for POST {SECRET_PATH}?{SECRET_QUERY}&who=x (auth: Bearer AUTH-s3cret-value)"
+    server.replies.append(Reply(status, json.dumps({"message": echo}).encode()))
+    caplog.set_level(logging.DEBUG)
+    url = f"http://127.0.0.1:{server.port}{SECRET_PATH}?{SECRET_QUERY}"
+    params = {
+        "url": url,
+        "query": {"who": "{{ payload.object.participant.user_name }}"},
+        "headers": {"Authorization": "Bearer AUTH-s3cret-value"},
+        "json": {"a": 1},
+    }
+    messages = []
+    try:
+        await call(services, params)
+    except ActionError as exc:
+        messages.append(str(exc))
+    assert (status == 200) == (messages == [])
+    assert server.received[0].target.startswith(SECRET_PATH)  # it was really sent there
+    ours = [r for r in caplog.records if r.name.startswith(("zoomrules", "test."))]
+    assert ours  # the DEBUG line of the response is there
+    for record in ours:
+        messages.append(record.getMessage())
+        messages.extend(str(v) for v in vars(record).values())
+    for text in messages:
+        for secret in ("T0KEN-in-the-path", "S1GNATURE-in-the-query", "AUTH-s3cret-value"):
+            assert secret not in text, text
+        assert "/hooks/" not in text, text
+    if status != 200:
+        assert f"answered HTTP {status}" in messages[0]
+        assert messages[0].startswith(f"POST http://127.0.0.1:{server.port}/… answered")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -17,7 +18,7 @@ import httpx
 import psutil
 import pytest
 from action_harness import action_type, run_action
-from conftest import product_events
+from conftest import product_events, run_cli, write_rules
 
 from engine.events import Event
 from engine.plugin import ActionError
@@ -323,3 +324,321 @@ def test_validate() -> None:
     assert validate({"command": ["echo", 3]})
     assert validate({"command": ["echo"], "shell": True})
     assert validate({"command": ["echo"], "env": {"A=B": "x"}})
+
+
+# -- hostile days: `{{ }}` in quotes with shell = true (checked by `zoomrules check`) --
+
+X = "{{ payload.object.topic }}"
+QUOTED = (
+    "with shell = true every value is already quoted, and quotes around it undo that; "
+    "remove the surrounding quotes"
+)
+
+
+def check_shell(command: str) -> list[str]:
+    validate = action_type(shell).validate
+    assert validate is not None
+    return validate({"command": command, "shell": True})
+
+
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        (f'echo "{X}"', f"command: {X} is inside double quotes: {QUOTED}"),
+        (f'echo "topic: {X}!"', f"command: {X} is inside double quotes: {QUOTED}"),
+        (f"echo '{X}'", f"command: {X} is inside single quotes: {QUOTED}"),
+        (f"echo $'{X}'", f"command: {X} is inside single quotes: {QUOTED}"),
+        (f'echo "a \\" b {X}"', f"command: {X} is inside double quotes: {QUOTED}"),
+        (f'echo "${{T:-{X}}}"', f"command: {X} is inside double quotes: {QUOTED}"),
+        (f'echo "$(echo "{X}")"', f"command: {X} is inside double quotes: {QUOTED}"),
+        (
+            f"echo `echo {X}`",
+            f"command: {X} is inside backquotes, where its quoting does not hold: "
+            "write $( ) instead",
+        ),
+        (
+            f"cat <<EOF\nTopic: {X}\nEOF",
+            f"command: {X} is inside a here-document, where quotes do not quote and a line "
+            "of the value can end it: pass the value as an argument or through env",
+        ),
+        (
+            f"cat <<-'EOF'\n\tTopic: {X}\n\tEOF\necho done",
+            f"command: {X} is inside a here-document, where quotes do not quote and a line "
+            "of the value can end it: pass the value as an argument or through env",
+        ),
+        (
+            f"echo hi # {X}",
+            f"command: {X} is inside a comment, which a newline in the value would end: remove it",
+        ),
+        (
+            f"echo $(( {X} + 1 ))",
+            f"command: {X} is inside $(( )), which evaluates its text as code: "
+            "pass the value through env and check it in the program",
+        ),
+    ],
+)
+def test_validate_flags_a_template_inside_quotes(command: str, message: str) -> None:
+    assert check_shell(command) == [message]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        f"echo {X}",
+        f"echo {X} && echo done",
+        f'echo "$(echo {X})"',  # $( ) inside double quotes starts afresh
+        f'echo \\"{X}\\"',  # escaped quotes are not quotes
+        f"echo 'it''s' \"fine\" {X} 'and' \"so is this\"",
+        f'echo "a\\"b" {X}',
+        "echo {{ payload.object.topic || 'it''s \"none\"' }} done",  # quotes inside {{ }}
+        "echo {{ join(',', [payload.object.topic, 'x']) }}",
+        f"TOPIC={X} printenv TOPIC",
+        f"printf '%s\\n' {X} | tr a-z A-Z > /dev/null 2>&1",
+        f"cat <<EOF | grep x\nno template here\nEOF\necho {X}",
+        f"cat <<< {X}",
+        f"echo a#b {X}",
+    ],
+)
+def test_validate_leaves_unquoted_templates_alone(command: str) -> None:
+    assert check_shell(command) == []
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        f"{X} --flag",
+        f"echo a; {X}",
+        f"echo a | {X}",
+        f"echo a && /opt/hooks/{X} --flag",
+        f"FOO=1 {X}",
+        f"exec {X}",
+        f"env A=1 {X}",
+        f"if {X}; then echo y; fi",
+        f"(cd /tmp && {X})",
+        f"echo $({X})",
+    ],
+)
+def test_validate_flags_a_template_as_the_program(command: str) -> None:
+    assert check_shell(command) == [
+        f"command: {X} is where a program name goes: event data must not choose the "
+        "program; write the program literally"
+    ]
+
+
+def test_validate_flags_escapes_and_scripts() -> None:
+    assert check_shell(f"echo \\{X}") == [
+        f"command: {X} follows a backslash, which escapes the opening quote of the value: "
+        "remove the backslash"
+    ]
+    assert check_shell(f"echo ${X}") == [
+        f"command: {X} directly follows a $, which changes how its quotes are read: separate them"
+    ]
+    assert check_shell(f"bash -ec {X}") == [
+        f"command: {X} is the script of a shell's -c, which runs it as shell code: pass the "
+        'value as an argument ("$1") instead'
+    ]
+
+
+def test_validate_flags_eval_and_redirection_targets() -> None:
+    assert check_shell(f"eval echo {X}") == [
+        f"command: {X} is an argument of eval, which runs it as shell code: pass it as data"
+    ]
+    redirect = (
+        f"command: {X} names the file of a redirection: event data must not choose files "
+        "(write the name literally, or use the log action)"
+    )
+    assert check_shell(f"echo hi > /var/log/zr/{X}.txt") == [redirect]
+    assert check_shell(f"echo hi 2>>{X}") == [redirect]
+    assert check_shell(f"wc -l < {X}") == [redirect]
+
+
+#: Placements the check accepts: the value must stay data in every one of them.
+ACCEPTED = [
+    "echo T",
+    "echo pre-T-post",
+    'echo "$(echo T)"',
+    'x=T; echo "$x"',
+    "case T in *) echo ok;; esac",
+    'for i in T; do echo "$i"; done',
+    "[ T = a ] || echo no",
+    "echo ${A:-T}",
+    "cat <<EOF\nx\nEOF\necho T",
+    "sh -c 'echo \"$1\"' sh T",
+    "env X=T sh -c 'echo \"$X\"'",
+    'echo "a"T"b"',
+    "echo T 2>&1 | cat",
+]
+SHELL_HOSTILE = [
+    "$(touch PWNED)",
+    "`touch PWNED`",
+    "a\nEOF\ntouch PWNED\n",
+    "x'; touch PWNED; '",
+    'x"; touch PWNED; "',
+    "1+a[$(touch PWNED)]",
+    "esac; touch PWNED;",
+    "' ; touch PWNED #",
+]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("snippet", ACCEPTED)
+async def test_every_placement_the_check_accepts_keeps_values_data(
+    services: Services, tmp_path: Path, snippet: str
+) -> None:
+    command = snippet.replace("T", X)
+    assert check_shell(command) == []
+    for value in SHELL_HOSTILE:
+        with contextlib.suppress(ActionError):  # a failing command is fine; running one is not
+            await run_shell(
+                services,
+                {"command": command, "shell": True, "cwd": str(tmp_path)},
+                meeting_event(topic=value),
+            )
+        assert os.listdir(tmp_path) == [], (command, value)
+
+
+@pytest.mark.anyio
+async def test_what_the_check_prevents(tmp_path: Path) -> None:
+    """Why: double quotes around a shlex-quoted value hand its `$(...)` back to the shell."""
+    value = shlex.quote("$(touch PWNED)")
+    await anyio.run_process([shell.SHELL, "-c", f'echo "{value}"'], cwd=tmp_path)
+    assert os.listdir(tmp_path) == ["PWNED"]
+    os.remove(tmp_path / "PWNED")
+    await anyio.run_process([shell.SHELL, "-c", f"echo {value}"], cwd=tmp_path)
+    assert os.listdir(tmp_path) == []  # unquoted, as the check asks: printed, not run
+
+
+def test_zoomrules_check_reports_the_quoted_template(tmp_path: Path) -> None:
+    rules = write_rules(
+        tmp_path,
+        """
+        [[rule]]
+        name = "greet"
+        on = ["meeting.started"]
+
+          [[rule.action]]
+          type = "shell"
+          shell = true
+          command = "notify-send \\"Started: {{ payload.object.topic }}\\""
+        """,
+    )
+    result = run_cli("check", "-c", rules)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert (
+        f"rule 'greet', key 'action[1]': command: {X} is inside double quotes: {QUOTED}"
+        in result.stderr
+    )
+
+
+# -- hostile days: files and programs chosen by event data --------------------------
+
+
+@pytest.mark.anyio
+async def test_templated_cwd_stays_in_its_directory(services: Services, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    (work / "team-a").mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+    params = {
+        "command": [PY, "-c", "import os; open('marker', 'w'); print(os.getcwd())"],
+        "cwd": f"{work}/{X}",
+    }
+    result = await run_shell(services, params, meeting_event(topic="team-a"))
+    assert result["stdout"].strip() == str(work / "team-a")
+    with pytest.raises(ActionError) as info:
+        await run_shell(services, params, meeting_event(topic="../outside"))
+    assert not info.value.retryable
+    assert str(info.value) == f"cwd: rendered path leaves {work}/: '../outside'"
+    assert os.listdir(tmp_path / "outside") == []
+
+
+@pytest.mark.anyio
+async def test_templated_program_stays_in_its_directory(services: Services, tmp_path: Path) -> None:
+    hooks, evil = tmp_path / "hooks", tmp_path / "evil"
+    hooks.mkdir()
+    evil.mkdir()
+    for directory in (hooks, evil):
+        script = directory / "hook.sh"
+        script.write_text(
+            f"#!/bin/sh\necho {directory.name}\ntouch {tmp_path}/ran-{directory.name}\n"
+        )
+        script.chmod(0o755)
+    params = {"command": [f"{hooks}/{X}", "arg"]}
+    result = await run_shell(services, params, meeting_event(topic="hook.sh"))
+    assert result["stdout"] == "hooks\n"
+    with pytest.raises(ActionError) as info:
+        await run_shell(services, params, meeting_event(topic="../evil/hook.sh"))
+    assert not info.value.retryable
+    assert str(info.value) == f"command[0]: rendered path leaves {hooks}/: '../evil/hook.sh'"
+    assert not (tmp_path / "ran-evil").exists()
+    # A name too long to start: refused without echoing it at length.
+    with pytest.raises(ActionError) as info:
+        await run_shell(services, params, meeting_event(topic="n" * 5000))
+    assert not info.value.retryable
+    assert str(info.value).startswith("cannot start ") and len(str(info.value)) < 300
+
+
+def test_validate_templated_files_and_programs() -> None:
+    validate = action_type(shell).validate
+    assert validate is not None
+    program = (
+        "command[0]: event data must not choose the program: a templated program needs a "
+        "fixed absolute directory before its first {{ }} (e.g. /usr/local/lib/zoomrules/{{ ... }})"
+    )
+    assert validate({"command": ["/opt/hooks/{{ payload.object.id }}.sh"]}) == []
+    assert validate({"command": ["{{ payload.object.topic }}", "x"]}) == [program]
+    assert validate({"command": ["hooks/{{ payload.object.topic }}"]}) == [program]
+    assert validate({"command": ["/{{ payload.object.topic }}"]}) == [program]
+    assert validate({"command": ["env", "A=1", "{{ payload.object.topic }}"]}) == [
+        "command[2]: event data must not choose the program run by env; write the program literally"
+    ]
+    script = (
+        "command[2]: a {{ }} in a script run by sh -c is pasted into shell code unquoted: "
+        'pass the value as an argument ("$1") or use shell = true'
+    )
+    assert validate({"command": ["sh", "-c", "echo {{ payload.object.topic }}"]}) == [script]
+    assert validate({"command": ["/bin/bash", "-ec", "echo {{ payload.object.topic }}"]}) == [
+        script.replace("sh -c", "bash -c")
+    ]
+    assert (
+        validate({"command": ["sh", "-c", 'echo "$1"', "sh", "{{ payload.object.topic }}"]}) == []
+    )
+    assert validate({"command": ["ls"], "cwd": "/srv/work/{{ payload.object.id }}"}) == []
+    assert validate({"command": ["ls"], "cwd": "/{{ payload.object.id }}"}) == [
+        "cwd: the directory before the first {{ }} is /, which confines nothing: "
+        "write one (e.g. /srv/zoomrules/work/{{ ... }})"
+    ]
+    loader = (
+        "env: a templated {name} would let event data choose what the program loads; "
+        "write it literally"
+    )
+    assert validate(
+        {"command": ["ls"], "env": {"LD_PRELOAD": "/x/{{ payload.object.topic }}.so"}}
+    ) == [loader.format(name="LD_PRELOAD")]
+    assert validate({"command": ["ls"], "env": {"PATH": "/bin:{{ payload.object.topic }}"}}) == [
+        loader.format(name="PATH")
+    ]
+    assert validate({"command": ["ls"], "env": {"LD_LIBRARY_PATH": "/opt/lib"}}) == []
+    assert validate({"command": ["ls"], "env": {"TOPIC": "{{ payload.object.topic }}"}}) == []
+
+
+# -- hostile days: what reaches logs and messages -----------------------------------
+
+
+@pytest.mark.anyio
+async def test_output_in_logs_and_messages_is_one_short_line(
+    services: Services, caplog: pytest.LogCaptureFixture
+) -> None:
+    topic = "A" * 3000 + "\n2026-01-01 00:00:00 INFO forged log line\n" + "B" * 3000
+    script = "import sys; t = sys.argv[1]; print(t); print(t, file=sys.stderr); sys.exit(3)"
+    caplog.set_level("DEBUG")
+    with pytest.raises(ActionError) as info:
+        await run_shell(services, {"command": [PY, "-c", script, X]}, meeting_event(topic=topic))
+    message = str(info.value)
+    assert message.startswith("command exited with code 3: ")
+    assert len(message) < 260 and "\n" not in message
+    records = [r for r in caplog.records if r.name.startswith(("test.", "zoomrules"))]
+    assert records
+    for record in records:
+        text = record.getMessage()
+        assert "\n" not in text, text[:300]
+        assert "A" * 201 not in text and "B" * 201 not in text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import email.utils
+import logging
 import time
 import types
 from collections.abc import AsyncIterator, Mapping
@@ -368,3 +369,34 @@ def test_validate() -> None:
     assert validate({"path": "meetings/1"})
     assert validate({"path": "/users", "expect": [200, 999]})
     assert validate({"path": "/users", "expect": "200"})
+
+
+# -- hostile days: what reaches messages and logs -------------------------------------
+
+
+@pytest.mark.anyio
+async def test_messages_and_logs_show_the_rules_path_not_the_rendered_one(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    env.sim.script("GET", "/v2/meetings/*", 404)
+    long_id = "9" * 3000
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(ActionError) as info:
+        await call(env.services, {"path": "/meetings/{{ payload.object.id }}"}, event(id=long_id))
+    message = str(info.value)
+    assert not info.value.retryable
+    assert message.startswith(
+        "Zoom API GET /meetings/{{ payload.object.id }} answered HTTP 404 (code 3001: "
+        "Meeting does not exist: 999"
+    )
+    assert len(message) < 400
+    texts = [message]
+    for record in caplog.records:
+        if record.name.startswith(("zoomrules", "test.")):
+            texts.append(record.getMessage())
+            texts.extend(str(v) for v in vars(record).values())
+    assert len(texts) > 1
+    for text in texts:
+        assert "9" * 201 not in text
+        for token in env.tokens.given:
+            assert token not in text
