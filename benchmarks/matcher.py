@@ -147,9 +147,7 @@ def interleaved(contenders: list[Contender], passes: int = 1) -> None:
 
 def run_naive(loaded: LoadedRules, evs: Sequence[Event]) -> int:
     """Every rule's `jmespath.search` on every event, then its `on` check: no index."""
-    options = jmespath.Options(
-        custom_functions=functions_instance(loaded.registry.functions)
-    )
+    options = jmespath.Options(custom_functions=functions_instance(loaded.registry.functions))
     rules = [(r.spec.on, r.spec.when) for r in loaded.rules]
     fired = 0
     for event in evs:
