@@ -10,12 +10,22 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 
 from engine import __version__
 from engine.commands import check, demo, dlq, journal, plugins, replay, run, simulate, test
-from engine.commands.base import DEFAULT_CONFIG, EXIT_OK, Command
+from engine.commands.base import (
+    DEFAULT_CONFIG,
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    Command,
+    exit_status,
+    fatal_error,
+)
 from engine.logs import LogFormat
+from engine.redact import redact
 
 #: Every subcommand, in the order `zoomrules --help` lists them.
 COMMANDS: list[Command] = [
@@ -89,13 +99,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         # `zoomrules test ... | head`: the reader went away; not our error.
         sys.stderr.close()
         return EXIT_OK
+    except BaseException as exc:  # noqa: BLE001 - one line and a status, not a traceback
+        return _fail(exc, debug=args.log_level == "debug")
     finally:
         logging.shutdown()
+
+
+def _fail(exc: BaseException, *, debug: bool) -> int:
+    """One line saying what failed, and the documented status; the traceback
+    only at `--log-level debug` (or for anything that is not an error)."""
+    if not isinstance(exc, Exception | BaseExceptionGroup):
+        raise exc  # SystemExit and the like
+    error = fatal_error(exc)
+    if debug:
+        traceback.print_exception(exc)
+    if error is None:
+        print(
+            f"zoomrules: internal error: {type(exc).__name__}: {redact(str(exc))} "
+            "(a bug: please report it; --log-level debug shows the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    print(f"zoomrules: {redact(str(error))}", file=sys.stderr)
+    return exit_status(error)
 
 
 if __name__ == "__main__":

@@ -620,6 +620,39 @@ class _Builder:
         )
 
 
+def zoom_from_environment(env: Mapping[str, str]) -> tuple[ZoomConfig | None, list[Problem]]:
+    """A `[zoom]` made of the environment alone, for rule files without one.
+
+    `ZOOM_WS_ENDPOINT`, `ZOOM_CLIENT_ID` and `ZOOM_CLIENT_SECRET` (and
+    optionally `ZOOM_ACCOUNT_ID`, `ZOOM_OAUTH_URL`, `ZOOM_API_BASE_URL`) are
+    what a `[zoom]` section would read from them anyway. None (and no
+    problem) when ZOOM_WS_ENDPOINT is unset.
+    """
+    endpoint = env.get("ZOOM_WS_ENDPOINT")
+    if not endpoint:
+        return None, []
+    where = "[zoom] (from the environment)"
+    missing = [name for name in ("ZOOM_CLIENT_ID", "ZOOM_CLIENT_SECRET") if not env.get(name)]
+    if missing:
+        message = f"ZOOM_WS_ENDPOINT is set but {' and '.join(missing)} is not"
+        return None, [Problem(None, None, where, None, message)]
+    if not endpoint.startswith(("ws://", "wss://")):
+        message = "ZOOM_WS_ENDPOINT must be a ws:// or wss:// URL as copied from the app's page"
+        return None, [Problem(None, None, where, None, message)]
+    for name in ("ZOOM_CLIENT_ID", "ZOOM_CLIENT_SECRET", "ZOOM_WS_ENDPOINT"):
+        register_secret(env[name])
+    subscription = Subscription(
+        name="default",
+        endpoint=endpoint,
+        client_id=env["ZOOM_CLIENT_ID"],
+        client_secret=env["ZOOM_CLIENT_SECRET"],
+        account_id=env.get("ZOOM_ACCOUNT_ID") or None,
+        oauth_url=env.get("ZOOM_OAUTH_URL") or DEFAULT_OAUTH_URL,
+    )
+    api = (env.get("ZOOM_API_BASE_URL") or DEFAULT_API_BASE_URL).rstrip("/")
+    return ZoomConfig(subscriptions=(subscription,), api_base_url=api), []
+
+
 def _may_hold_dollar(text: str) -> bool:
     """Whether a string read from this TOML text can hold a `$`: written as
     is, or as one of TOML's escapes for it. Without one, `${VAR}`

@@ -19,9 +19,10 @@ import anyio
 from anyio.abc import TaskGroup
 
 from engine.config import Config
-from engine.errors import AuthError, ConfigError, DaemonError, JournalError
+from engine.errors import AuthError, ConfigError, DaemonError
 from engine.loader import LoadedRules, load_rules
 from engine.pipeline import Pipeline
+from engine.problems import Problem
 from engine.runtime import Runtime, open_services, running_engine
 from engine.services import Services
 from engine.sources import EventSource, build_sources
@@ -110,14 +111,18 @@ class Daemon:
     async def run(self) -> None:
         config = self.loaded.config
         if config.zoom is None or not config.zoom.subscriptions:
-            raise DaemonError(
-                "no [zoom] section with an endpoint and credentials: nothing to listen to"
-            )
-        try:
-            with fewer_gc_passes():
-                await self._run(config)
-        except JournalError as exc:
-            raise DaemonError(str(exc)) from None
+            raise ConfigError(
+                [
+                    Problem(
+                        None, None, "[zoom]", None,
+                        "no subscription to listen to: add a [zoom] section with endpoint, "
+                        "client_id and client_secret (or set ZOOM_WS_ENDPOINT, ZOOM_CLIENT_ID "
+                        "and ZOOM_CLIENT_SECRET)",
+                    )
+                ]
+            )  # fmt: skip
+        with fewer_gc_passes():
+            await self._run(config)
         store = self.runtime.store if self.runtime is not None else None
         if store is not None and store.counters.unwritten:
             raise DaemonError(
@@ -144,7 +149,7 @@ class Daemon:
                 failure = await self._listen(services, runtime)
                 tg.cancel_scope.cancel()
             if failure is not None:
-                raise DaemonError(str(failure))
+                raise failure
             log.info(
                 "stopped reading from Zoom; waiting for %d job(s) in flight",
                 runtime.pipeline.dispatcher.in_flight,
@@ -161,8 +166,9 @@ class Daemon:
                 # waits for actions.
                 await source.run(runtime.intake)
             except AuthError as exc:
-                failure = exc
-                log.critical("%s", exc)
+                # Which subscription, what Zoom said, what to check: one line.
+                failure = AuthError(f"{source.name}: {exc}")
+                log.critical("%s", failure)
                 scope.cancel_scope.cancel()
 
         self.sources = build_sources(self.loaded.config, services)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
+import os
+from dataclasses import replace
 
 import anyio
 
-from engine.commands.base import EXIT_FAILURE, EXIT_INVALID, EXIT_OK, Command, config_paths
+from engine.commands.base import EXIT_INVALID, EXIT_OK, Command, config_paths
 from engine.commands.common import load_or_report
+from engine.config import zoom_from_environment
+from engine.errors import ConfigError
 
 log = logging.getLogger("zoomrules")
 
@@ -18,19 +21,24 @@ def handle(args: argparse.Namespace) -> int:
     # The daemon's modules (WebSocket client, dispatcher, HTTP client) load
     # only for this command: `zoomrules check` and the rest start faster.
     from engine.daemon import Daemon
-    from engine.errors import DaemonError
 
     loaded = load_or_report(args)
     if loaded is None:
         return EXIT_INVALID
+    if loaded.config.zoom is None:
+        # No [zoom] in the files: the environment may say it all.
+        zoom, problems = zoom_from_environment(os.environ)
+        if problems:
+            raise ConfigError(problems)
+        if zoom is not None:
+            loaded.config = replace(loaded.config, zoom=zoom)
     for warning in loaded.warnings:
         log.warning("%s", warning)
     daemon = Daemon(config_paths(args), loaded)
-    try:
-        anyio.run(daemon.run)
-    except DaemonError as exc:
-        print(f"zoomrules: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+    # A fatal error (credentials refused, the journal unusable, no
+    # subscription) ends `anyio.run` from inside task groups: the command
+    # line turns it into one line and its exit status (engine.cli).
+    anyio.run(daemon.run)
     return EXIT_OK
 
 
