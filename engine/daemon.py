@@ -1,9 +1,11 @@
-"""The rules daemon: Zoom WebSocket listeners feeding the pipeline, plus signals.
+"""The rules daemon: event sources feeding the engine, plus signals.
 
 Shutdown (SIGTERM/SIGINT): stop reading from Zoom first, then give jobs in
 flight `[engine] shutdown_grace` to finish, then cancel what is left.
-SIGHUP: reload the rule files; an invalid file keeps the old rules and logs
-every problem. The WebSocket connections stay up across a reload.
+SIGHUP: reload the rule files and everything built from them
+(`engine.reload` says what waits for a restart); an invalid file keeps
+everything as it was and logs every problem. Connections whose settings did
+not change stay up; those that did are replaced (`engine.source_set`).
 """
 
 from __future__ import annotations
@@ -16,15 +18,17 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import anyio
-from anyio.abc import TaskGroup
+import anyio.lowlevel
 
 from engine.config import Config
 from engine.errors import AuthError, ConfigError, DaemonError
 from engine.loader import LoadedRules, load_rules
 from engine.pipeline import Pipeline
 from engine.problems import Problem
-from engine.runtime import Runtime, open_services, running_engine
+from engine.reload import needs_restart
+from engine.runtime import Runtime, open_services, refresh_services, running_engine
 from engine.services import Services
+from engine.source_set import SourceSet
 from engine.sources import EventSource, build_sources
 
 log = logging.getLogger("zoomrules.daemon")
@@ -65,7 +69,8 @@ class Daemon:
         self.env = env
         self.handle_signals = handle_signals
         self.runtime: Runtime | None = None
-        self.sources: list[EventSource] = []
+        self._services: Services | None = None
+        self._sources = SourceSet(_no_sink)
         self.reloads = 0
         self.failed_reloads = 0
         self._stop = anyio.Event()
@@ -94,17 +99,32 @@ class Daemon:
             self.failed_reloads += 1
             log.exception("reload failed; keeping the previous rules")
             return False
-        old_zoom, new_zoom = self.loaded.config.zoom, fresh.config.zoom
-        if old_zoom != new_zoom:
-            log.warning("[zoom] settings changed; connections keep the old ones until a restart")
-        assert self.runtime is not None
+        assert self.runtime is not None and self._services is not None
+        await self._apply(fresh)
+        return True
+
+    async def _apply(self, fresh: LoadedRules) -> None:
+        """Put a freshly loaded configuration to work, and say what took effect."""
+        assert self.runtime is not None and self._services is not None
+        old = self.loaded.config
+        refresh_services(self._services, fresh.config)
+        dispatcher = self.runtime.pipeline.dispatcher
+        dispatcher.backoff = fresh.config.engine.retry_backoff
+        dispatcher.backoff_cap = fresh.config.engine.retry_backoff_cap
         self.runtime.pipeline.replace_rules(fresh)
         self.loaded = fresh
+        changes = await self._sources.replace(build_sources(fresh.config, self._services))
         self.reloads += 1
-        log.info(
-            "reloaded %d rules from %s", len(fresh.rules), ", ".join(map(str, fresh.config.files))
-        )
-        return True
+        files = ", ".join(map(str, fresh.config.files))
+        log.info("reloaded %d rules and their settings from %s", len(fresh.rules), files)
+        for name in changes.replacing:
+            log.info("reload: %s: new settings; reconnecting", name)
+        for name in changes.started:
+            log.info("reload: %s: new; connecting", name)
+        for name in changes.stopped:
+            log.info("reload: %s: no longer configured; disconnected", name)
+        for key in needs_restart(old, fresh.config):
+            log.warning("reload: %s changed: it takes effect at the next restart", key)
 
     # -- running --------------------------------------------------------------
 
@@ -155,38 +175,26 @@ class Daemon:
                 runtime.pipeline.dispatcher.in_flight,
             )
 
+    @property
+    def sources(self) -> list[EventSource]:
+        return self._sources.sources
+
     async def _listen(self, services: Services, runtime: Runtime) -> AuthError | None:
-        """Run every event source until stop() or a fatal auth error."""
-        failure: AuthError | None = None
-
-        async def listen(source: EventSource, scope: TaskGroup) -> None:
-            nonlocal failure
-            try:
-                # Through the journal when it is on: reading a source never
-                # waits for actions.
-                await source.run(runtime.intake)
-            except AuthError as exc:
-                # Which subscription, what Zoom said, what to check: one line.
-                failure = AuthError(f"{source.name}: {exc}")
-                log.critical("%s", failure)
-                scope.cancel_scope.cancel()
-
-        self.sources = build_sources(self.loaded.config, services)
+        """Run every event source until stop() or credentials refused at start-up."""
+        # Through the journal when it is on: reading a source never waits for actions.
+        self._sources = SourceSet(runtime.intake)
+        self._services = services
+        sources = build_sources(self.loaded.config, services)
         async with anyio.create_task_group() as tg:
-            for source in self.sources:
-                tg.start_soon(listen, source, tg)
-            log.info(
-                "zoomrules running: %d rules, %d source(s)",
-                len(self.loaded.rules),
-                len(self.sources),
-            )
-            self._ready.set()
-            tg.start_soon(self._cancel_on_stop, tg)
+            tg.start_soon(self._announce, len(sources))
+            failure = await self._sources.run(sources, self._stop)
+            tg.cancel_scope.cancel()
         return failure
 
-    async def _cancel_on_stop(self, tg: TaskGroup) -> None:
-        await self._stop.wait()
-        tg.cancel_scope.cancel()
+    async def _announce(self, count: int) -> None:
+        await anyio.lowlevel.checkpoint()  # once the sources have started
+        log.info("zoomrules running: %d rules, %d source(s)", len(self.loaded.rules), count)
+        self._ready.set()
 
     async def _signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
@@ -197,3 +205,7 @@ class Daemon:
                 else:
                     log.info("%s: shutting down", signal.Signals(signum).name)
                     self.stop()
+
+
+async def _no_sink(event: object) -> None:
+    raise RuntimeError("the daemon is not running")

@@ -48,6 +48,27 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
         yield Services(config=config, http=http, tokens=tokens)
 
 
+def refresh_services(services: Services, config: Config) -> None:
+    """After a reload: actions see the new configuration (notifiers, the API's
+    base URL and rate, ...), and the Zoom token of the new default
+    credentials if those changed."""
+    from engine.auth import TokenManager
+
+    old = services.config.zoom.default if services.config.zoom else None
+    new = config.zoom.default if config.zoom and config.zoom.subscriptions else None
+    services.config = config
+    if new is None:
+        services.tokens = None
+    elif old != new:
+        services.tokens = TokenManager(
+            oauth_url=new.oauth_url,
+            client_id=new.client_id,
+            client_secret=new.client_secret,
+            account_id=new.account_id,
+            http=services.http,
+        )
+
+
 def _dispatcher(engine: EngineConfig, services: Services) -> Dispatcher:
     return Dispatcher(
         services,

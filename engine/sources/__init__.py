@@ -51,6 +51,7 @@ def build_sources(config: Config, services: Services) -> list[EventSource]:
                 tokens=tokens[key],
                 heartbeat_interval=zoom.heartbeat_interval,
                 max_frame_size=zoom.max_frame_size,
+                settings=(sub, zoom.heartbeat_interval, zoom.max_frame_size),
             )
         )
     return sources

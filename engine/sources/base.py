@@ -42,9 +42,16 @@ class EventSource(Protocol):
     name: str
     #: Counters of this source (a dataclass of its own kind), for stats and metrics.
     stats: Any
+    #: What it was built from (comparable): after a reload, a source of the
+    #: same name whose settings differ replaces the running one.
+    settings: object
 
     def health(self) -> SourceHealth:
         """Whether the source delivers right now."""
+        ...
+
+    async def wait_up(self) -> None:
+        """Return once the source delivers (at once if it already does)."""
         ...
 
     async def run(self, sink: EventSink) -> None:

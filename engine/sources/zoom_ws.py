@@ -100,6 +100,7 @@ class ZoomListener:
         open_timeout: float = 10.0,
         kick_window: float = 5.0,
         kick_threshold: int = 3,
+        settings: object = None,
     ) -> None:
         self.subscription = subscription
         #: The source's name, which its events carry (`zoomrules.source`).
@@ -121,6 +122,12 @@ class ZoomListener:
         #: Why the last connection ended (for `health`).
         self._last_reason = ""
         self._consecutive_kicks = 0
+        #: Set while connected (build_connection succeeded); see `wait_up`.
+        self._up = anyio.Event()
+        #: What it was built from; the factory adds the credentials.
+        self.settings = (
+            settings if settings is not None else (endpoint, heartbeat_interval, max_frame_size)
+        )
 
     def __repr__(self) -> str:
         return f"ZoomListener(subscription={self.subscription!r}, endpoint={redact_url(self.endpoint)!r})"
@@ -133,6 +140,9 @@ class ZoomListener:
             return SourceHealth(True, stats.last_connected_at, "connected")
         reason = self._last_reason or "not connected yet"
         return SourceHealth(False, stats.last_disconnected_at, reason)
+
+    async def wait_up(self) -> None:
+        await self._up.wait()
 
     async def run(self, sink: EventSink) -> None:
         """Stay connected, handing events to `sink`, until cancelled; raises
@@ -246,6 +256,7 @@ class ZoomListener:
     def _mark_disconnected(self, session: _Session) -> None:
         self.stats.disconnects += 1
         self.stats.connected = False
+        self._up = anyio.Event()
         self.stats.last_disconnected_at = time.time()
 
     # -- one connection -----------------------------------------------------
@@ -385,6 +396,7 @@ class ZoomListener:
             session.built_at = anyio.current_time()
             self.stats.connects += 1
             self.stats.connected = True
+            self._up.set()
             self.stats.last_connected_at = time.time()
             log.info("zoom[%s]: connected (%s)", self.subscription, shorten(content))
             return True
