@@ -15,7 +15,7 @@ import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import tomli
 
@@ -100,6 +100,10 @@ class ActionSpec:
     index: int
     #: Parameters whose `${VAR}` was missing (already reported; not checked again).
     unresolved: frozenset[str] = frozenset()
+    #: Parameters holding a placeholder for a `${VAR}` left unset while
+    #: checking (`missing_env="placeholder"`): compiled as they are, not
+    #: type-checked, and the action's own validation is skipped (warned).
+    placeholders: frozenset[str] = frozenset()
     locator: Locator | None = field(default=None, compare=False, repr=False)
 
     @property
@@ -142,6 +146,15 @@ class Config:
     engine: EngineConfig
     notifiers: dict[str, tuple[str, ...]]
     rules: tuple[RuleSpec, ...]
+    #: Things worth knowing that do not stop the files from being used
+    #: (e.g. a `${VAR}` left unset while checking): `check --strict` fails on them.
+    warnings: tuple[Problem, ...] = ()
+    #: Where each `[notifiers]` name is written: name -> (file, line).
+    notifier_lines: dict[str, tuple[Path, int | None]] = field(default_factory=dict)
+
+    def notifier_where(self, name: str) -> tuple[Path | None, int | None]:
+        """The file and line of a `[notifiers]` name (None, None if unknown)."""
+        return self.notifier_lines.get(name, (None, None))
 
 
 # --------------------------------------------------------------------------
@@ -160,8 +173,17 @@ def expand_paths(paths: Sequence[str | Path]) -> list[Path]:
     return out
 
 
+#: What to do with a `${VAR}` whose variable is unset (and has no default):
+#: "error" (running: the value is needed) or "placeholder" (checking or
+#: testing without the production secrets: keep `${VAR}` as the value, warn).
+MissingEnv = Literal["error", "placeholder"]
+
+
 def read_config(
-    paths: Sequence[str | Path], env: Mapping[str, str] | None = None
+    paths: Sequence[str | Path],
+    env: Mapping[str, str] | None = None,
+    *,
+    missing_env: MissingEnv = "error",
 ) -> tuple[Config, list[Problem]]:
     """Read and check the rule files; returns the config and every problem found.
 
@@ -172,7 +194,7 @@ def read_config(
     problems: list[Problem] = []
     if not files:
         problems.append(Problem(None, None, "command line", None, "no rule files found"))
-    builder = _Builder(env, problems)
+    builder = _Builder(env, problems, missing_env)
     for path in files:
         builder.add_file(path)
     problems.sort(key=lambda p: (str(p.file), p.line or 0))
@@ -216,16 +238,24 @@ class _Ctx:
 
 
 class _Builder:
-    def __init__(self, env: Mapping[str, str], problems: list[Problem]) -> None:
+    def __init__(
+        self, env: Mapping[str, str], problems: list[Problem], missing_env: MissingEnv = "error"
+    ) -> None:
         self.env = env
         self.problems = problems
+        self.missing_env = missing_env
+        self.warnings: list[Problem] = []
+        #: Keys holding a placeholder for an unset ${VAR} (placeholder mode).
+        self.placeholder_paths: set[tuple[Path, tuple[str | int, ...]]] = set()
+        self.notifier_lines: dict[str, tuple[Path, int | None]] = {}
         self.zoom: ZoomConfig | None = None
         self.zoom_file: Path | None = None
         self.engine: EngineConfig | None = None
         self.engine_file: Path | None = None
         self.notifiers: dict[str, tuple[str, ...]] = {}
         self.rules: list[RuleSpec] = []
-        self.rule_names: dict[str, Path] = {}
+        #: Rule name -> where it was first defined (file, line).
+        self.rule_names: dict[str, tuple[Path, int | None]] = {}
         #: Keys whose ${VAR} was missing: later checks of them stay quiet.
         self.env_failed: set[tuple[Path, tuple[str | int, ...]]] = set()
 
@@ -299,6 +329,18 @@ class _Builder:
                 if default is not None:
                     return default
                 where = _describe_path(path, getattr(self, "_raw", None))
+                if self.missing_env == "placeholder":
+                    # Checked without it: the key keeps `${NAME}` and its own
+                    # checks stay quiet (the value is not known).
+                    self.env_failed.add((ctx.file, path))
+                    self.placeholder_paths.add((ctx.file, path))
+                    self.warnings.append(
+                        Problem(
+                            ctx.file, ctx.smap.line_of(path), where[0], where[1],
+                            f"environment variable {name} is not set; checked with a placeholder",
+                        )
+                    )  # fmt: skip
+                    return match.group(0)
                 self.env_failed.add((ctx.file, path))
                 self.problems.append(
                     Problem(
@@ -327,7 +369,9 @@ class _Builder:
         known = ("version", "zoom", "engine", "notifiers", "rule")
         self.unknown_keys(data, known, ctx)
         version = data.get("version", 1)
-        if version != 1 or isinstance(version, bool):
+        if isinstance(version, str) and version.strip() == "1":
+            self.problem(ctx, "version", "must be the number 1, without quotes (version = 1)")
+        elif version != 1 or isinstance(version, bool):
             self.problem(
                 ctx, "version", f"unsupported version {version!r}; this zoomrules reads version = 1"
             )
@@ -496,6 +540,7 @@ class _Builder:
                 self.problem(ctx, name, "notifier is defined twice")
                 continue
             self.notifiers[name] = tuple(u for u in urls if u)
+            self.notifier_lines[name] = (ctx.file, ctx.smap.line_of(ctx.path + (name,)))
 
     # -- rules ---------------------------------------------------------------
 
@@ -511,11 +556,11 @@ class _Builder:
             self.problem(ctx, "name", "every rule needs a non-empty name")
             name = f"#{index + 1}"
         elif name in self.rule_names:
-            self.problem(
-                ctx, "name", f"duplicate rule name (first defined in {self.rule_names[name]})"
-            )
+            first, line = self.rule_names[name]
+            where = f"{first}:{line}" if line else str(first)
+            self.problem(ctx, "name", f"duplicate rule name (first defined at {where})")
         else:
-            self.rule_names[name] = top.file
+            self.rule_names[name] = (top.file, top.smap.line_of(("rule", index)))
         on = raw.get("on")
         if isinstance(on, str):
             on = [on]
@@ -588,7 +633,14 @@ class _Builder:
                     retries=get.integer("retries", None, minimum=0),  # type: ignore[arg-type]
                     continue_on_error=get.boolean("continue_on_error", False),
                     index=index,
-                    unresolved=self.unresolved(params, sub) if self.env_failed else frozenset(),
+                    unresolved=(
+                        self.unresolved(params, sub)
+                        if self.env_failed and self.missing_env == "error"
+                        else frozenset()
+                    ),
+                    placeholders=(
+                        self.unresolved(params, sub) if self.placeholder_paths else frozenset()
+                    ),
                     locator=Locator(ctx.smap, sub.path),
                 )
             )
@@ -617,6 +669,8 @@ class _Builder:
             engine=engine,
             notifiers=self.notifiers,
             rules=tuple(_with_action_defaults(rule, engine) for rule in self.rules),
+            warnings=tuple(sorted(self.warnings, key=lambda p: (str(p.file), p.line or 0))),
+            notifier_lines=self.notifier_lines,
         )
 
 

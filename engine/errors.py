@@ -53,8 +53,10 @@ class ZoomrulesError(Exception):
 class ConfigError(ZoomrulesError):
     """A configuration that cannot be used; carries every problem found."""
 
-    def __init__(self, problems: Sequence[Problem]) -> None:
+    def __init__(self, problems: Sequence[Problem], warnings: Sequence[Problem] = ()) -> None:
         self.problems = list(problems)
+        #: What was found besides (e.g. unset variables while checking).
+        self.warnings = list(warnings)
         count = len(self.problems)
         header = f"{count} problem{'s' if count != 1 else ''} in the configuration"
         super().__init__(header + ":\n" + "\n".join(f"  {p}" for p in self.problems))

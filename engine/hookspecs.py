@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    from engine.config import Config
     from engine.events import Event
     from engine.services import Services
 
@@ -117,6 +118,25 @@ class JMESPathFunction:
     pure: bool = False
 
 
+@dataclass(frozen=True)
+class ConfigIssue:
+    """Something a plugin found wrong with the configuration as a whole
+    (`zoomrules_check_config`), and where: a rule (and one of its actions)
+    or a `[notifiers]` name. `zoomrules check` shows it with file and line;
+    an error keeps the files from being used, a warning only fails
+    `check --strict`."""
+
+    message: str
+    rule: str | None = None
+    #: 0-based index of the rule's action the issue is about.
+    action: int | None = None
+    #: The key it is about ("to", "attach_dirs"...), shown with the action.
+    key: str | None = None
+    #: A `[notifiers]` name it is about.
+    notifier: str | None = None
+    warning: bool = False
+
+
 class ZoomrulesSpec:
     """Hook specifications of the `zoomrules` pluggy project."""
 
@@ -127,3 +147,9 @@ class ZoomrulesSpec:
     @hookspec
     def zoomrules_jmespath_functions(self) -> Sequence[JMESPathFunction]:  # type: ignore[empty-body]
         """Return extra JMESPath functions for conditions and templates."""
+
+    @hookspec
+    def zoomrules_check_config(self, config: Config) -> Sequence[ConfigIssue]:  # type: ignore[empty-body]
+        """Check what only the whole configuration shows (e.g. that a notifier
+        an action names exists in `[notifiers]`); called once per load, after
+        every action passed its own `validate`. Return one issue per problem."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -11,9 +12,10 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
-from engine.config import Config, read_config
+from engine.config import Config, MissingEnv, RuleSpec, read_config
 from engine.errors import ConfigError, PluginError
 from engine.expr.compiler import ExpressionCompiler
+from engine.hookspecs import ConfigIssue
 from engine.matcher import Matcher, is_glob
 from engine.problems import Problem, did_you_mean
 from engine.registry import Registry, load_registry
@@ -40,8 +42,13 @@ def load_rules(
     env: Mapping[str, str] | None = None,
     extra_plugins: Iterable[object] = (),
     entry_points: bool = True,
+    missing_env: MissingEnv = "error",
 ) -> LoadedRules:
     """Load rule files; raises ConfigError listing every problem found.
+
+    `missing_env="placeholder"` checks files whose `${VAR}`s are not all
+    set (`check`, `test`: CI has no production secrets): each unset one is
+    a warning, and its key keeps `${VAR}` as its value.
 
     Nothing else escapes: a rule set that exhausts Python's recursion limit
     or memory, or trips a bug, is reported as a problem too, so neither
@@ -49,7 +56,7 @@ def load_rules(
     """
     try:
         with _collector_paused():
-            return _load_rules(paths, env, extra_plugins, entry_points)
+            return _load_rules(paths, env, extra_plugins, entry_points, missing_env)
     except ConfigError:
         raise
     except (RecursionError, MemoryError) as exc:
@@ -99,8 +106,9 @@ def _load_rules(
     env: Mapping[str, str] | None,
     extra_plugins: Iterable[object],
     entry_points: bool,
+    missing_env: MissingEnv,
 ) -> LoadedRules:
-    config, problems = read_config(paths, env)
+    config, problems = read_config(paths, env, missing_env=missing_env)
     try:
         registry = load_registry(
             config.engine.plugins, entry_points=entry_points, extra=extra_plugins
@@ -112,9 +120,14 @@ def _load_rules(
     compiler = ExpressionCompiler(registry.functions.values(), config.engine.evaluator)  # type: ignore[arg-type]
     rules, compile_problems = compile_rules(config, registry, compiler)
     problems.extend(compile_problems)
+    plugin_warnings: list[Problem] = []
+    if not problems:
+        # Checks across the whole configuration, once every part is valid.
+        for issue, problem in _plugin_issues(registry, config):
+            (plugin_warnings if issue.warning else problems).append(problem)
     problems.sort(key=lambda p: (str(p.file), p.line or 0))
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(problems, [*config.warnings, *plugin_warnings])
     throttles = {
         rule.name: Throttle(rule.spec.throttle.limit, rule.spec.throttle.per)
         for rule in rules
@@ -127,8 +140,48 @@ def _load_rules(
         rules=rules,
         matcher=Matcher(rules, compiler),
         throttles=throttles,
-        warnings=catalogue_warnings(rules),
+        warnings=[*config.warnings, *plugin_warnings, *catalogue_warnings(rules)],
     )
+
+
+def _plugin_issues(registry: Registry, config: Config) -> list[tuple[ConfigIssue, Problem]]:
+    """What the plugins' `zoomrules_check_config` found, placed in the files."""
+    try:
+        found = registry.manager.hook.zoomrules_check_config(config=config)
+    except Exception as exc:  # noqa: BLE001 - a broken plugin check is a problem, not a crash
+        message = f"a plugin's configuration check failed: {type(exc).__name__}: {exc}"
+        return [(ConfigIssue(message), Problem(None, None, "[engine] plugins", None, message))]
+    specs = {rule.name: rule for rule in config.rules}
+    placed = []
+    for issues in found:
+        for issue in issues or ():
+            placed.append((issue, _place(issue, specs, config)))
+    return placed
+
+
+_TRAILING_INDEX = re.compile(r"\[\d+\]$")
+
+
+def _place(issue: ConfigIssue, specs: dict[str, RuleSpec], config: Config) -> Problem:
+    rule = specs.get(issue.rule) if issue.rule is not None else None
+    if rule is not None:
+        actions = rule.actions
+        action = (
+            actions[issue.action]
+            if issue.action is not None and issue.action < len(actions)
+            else None
+        )
+        key = issue.key
+        if action is not None:
+            key = f"action[{action.index + 1}]" + (f".{issue.key}" if issue.key else "")
+        # The key's own line ("to" for "to[1]"), else its action's, else the rule's.
+        exact = rule.key_line(_TRAILING_INDEX.sub("", key)) if key else None
+        line = exact or (action.line if action is not None else None) or rule.line
+        return Problem(rule.file, line, rule.where, key, issue.message)
+    if issue.notifier is not None:
+        file, line = config.notifier_where(issue.notifier)
+        return Problem(file, line, "[notifiers]", issue.notifier, issue.message)
+    return Problem(None, None, "configuration", issue.key, issue.message)
 
 
 @cache

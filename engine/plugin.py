@@ -23,6 +23,9 @@ What each name is for:
 - `ActionContext`, `ActionError`: what `run` gets besides its parameters, and
   how it reports a failure (retryable or not, `retry_after`).
 - `JMESPathFunction`: an extra function for conditions and templates.
+- `Config`, `ConfigIssue`: the whole configuration (rules, `[notifiers]`,
+  `[zoom]`, `[engine]`) as the optional hook `zoomrules_check_config(config)`
+  sees it, and what it returns for each problem it finds there.
 - `Event`, `META_KEY`: the event being handled, and the key (`zoomrules`)
   under which the engine's metadata is visible to templates.
 - `Services`, `TokenProvider`: what the running engine shares with actions
@@ -42,6 +45,7 @@ decision, removing one a breaking change.
 
 from __future__ import annotations
 
+from engine.config import Config
 from engine.errors import ActionError
 from engine.events import META_KEY, Event
 from engine.expr.templates import Quote, Template, to_text
@@ -49,6 +53,7 @@ from engine.hookspecs import (
     ActionContext,
     ActionRun,
     ActionType,
+    ConfigIssue,
     JMESPathFunction,
     Param,
     ParamType,
@@ -65,6 +70,8 @@ __all__ = [
     "ActionError",
     "ActionRun",
     "ActionType",
+    "Config",
+    "ConfigIssue",
     "Event",
     "JMESPathFunction",
     "Param",

@@ -14,7 +14,14 @@ from typing import Any
 from engine.config import COMMON_ACTION_KEYS, ActionSpec, Config, RuleSpec
 from engine.errors import ExpressionError, ParamTypeError
 from engine.expr.compiler import ExpressionCompiler, Guard, Search
-from engine.expr.templates import Renderer, Template, compile_value, has_template, to_text
+from engine.expr.templates import (
+    Constant,
+    Renderer,
+    Template,
+    compile_value,
+    has_template,
+    to_text,
+)
 from engine.hookspecs import ActionType, Param
 from engine.problems import Problem, did_you_mean
 from engine.registry import Registry
@@ -89,7 +96,7 @@ def _params_key(spec: ActionSpec) -> tuple[Any, ...] | None:
     value. Only strings, integers and booleans: a value equal to another is
     then the same value (unlike 0.0 and -0.0, or a list holding them). None
     when a parameter's `${VAR}` was missing (that action is reported apart)."""
-    if spec.unresolved:
+    if spec.unresolved or spec.placeholders:
         return None
     key: list[Any] = [spec.type]
     for name, value in spec.params.items():
@@ -176,8 +183,9 @@ def _compile_action(
         renderers, raw, typed_after = compiled
         if checked is not None and key is not None:
             checked[key] = compiled
-    # A plugin's own check runs for every action, as it always did.
-    if action_type.validate is not None:
+    # A plugin's own check runs for every action, as it always did; not on
+    # placeholders for unset variables (their values are not known).
+    if action_type.validate is not None and not spec.placeholders:
         ok = True
         for message in action_type.validate(spec.params):
             report(prefix.rstrip("."), message, spec.line)
@@ -222,6 +230,10 @@ def _check_params(
         value = spec.params[name]
         if name in spec.unresolved:
             ok = False  # its missing ${VAR} is already reported
+            continue
+        if name in spec.placeholders:
+            # `${VAR}` kept as the value while checking without it (warned).
+            renderers[name] = Constant(value)
             continue
         problem = _check_param(value, param)
         if problem:

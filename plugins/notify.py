@@ -23,6 +23,7 @@ one of them (a URL from the event is always refused); a templated
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import logging
 import os
@@ -34,7 +35,16 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from engine.plugin import ActionContext, ActionError, ActionType, Param, hookimpl, shorten
+from engine.plugin import (
+    ActionContext,
+    ActionError,
+    ActionType,
+    Config,
+    ConfigIssue,
+    Param,
+    hookimpl,
+    shorten,
+)
 from plugins import _paths
 from plugins._http_common import excerpt, log_extra, scalar_text
 
@@ -93,7 +103,20 @@ def _is_templated(text: str) -> bool:
 
 
 def _parses(url: str) -> bool:
-    return _apprise().Apprise.instantiate(url, asset=_asset()) is not None
+    # Apprise logs what it cannot parse, URL included (credentials and
+    # all): quiet while asking, the caller reports the URL's scheme only.
+    logger = logging.getLogger("apprise")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        return _apprise().Apprise.instantiate(url, asset=_asset()) is not None
+    finally:
+        logger.setLevel(level)
+
+
+def _placeholder(text: str) -> bool:
+    """A `${VAR}` left unset while checking (`zoomrules check` without secrets)."""
+    return "${" in text
 
 
 def validate(params: Mapping[str, Any]) -> list[str]:
@@ -338,6 +361,58 @@ async def run(params: Mapping[str, Any], ctx: ActionContext) -> dict[str, Any]:
         "sent": [t.display for t in pending],
         "already_sent": skipped,
     }
+
+
+@hookimpl
+def zoomrules_check_config(config: Config) -> list[ConfigIssue]:
+    """Every `[notifiers]` URL parses with Apprise, and every notifier name an
+    action's `to` uses exists: both only fail at the first event otherwise."""
+    issues: list[ConfigIssue] = []
+    for name, urls in config.notifiers.items():
+        for i, url in enumerate(urls):
+            if _placeholder(url) or _parses(url):
+                continue
+            hint = " (an Apprise URL needs '://': mailto://...)" if "://" not in url else ""
+            issues.append(
+                ConfigIssue(
+                    f"URL {i + 1} is not a valid Apprise URL: {_scheme_only(url)}{hint}",
+                    notifier=name,
+                )
+            )
+    for rule in config.rules:
+        for action in rule.actions:
+            if action.type == NAME:
+                issues.extend(_check_references(rule.name, action.index, action.params, config))
+    return issues
+
+
+def _check_references(
+    rule: str, index: int, params: Mapping[str, Any], config: Config
+) -> list[ConfigIssue]:
+    issues = []
+    for i, item in enumerate(_as_list(params.get("to"))):
+        if not isinstance(item, str) or "://" in item or _is_templated(item) or _placeholder(item):
+            continue
+        if item in config.notifiers:
+            continue
+        known = sorted(config.notifiers)
+        close = difflib.get_close_matches(item, known, n=1)
+        if close:
+            hint = f" (did you mean '{close[0]}'?)"
+        elif ":" in item:
+            hint = " (an Apprise URL needs '://', e.g. mailto://user@example.com)"
+        else:
+            hint = ""
+        listed = ", ".join(known) or "none: add a [notifiers] table"
+        issues.append(
+            ConfigIssue(
+                f"unknown notifier {shorten(item, 60)!r}{hint}; known: {listed}",
+                rule=rule,
+                action=index,
+                key=f"to[{i}]" if isinstance(params.get("to"), list) else "to",
+            )
+        )
+    return issues
 
 
 @hookimpl

@@ -36,12 +36,15 @@ def test_check_accepts_the_example_file() -> None:
     assert "warning" not in result.stderr
 
 
-def test_check_without_the_zoom_environment_fails_precisely() -> None:
+def test_check_without_the_zoom_environment_warns_precisely_and_strict_fails() -> None:
     env = {k: v for k, v in ZOOM_ENV.items() if k != "ZOOM_CLIENT_SECRET"}
     result = run_cli("check", "-c", EXAMPLE_RULES, env={**env, "PATH": "/usr/bin:/bin"})
-    assert result.returncode == 2
-    assert f"{EXAMPLE_RULES}:14: [zoom], key 'client_secret'" in result.stderr
+    assert result.returncode == 0
+    assert f"warning: {EXAMPLE_RULES}:14: [zoom], key 'client_secret'" in result.stderr
     assert "ZOOM_CLIENT_SECRET is not set" in result.stderr
+    strict = run_cli("check", "--strict", "-c", EXAMPLE_RULES, env={**env, "PATH": "/usr/bin:/bin"})
+    assert strict.returncode == 2
+    assert f"error: {EXAMPLE_RULES}:14: [zoom], key 'client_secret'" in strict.stderr
 
 
 def test_every_corpus_example_goes_through_test(loaded: LoadedRules) -> None:

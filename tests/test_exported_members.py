@@ -19,6 +19,8 @@ PLUGIN_API = [
     "ActionError",
     "ActionRun",
     "ActionType",
+    "Config",
+    "ConfigIssue",
     "Event",
     "JMESPathFunction",
     "Param",

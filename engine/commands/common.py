@@ -9,16 +9,19 @@ from pathlib import Path
 from typing import IO
 
 from engine.commands.base import config_paths
+from engine.config import MissingEnv
 from engine.errors import ConfigError, InvalidEvent
 from engine.events import Event
 from engine.loader import LoadedRules, load_rules
 from engine.redact import redact
 
 
-def load_or_report(args: argparse.Namespace) -> LoadedRules | None:
+def load_or_report(
+    args: argparse.Namespace, *, missing_env: MissingEnv = "error"
+) -> LoadedRules | None:
     """Load the rule files named on the command line; print every problem on failure."""
     try:
-        return load_rules(config_paths(args))
+        return load_rules(config_paths(args), missing_env=missing_env)
     except ConfigError as exc:
         # A problem may quote a value, and a value may have come from ${VAR}.
         print(f"zoomrules: {redact(str(exc))}", file=sys.stderr)

@@ -3,7 +3,7 @@
     zoomrules dlq list [--json]
     zoomrules dlq show ID
     zoomrules dlq retry ID... | --all
-    zoomrules dlq purge ID... | --older-than 7d
+    zoomrules dlq purge ID... | --all | --older-than 7d
 
 `retry` re-queues dead letters. If a daemon holds the journal it picks them
 up within about a second (it polls for re-queued jobs); otherwise this
@@ -77,15 +77,29 @@ async def cmd_show(admin: JournalAdmin, args: argparse.Namespace) -> int:
         if key in ("created_at", "updated_at", "received_at"):
             value = f"{_when(value)} ({value:.3f})"
         elif key == "next_action":
-            key, value = "failed_action", f"{value + 1} (actions before it succeeded)"
+            key, value = "failed_action", _failed_action(value)
+        elif key == "errors":
+            if not value:
+                continue  # nothing to say: no earlier action failed
+            key, value = "also_failed", f"{value} earlier action(s) with continue_on_error"
         print(f"{key:>14}: {value}")
     print("         event:")
     print(orjson.dumps(row.event.body, option=orjson.OPT_INDENT_2).decode())
     return EXIT_OK
 
 
+def _failed_action(index: int) -> str:
+    """`next_action` of a dead letter as the action that failed (1-based)."""
+    if index == 0:
+        return "1 (the rule's first action)"
+    earlier = "action 1" if index == 1 else f"actions 1-{index}"
+    return f"{index + 1} ({earlier} succeeded and will not run again)"
+
+
 async def cmd_purge(admin: JournalAdmin, args: argparse.Namespace) -> int:
-    if args.older_than is not None:
+    if args.all:
+        ids = [row.id for row in await admin.dead_letters(_LIST_LIMIT)]
+    elif args.older_than is not None:
         try:
             age = parse_duration(args.older_than)
         except ValueError as exc:
@@ -165,8 +179,8 @@ def handle(args: argparse.Namespace) -> int:
         print("zoomrules: dlq: give a command: list, show, retry, purge", file=sys.stderr)
         return EXIT_INVALID
     if command in ("retry", "purge") and not _has_target(args):
-        print(f"zoomrules: dlq {command}: give job IDs or "
-              f"{'--all' if command == 'retry' else '--older-than'}", file=sys.stderr)  # fmt: skip
+        print(f"zoomrules: dlq {command}: give job IDs or --all"
+              f"{' or --older-than' if command == 'purge' else ''}", file=sys.stderr)  # fmt: skip
         return EXIT_INVALID
     engine = journal_engine(args)
     if engine is None:
@@ -201,6 +215,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p_purge.add_argument(
         "--older-than", metavar="AGE", help="those that failed before AGE (e.g. 7d)"
     )
+    p_purge.add_argument("--all", action="store_true", help="every dead letter")
     for p in (p_list, p_show):
         p.set_defaults(ids=[])
     for p in (p_list, p_show, p_retry, p_purge):

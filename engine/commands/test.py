@@ -33,7 +33,9 @@ def _print_text(result: dict[str, Any], event: Event) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    loaded = load_or_report(args)
+    # No production secrets needed to see what would fire: an unset ${VAR}
+    # is shown as itself (and warned about).
+    loaded = load_or_report(args, missing_env="placeholder")
     if loaded is None:
         return EXIT_INVALID
     try:

@@ -29,6 +29,7 @@ from engine.expr.guards import find_guard, is_pure
 from engine.expr.shapes import ShapeCache
 from engine.hookspecs import JMESPathFunction
 from engine.nesting import MAX_EXPRESSION_NESTING, expression_too_deep
+from engine.problems import did_you_mean
 
 Search = Callable[[Any], Any]
 Evaluator = Literal["compiled", "interpreter"]
@@ -114,7 +115,9 @@ class ExpressionCompiler:
             set(_known_function_names(tree_of(parsed))) - self._builtin_names - set(self.functions)
         )
         if unknown:
-            raise ExpressionError(f"unknown function: {', '.join(n + '()' for n in unknown)}")
+            known = self._builtin_names | set(self.functions)
+            named = ", ".join(f"{n}(){did_you_mean(n, known)}" for n in unknown)
+            raise ExpressionError(f"unknown function: {named}")
         return parsed
 
     def tree(self, text: str) -> dict[str, Any] | None:
