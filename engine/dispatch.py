@@ -26,6 +26,7 @@ from engine.clock import loop_clock
 from engine.errors import ActionError, ActionFailed, ParamTypeError
 from engine.events import META_KEY, Event
 from engine.hookspecs import ActionContext
+from engine.logs import LogLimiter, shorten
 from engine.retry import backoff_delay
 from engine.ruleset import CompiledAction, CompiledRule
 from engine.services import Services
@@ -103,6 +104,8 @@ class _Run:
     #: How the attempt in flight ended when that was settled outside its
     #: lane's scope: (True, result) or (False, _Failure).
     outcome: tuple[bool, Any] | None = None
+    #: When the current action's first attempt started (the loop's clock).
+    action_started: float = 0.0
 
 
 class Dispatcher:
@@ -148,10 +151,16 @@ class Dispatcher:
         self._timer_hint = math.inf
         self._timer_wake = anyio.Event()
         self._clock = anyio.current_time
+        #: Failures repeat in floods (a target down for every job): summarised.
+        self._logs = LogLimiter(log, burst=10)
+        #: Whether INFO lines (a firing, an action's success) are logged at all,
+        #: read when the workers start: two per job cost time when nobody reads them.
+        self._info = False
 
     async def run(self, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run the workers; returns when cancelled (jobs in flight are cancelled)."""
         self._clock = loop_clock()
+        self._info = log.isEnabledFor(logging.INFO)
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._timer)
             for _ in range(self.max_concurrency):
@@ -294,6 +303,14 @@ class Dispatcher:
         meta["rule"] = job.rule.name
         meta["results"] = [None] * job.start_at
         meta["previous"] = None
+        if self._info:
+            resumed = f" (resumed at action {job.start_at + 1})" if job.start_at else ""
+            log.info(
+                "rule %r fired on %s (event %s)%s",
+                job.rule.name, job.event.name, meta["event_id"], resumed,
+                extra={"rule": job.rule.name, "event": job.event.name,
+                       "event_id": meta["event_id"], "job_id": job.id},
+            )  # fmt: skip
         return _Run(job, {**job.event.body, META_KEY: meta}, meta, job.start_at)
 
     async def _advance(self, run: _Run, lane: _Lane) -> bool:
@@ -334,6 +351,8 @@ class Dispatcher:
     async def _attempt(self, run: _Run, action: CompiledAction, lane: _Lane) -> tuple[bool, Any]:
         """One attempt at the current action: (True, result) or (False, _Failure)."""
         run.attempt += 1
+        if run.attempt == 1:
+            run.action_started = self._clock()
         job = run.job
         ctx = ActionContext(
             event=job.event, rule=job.rule.name, action_index=run.index, attempt=run.attempt,
@@ -382,10 +401,14 @@ class Dispatcher:
             backoff_delay(run.attempt, self.backoff, self.backoff_cap),
         )
         self.stats.retries += 1
-        log.warning(
+        # One line per failed attempt; the same failure over and over (a
+        # target down for everyone) is summarised with counts.
+        self._logs.log(
+            logging.WARNING,
+            ("attempt", job.rule.name, run.index, failure.message[:200]),
             "rule %r action %d (%s) attempt %d/%d failed on %s: %s; retrying in %.2fs",
             job.rule.name, run.index + 1, action.spec.type, run.attempt, retries + 1,
-            job.event.name, failure.message, delay,
+            job.event.name, shorten(failure.message, 300), delay,
             extra={"rule": job.rule.name, "action_index": run.index + 1, "event": job.event.name},
         )  # fmt: skip
         await anyio.sleep(delay)
@@ -398,22 +421,36 @@ class Dispatcher:
         meta = run.meta
         meta["results"].append(result)
         meta["previous"] = result
+        attempts = run.attempt
         run.index += 1
         run.attempt = 0
         run.state = {}
         if error is None:
             self.stats.actions_ok += 1
+            if self._info:
+                log.info(
+                    "rule %r action %d (%s) ok in %.0fms (%d attempt(s))",
+                    job.rule.name, index + 1, action.spec.type,
+                    (self._clock() - run.action_started) * 1000, attempts,
+                    extra={"rule": job.rule.name, "action_index": index + 1,
+                           "action": action.spec.type, "event_id": job.event.id},
+                )  # fmt: skip
             return
         run.ok = False
         self.stats.actions_failed += 1
         self.stats.failed_by_rule[job.rule.name] += 1
-        log.error(
-            "rule %r action %d (%s) failed on %s %s after %d attempt(s): %s",
+        dead = ""
+        if job.id is not None and not action.spec.continue_on_error:
+            dead = f"; dead letter {job.id}: `zoomrules dlq show {job.id}`"
+        self._logs.log(
+            logging.ERROR,
+            ("failed", job.rule.name, index, str(error)[:200]),
+            "rule %r action %d (%s) failed on %s %s after %d attempt(s) in %.1fs: %s%s",
             job.rule.name, index + 1, action.spec.type, job.event.name, job.event.id,
-            error.attempts, error,
+            error.attempts, self._clock() - run.action_started, shorten(str(error), 300), dead,
             extra={
                 "rule": job.rule.name, "action_index": index + 1, "action": action.spec.type,
-                "event": job.event.name, "event_id": job.event.id,
+                "event": job.event.name, "event_id": job.event.id, "job_id": job.id,
             },
         )  # fmt: skip
 

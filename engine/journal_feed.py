@@ -60,12 +60,6 @@ class JournalFeed:
             return
         actions = job.rule.actions
         continue_on_error = actions[index].spec.continue_on_error
-        if error is not None and not continue_on_error:
-            log.error(
-                "job %d (rule %r, event %s) is a dead letter: see `zoomrules dlq show %d`",
-                job.id, job.rule.name, job.event.id, job.id,
-                extra={"rule": job.rule.name, "event_id": job.event.id, "job_id": job.id},
-            )  # fmt: skip
         # The fields of an ActionOutcome, without building one per action;
         # waits (record_outcome) only when the journal's queue is full.
         fields = (
