@@ -14,7 +14,15 @@ from typing import Any
 from engine.config import COMMON_ACTION_KEYS, ActionSpec, Config, RuleSpec
 from engine.errors import ExpressionError, ParamTypeError
 from engine.expr.compiler import ExpressionCompiler, Guard, Search
-from engine.expr.templates import Renderer, Template, compile_value, has_template, to_text
+from engine.expr.templates import (
+    Constant,
+    Renderer,
+    Template,
+    compile_value,
+    has_template,
+    template_expressions,
+    to_text,
+)
 from engine.hookspecs import ActionType, Param
 from engine.problems import Problem, did_you_mean
 from engine.registry import Registry
@@ -138,10 +146,14 @@ def _compile_expr(
     if not text:
         return None
     try:
-        return compiler.compile(text)
+        search = compiler.compile(text)
     except ExpressionError as exc:
         report(key, str(exc))
         return None
+    problems = compiler.problems(text)
+    for message in problems:
+        report(key, message)
+    return None if problems else search
 
 
 def _compile_action(
@@ -229,14 +241,20 @@ def _check_params(
             ok = False
             continue
         try:
-            if param.raw:
-                raw[name] = compile_raw(value, compiler)
-            else:
-                renderers[name] = compile_value(value, compiler)
+            compiled = compile_raw(value, compiler) if param.raw else compile_value(value, compiler)
         except ExpressionError as exc:
             report(f"{prefix}{name}", str(exc), spec.line)
             ok = False
             continue
+        if not isinstance(compiled, Constant):
+            for text in template_expressions(compiled):
+                for message in compiler.problems(text):
+                    report(f"{prefix}{name}", f"in template {{{{ {text} }}}}: {message}", spec.line)
+                    ok = False
+        if param.raw:
+            raw[name] = compiled
+        else:
+            renderers[name] = compiled
         if isinstance(value, str) and has_template(value) and not _type_ok(value, param.type):
             typed_after[name] = param
     if not ok:

@@ -3,7 +3,8 @@
 A real `zoomrules run` against the simulator, heartbeating every 0.2 s; the
 simulator's record of the heartbeats it receives is the clock. Each test
 feeds rules that froze the loop before (plans compiled on the loop for each
-new event name, one huge plan for a huge rule set) and asserts that no two heartbeats are ever more
+new event name, one huge plan for a huge rule set, a regular expression
+backtracking exponentially) and asserts that no two heartbeats are ever more
 than two intervals apart (the listener's own dead-connection limit) and
 that the connection was never dropped, while the rules fire as they must.
 """
@@ -218,3 +219,31 @@ async def test_20000_rules_on_one_event_name_never_stall_heartbeats(tmp_path: Pa
                 await sim.wait_heartbeats(sim.heartbeats_received + 10, timeout=30)
     assert {line["rule"] for line in fired(out)} == {"fire"}
     assert len(fired(out)) == 15
+
+
+async def test_a_regex_backtracking_exponentially_in_python_never_stalls_heartbeats(
+    tmp_path: Path,
+) -> None:
+    """`^(a+)+$` on 32 a's and a '!' took Python's re 65 s, every heartbeat
+    stopped; RE2 answers at once."""
+    out = tmp_path / "fired.jsonl"
+    rules = "\n".join(
+        [
+            *(
+                rule(
+                    f"redos{i}",
+                    "meeting.started",
+                    f"regex_match(payload.object.topic, '^(a+)+{x}$')",
+                    out,
+                )
+                for i, x in enumerate(["", "b", "c"])
+            ),
+            rule("fire", "meeting.started", "regex_match(payload.object.topic, '^(a|aa)+!$')", out),
+        ]
+    )
+    async with watched_daemon(tmp_path, rules) as (sim, _, _, view):
+        bodies = [event("meeting.started", n, "a" * (32 + n) + "!") for n in range(20)]
+        await send(sim, bodies)
+        await all_matched(view, len(bodies), 60)
+        await poll_until(lambda: len(fired(out)) == 20, 30)
+    assert {line["rule"] for line in fired(out)} == {"fire"}
