@@ -76,6 +76,8 @@ class JournalFeed:
     async def run(self, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Resume, then consume forever (until cancelled), polling for retries."""
         async with anyio.create_task_group() as tg:
+            # Compiles the matcher's plans off the event loop (see Pipeline.choose).
+            await tg.start(self.pipeline.compile_plans)
             task_status.started()
             await self._resume()
             tg.start_soon(self._retry_loop)
@@ -112,8 +114,10 @@ class JournalFeed:
 
     async def _process(self, seqs: Sequence[int], events: Sequence[Event]) -> None:
         """Match committed events (`seqs[i]` is the position of `events[i]`) and start their jobs."""
-        select = self.pipeline.select
-        fired = [select(event) for event in events]
+        # `choose` lets the event loop run between (and within) events when
+        # matching takes long: heartbeats and socket reads go on.
+        choose = self.pipeline.choose
+        fired = [await choose(event) for event in events]
         # The events are durable already; the store keeps the jobs' pending
         # rows ahead of anything their actions record, so the jobs need not
         # wait for that commit.

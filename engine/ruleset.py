@@ -20,6 +20,7 @@ from engine.expr.templates import (
     Template,
     compile_value,
     has_template,
+    template_expressions,
     to_text,
 )
 from engine.hookspecs import ActionType, Param
@@ -145,10 +146,14 @@ def _compile_expr(
     if not text:
         return None
     try:
-        return compiler.compile(text)
+        search = compiler.compile(text)
     except ExpressionError as exc:
         report(key, str(exc))
         return None
+    problems = compiler.problems(text)
+    for message in problems:
+        report(key, message)
+    return None if problems else search
 
 
 def _compile_action(
@@ -241,14 +246,20 @@ def _check_params(
             ok = False
             continue
         try:
-            if param.raw:
-                raw[name] = compile_raw(value, compiler)
-            else:
-                renderers[name] = compile_value(value, compiler)
+            compiled = compile_raw(value, compiler) if param.raw else compile_value(value, compiler)
         except ExpressionError as exc:
             report(f"{prefix}{name}", str(exc), spec.line)
             ok = False
             continue
+        if not isinstance(compiled, Constant):
+            for text in template_expressions(compiled):
+                for message in compiler.problems(text):
+                    report(f"{prefix}{name}", f"in template {{{{ {text} }}}}: {message}", spec.line)
+                    ok = False
+        if param.raw:
+            raw[name] = compiled
+        else:
+            renderers[name] = compiled
         if isinstance(value, str) and has_template(value) and not _type_ok(value, param.type):
             typed_after[name] = param
     if not ok:

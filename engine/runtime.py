@@ -123,6 +123,7 @@ async def running_engine(
     async with anyio.create_task_group() as tg:
         await tg.start(dispatcher.run)
         pipeline = Pipeline(loaded, dispatcher)
+        await tg.start(pipeline.compile_plans)
         try:
             yield Runtime(pipeline, pipeline.handle)
             with anyio.move_on_after(_grace_limit(engine, grace)):

@@ -637,6 +637,6 @@ def test_the_event_body_stands_in_for_the_root_only_when_nothing_else_is_read(
         expected = [rule.name for rule in matcher.match(event.name, event.root())]
         assert [rule.name for rule in matcher.match_event(event)] == expected
         fired_reader += "r2" in expected
-    assert matcher._plan_for("meeting.started").body_will_do is (reader is None)
+    assert matcher._entry("meeting.started").whole_body is (reader is None)
     if reader is not None:
         assert fired_reader  # the reader really sees the metadata

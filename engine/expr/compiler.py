@@ -25,6 +25,7 @@ from jmespath.parser import ParsedResult
 
 from engine.errors import ExpressionError
 from engine.expr.codegen import Generated, functions_instance, generate, parsed_result, tree_of
+from engine.expr.functions import BUILTIN_FUNCTIONS, regex_problem
 from engine.expr.guards import find_guard, is_pure
 from engine.expr.shapes import ShapeCache
 from engine.hookspecs import JMESPathFunction
@@ -38,14 +39,23 @@ EVALUATORS: tuple[str, ...] = ("compiled", "interpreter")
 
 def _known_function_names(tree: dict[str, Any]) -> Iterable[str]:
     """Every function name called anywhere in a parsed AST."""
+    for node in _calls(tree):
+        yield node["value"]
+
+
+def _calls(tree: dict[str, Any]) -> Iterable[dict[str, Any]]:
+    """Every function call node of a parsed AST."""
     stack = [tree]
     while stack:
         node = stack.pop()
         if node.get("type") == "function_expression":
-            yield node["value"]
+            yield node
         for child in node.get("children", ()):
             if isinstance(child, dict):
                 stack.append(child)
+
+
+_BUILTIN_REGEX_MATCH = next(fn for fn in BUILTIN_FUNCTIONS if fn.name == "regex_match")
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +133,25 @@ class ExpressionCompiler:
     def tree(self, text: str) -> dict[str, Any] | None:
         """The parsed AST of `text`, if it has been compiled."""
         return self._trees.get(text)
+
+    def problems(self, text: str) -> list[str]:
+        """What is wrong with compiled `text` that JMESPath does not see and
+        that would make it fail at every evaluation: each `regex_match(x,
+        '<literal>')` whose pattern RE2 cannot compile (the engine's own
+        `regex_match` only: a plugin may replace it)."""
+        if "regex_match" not in text or self.functions.get("regex_match") != _BUILTIN_REGEX_MATCH:
+            return []
+        tree = self._trees.get(text)
+        found = []
+        for node in _calls(tree) if tree is not None else ():
+            if node["value"] != "regex_match" or len(node["children"]) != 2:
+                continue
+            pattern = node["children"][1]
+            if pattern.get("type") == "literal" and isinstance(pattern.get("value"), str):
+                problem = regex_problem(pattern["value"])
+                if problem is not None:
+                    found.append(problem)
+        return found
 
     def guard(self, text: str) -> Guard | None:
         """The equality test `text` starts with, if the matcher can share it.

@@ -55,6 +55,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import CodeType
 from typing import Any, cast
 
 import jmespath
@@ -74,7 +75,15 @@ Node = dict[str, Any]
 PlanFunction = Callable[[Any, Any], list[Any]]
 ErrorHandler = Callable[[Any, Any, Exception], None]
 
-__all__ = ["PlanFunction", "PlanStep", "Raised", "compile_plan", "reads_only_fields"]
+__all__ = [
+    "PlanFunction",
+    "PlanSource",
+    "PlanStep",
+    "Raised",
+    "compile_plan",
+    "generate_plan",
+    "reads_only_fields",
+]
 
 _ROOT = "r"
 
@@ -178,7 +187,51 @@ def compile_plan(
     Raises SyntaxError, RecursionError or MemoryError when Python cannot
     compile the plan (the caller then evaluates rule by rule).
     """
+    return generate_plan(steps, functions, on_error).build()
+
+
+def generate_plan(
+    steps: Sequence[PlanStep],
+    functions: Mapping[str, JMESPathFunction],
+    on_error: ErrorHandler,
+) -> PlanSource:
+    """The first half of `compile_plan`: the plan's Python source, not yet
+    compiled. Generating it runs Python code (another thread may run
+    meanwhile); `PlanSource.build` then calls `compile()`, which holds the
+    interpreter lock for as long as it takes: about proportional to
+    `len(source)`, which lets a caller cut a large plan into smaller ones
+    first (engine.matcher)."""
     return _PlanGenerator(functions).plan(steps, on_error)
+
+
+@dataclass(slots=True)
+class PlanSource:
+    """A plan's generated source and what its code runs in."""
+
+    source: str
+    #: The plan function's name in `namespace`.
+    name: str
+    namespace: dict[str, Any]
+    exprefs: list[tuple[str, str, Node]]
+    rules: int
+
+    @property
+    def filename(self) -> str:
+        """What its code objects give as their file name."""
+        return f"<plan of {self.rules} rules>"
+
+    def build(self, code: CodeType | None = None) -> PlanFunction:
+        """Define the plan function (once), from `code`, what `compile()`
+        gives for `source` and `filename` (compiled here if None)."""
+        namespace = self.namespace
+        if code is None:
+            code = compile(self.source, self.filename, "exec")
+        exec(code, namespace)
+        for const, fname, child in self.exprefs:
+            namespace[const] = ExpressionRef(child, namespace[fname])
+        plan: PlanFunction = namespace[self.name]
+        plan.__jmespath_source__ = self.source  # type: ignore[attr-defined]
+        return plan
 
 
 def reads_only_fields(steps: Sequence[PlanStep], hidden: str) -> bool:
@@ -378,7 +431,7 @@ class _PlanGenerator(CodeGenerator):
             return None
         return self._key(base), self._key(key)
 
-    def plan(self, steps: Sequence[PlanStep], on_error: ErrorHandler) -> PlanFunction:
+    def plan(self, steps: Sequence[PlanStep], on_error: ErrorHandler) -> PlanSource:
         self._find_sharing([step.tree for step in steps if step.tree is not None])
         self._namespace["_fail"] = on_error
         name = self._tmp("_plan")
@@ -403,12 +456,7 @@ class _PlanGenerator(CodeGenerator):
             self._lines.insert(slots_at, f"    {flag} = isinstance({slot}, list)")
         self._defs.append("\n".join(self._lines))
         source = "\n\n".join(self._defs)
-        exec(compile(source, f"<plan of {len(steps)} rules>", "exec"), self._namespace)
-        for const, fname, child in self._exprefs:
-            self._namespace[const] = ExpressionRef(child, self._namespace[fname])
-        plan: PlanFunction = self._namespace[name]
-        plan.__jmespath_source__ = source  # type: ignore[attr-defined]
-        return plan
+        return PlanSource(source, name, self._namespace, self._exprefs, len(steps))
 
     def _test(self, tree: Node) -> str:
         """A Python condition true iff the condition `tree` is JMESPath-true

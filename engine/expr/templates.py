@@ -11,7 +11,7 @@ is compiled once, when the rules are loaded.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
@@ -45,10 +45,12 @@ def to_text(value: Any) -> str:
 class Template:
     """One compiled template string."""
 
-    __slots__ = ("source", "_parts", "_whole")
+    __slots__ = ("source", "expressions", "_parts", "_whole")
 
     def __init__(self, source: str, compiler: ExpressionCompiler) -> None:
         self.source = source
+        #: The text of each `{{ expr }}`, in order.
+        self.expressions: tuple[str, ...] = ()
         parts: list[str | Search] = []
         pos = 0
         for match in _PART.finditer(source):
@@ -61,6 +63,7 @@ class Template:
                 parts.append(compiler.compile(expr))
             except ExpressionError as exc:
                 raise TemplateError(f"in template {{{{ {shorten(expr, 80)} }}}}: {exc}") from None
+            self.expressions += (expr,)
             pos = match.end()
         if pos < len(source):
             parts.append(source[pos:])
@@ -128,6 +131,23 @@ class ListRenderer:
 
 
 Renderer = Template | Constant | TableRenderer | ListRenderer
+
+
+def template_expressions(value: Any) -> list[str]:
+    """The expression texts of every Template in `value`: a renderer, or a
+    raw parameter value (`Template`s in lists and tables)."""
+    if isinstance(value, Template):
+        return list(value.expressions)
+    items: Iterable[Any] = ()
+    if isinstance(value, TableRenderer):
+        items = value.items.values()
+    elif isinstance(value, ListRenderer):
+        items = value.items
+    elif isinstance(value, dict):
+        items = value.values()
+    elif isinstance(value, list):
+        items = value
+    return [text for item in items for text in template_expressions(item)]
 
 
 def compile_value(value: Any, compiler: ExpressionCompiler) -> Renderer:
