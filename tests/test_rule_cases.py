@@ -774,3 +774,15 @@ def test_trace_follows_the_compiled_condition(rules: Path) -> None:
     assert evaluate(loaded, Event.from_body(joined(), source="test"), trace=False)["skipped"][
         0
     ].keys() == {"rule", "reason", "detail"}
+
+
+def test_the_documented_cases_file_passes_against_the_example_rules(tmp_path: Path) -> None:
+    """docs/rules.md's example of the format is a valid, passing cases file."""
+    section = (ROOT / "docs" / "rules.md").read_text().split("## Testing rules", 1)[1]
+    text = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "events").symlink_to(EXAMPLE_EVENTS)
+    cases = tmp_path / "rules.cases.toml"
+    cases.write_text(text)
+    result = run_cli("test", "-c", EXAMPLE_RULES, "--cases", cases)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[-1] == "OK: 3 cases passed"
