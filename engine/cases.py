@@ -109,10 +109,6 @@ class Case:
     events: tuple[CaseEvent, ...]
     expectations: tuple[Expectation, ...]
 
-    @property
-    def location(self) -> str:
-        return f"{self.file}:{self.line}" if self.line else str(self.file)
-
 
 # --------------------------------------------------------------------------
 # reading
@@ -156,39 +152,45 @@ def read_cases(
 
 
 class _EventFiles:
-    """Event files read once each, whichever cases name them."""
+    """Event files read once each, whichever cases name them (and however)."""
 
     def __init__(self) -> None:
-        self._read: dict[Path, list[tuple[Event, str]] | str] = {}
+        #: Per file: (event, JSON lines line number or None) for each event,
+        #: or the problem (message, line number or None).
+        self._read: dict[Path, list[tuple[Event, int | None]] | tuple[str, int | None]] = {}
 
     def get(self, path: Path, shown: str) -> list[tuple[Event, str]] | str:
-        """(event, origin) for each event of the file, or the problem's message."""
+        """(event, origin) for each event of the file, or the problem's message;
+        the file is named `shown` in both."""
         key = path.resolve()
         found = self._read.get(key)
         if found is None:
-            found = self._read[key] = self._load(path, shown)
-        return found
+            found = self._read[key] = self._load(path)
+        if isinstance(found, tuple):
+            message, lineno = found
+            return f"{shown}{'' if lineno is None else f':{lineno}'}: {message}"
+        return [(e, shown if n is None else f"{shown}:{n}") for e, n in found]
 
     @staticmethod
-    def _load(path: Path, shown: str) -> list[tuple[Event, str]] | str:
+    def _load(path: Path) -> list[tuple[Event, int | None]] | tuple[str, int | None]:
         try:
             data = path.read_bytes()
         except OSError as exc:
-            return f"{shown}: cannot read: {exc.strerror}"
+            return f"cannot read: {exc.strerror}", None
         if path.suffix != ".jsonl":
             try:
-                return [(Event.from_json(data, source="test"), shown)]
+                return [(Event.from_json(data, source="test"), None)]
             except InvalidEvent as exc:
-                return f"{shown}: {exc}"
-        out: list[tuple[Event, str]] = []
+                return str(exc), None
+        out: list[tuple[Event, int | None]] = []
         for lineno, line in enumerate(data.splitlines(), start=1):
             if not line.strip():
                 continue
             try:
-                out.append((Event.from_json(line, source="test"), f"{shown}:{lineno}"))
+                out.append((Event.from_json(line, source="test"), lineno))
             except InvalidEvent as exc:
-                return f"{shown}:{lineno}: {exc}"
-        return out or f"{shown}: no events in this file"
+                return str(exc), lineno
+        return out or ("no events in this file", None)
 
 
 class _Reader:
@@ -198,7 +200,6 @@ class _Reader:
         self, path: Path, loaded: LoadedRules, events: _EventFiles, problems: list[Problem]
     ) -> None:
         self.path = path
-        self.loaded = loaded
         self.rules: dict[str, CompiledRule] = {rule.name: rule for rule in loaded.rules}
         self.events = events
         self.problems = problems
