@@ -82,4 +82,7 @@ def condition_trace(
     tree = loaded.compiler.tree(rule.spec.when) if rule.spec.when else None
     if tree is None:
         return None
-    return (tracer or Tracer(loaded.registry.functions)).trace(tree, root)
+    try:
+        return (tracer or Tracer(loaded.registry.functions)).trace(tree, root)
+    except RecursionError:  # a condition the compiler walked, but only just
+        return None

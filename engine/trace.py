@@ -239,11 +239,17 @@ def _operands(node: Node) -> list[Node]:
 
 
 def _chain(node: Node, kind: str) -> list[Node]:
-    """`a && b && c` (a left-leaning tree of one operator) as [a, b, c]."""
-    if node.get("type") != kind:
-        return [node]
-    left, right = node["children"]
-    return [*_chain(left, kind), *_chain(right, kind)]
+    """`a && b && c` (a tree of one operator, leaning left) as [a, b, c]."""
+    parts: list[Node] = []
+    pending = [node]
+    while pending:
+        current = pending.pop()
+        if current.get("type") == kind:
+            left, right = current["children"]
+            pending += [right, left]
+        else:
+            parts.append(current)
+    return parts
 
 
 def _plain(value: Any) -> Any:
