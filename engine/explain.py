@@ -1,8 +1,13 @@
 """Why an event fires the rules it fires: each rule's decision, rendered actions.
 
-What `zoomrules test` prints, what `engine.testing` hands rule and plugin
-authors, and (later) what the status page shows: no side effects, no
-counters, no throttle windows touched.
+What `zoomrules test` prints (one event, or the cases of `--cases`), what
+`engine.testing` hands rule and plugin authors, and (later) what the status
+page shows: no side effects, no counters, no throttle windows touched.
+
+A rule skipped because its condition is false or failed carries a `trace`
+(engine.trace): the value of each `&&` / `||` part of the condition and of
+the operands of each comparison and function call, so the reader sees which
+part decided.
 """
 
 from __future__ import annotations
@@ -13,9 +18,10 @@ from engine.events import META_KEY, Event
 from engine.expr.templates import Template
 from engine.loader import LoadedRules
 from engine.matcher import Decision
-from engine.ruleset import CompiledAction
+from engine.ruleset import CompiledAction, CompiledRule
+from engine.trace import Tracer
 
-__all__ = ["evaluate", "render_action"]
+__all__ = ["TRACED_REASONS", "condition_trace", "evaluate", "render_action"]
 
 
 def _materialise(value: Any, root: dict[str, Any]) -> Any:
@@ -37,18 +43,46 @@ def render_action(action: CompiledAction, root: dict[str, Any]) -> dict[str, Any
     return {"type": action.spec.type, "params": params}
 
 
-def evaluate(loaded: LoadedRules, event: Event) -> dict[str, Any]:
-    """The `--json` document: fired rules with rendered actions, skipped rules with reasons."""
-    decisions: list[Decision] = loaded.matcher.explain(event.name, event.root())
+#: Skip reasons whose entry carries the condition's trace.
+TRACED_REASONS = ("condition", "error")
+
+
+def evaluate(loaded: LoadedRules, event: Event, *, trace: bool = True) -> dict[str, Any]:
+    """The `--json` document: fired rules with rendered actions, skipped rules
+    with reasons (and, when the condition decided, its trace unless `trace=False`)."""
+    root = event.root()
+    decisions: list[Decision] = loaded.matcher.explain(event.name, root)
     fired, skipped = [], []
+    tracer: Tracer | None = None
     for decision in decisions:
         if decision.fired:
             meta = {**event.metadata(), "rule": decision.rule.name, "results": [], "previous": None}
-            root = {**event.body, META_KEY: meta}
-            actions = [render_action(a, root) for a in decision.rule.actions]
+            action_root = {**event.body, META_KEY: meta}
+            actions = [render_action(a, action_root) for a in decision.rule.actions]
             fired.append({"rule": decision.rule.name, "actions": actions})
-        else:
-            skipped.append(
-                {"rule": decision.rule.name, "reason": decision.reason, "detail": decision.detail}
-            )
+            continue
+        item: dict[str, Any] = {
+            "rule": decision.rule.name,
+            "reason": decision.reason,
+            "detail": decision.detail,
+        }
+        if trace and decision.reason in TRACED_REASONS:
+            tracer = tracer or Tracer(loaded.registry.functions)
+            traced = condition_trace(loaded, decision.rule, root, tracer)
+            if traced is not None:
+                item["trace"] = traced
+        skipped.append(item)
     return {"event": event.name, "fired": fired, "skipped": skipped}
+
+
+def condition_trace(
+    loaded: LoadedRules, rule: CompiledRule, root: dict[str, Any], tracer: Tracer | None = None
+) -> dict[str, Any] | None:
+    """The trace of `rule`'s condition on `root` (None: the rule has no condition)."""
+    tree = loaded.compiler.tree(rule.spec.when) if rule.spec.when else None
+    if tree is None:
+        return None
+    try:
+        return (tracer or Tracer(loaded.registry.functions)).trace(tree, root)
+    except RecursionError:  # a condition the compiler walked, but only just
+        return None

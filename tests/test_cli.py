@@ -101,11 +101,24 @@ def test_test_json_has_the_exact_shape_and_every_skip_reason(tmp_path: Path) -> 
                 "rule": "not-incident",
                 "reason": "condition",
                 "detail": "when = \"starts_with(payload.object.topic, 'Incident')\" gave False",
+                # Why: each operand's value (engine.trace).
+                "trace": {
+                    "expr": "starts_with(payload.object.topic, 'Incident')",
+                    "evaluated": True,
+                    "value": False,
+                    "operands": [{"expr": "payload.object.topic", "value": "Weekly project sync"}],
+                },
             },
             {
                 "rule": "type-error",
                 "reason": "error",
                 "detail": doc["skipped"][3]["detail"],
+                "trace": {
+                    "expr": "upper(payload.object.duration)",
+                    "evaluated": True,
+                    "error": doc["skipped"][3]["detail"],
+                    "operands": [{"expr": "payload.object.duration", "value": 60}],
+                },
             },
             {
                 "rule": "after-stop",
