@@ -5,9 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-import httpx
-
 if TYPE_CHECKING:
+    # Only named here: loading httpx (with its command-line client, which
+    # imports click, pygments and rich when they are installed) is left to
+    # what sends requests, so `check` and `test` do not pay for it.
+    import httpx
+
     from engine.config import Config
 
 

@@ -61,14 +61,14 @@ def test_replaying_a_file_twice_fires_its_events_once(tmp_path: Path) -> None:
     rules, events = _setup(tmp_path)
     first = run_cli("replay", "-c", rules, events)
     assert first.returncode == 0, first.stderr
-    assert "replayed 2 events\n" in first.stdout
-    assert "1 duplicates skipped" in first.stdout  # the repeat inside the file
+    assert first.stdout.startswith("replayed 2 events from ")
+    assert "1 duplicate skipped" in first.stdout  # the repeat inside the file
     assert _fired(tmp_path) == 2
     assert _rows(tmp_path) == 2  # recorded as seen
 
     second = run_cli("replay", "-c", rules, events)
     assert second.returncode == 0, second.stderr
-    assert "replayed 0 events\n" in second.stdout
+    assert second.stdout.startswith("replayed 0 events from ")
     assert "3 duplicates skipped" in second.stdout
     assert "no rule fired" in second.stdout
     assert _fired(tmp_path) == 2
@@ -79,8 +79,9 @@ def test_dry_run_checks_duplicates_but_writes_nothing(tmp_path: Path) -> None:
     for _ in range(2):
         result = run_cli("replay", "--dry-run", "-c", rules, events)
         assert result.returncode == 0, result.stderr
-        assert "replayed 2 events (dry run" in result.stdout
-        assert "1 duplicates skipped" in result.stdout
+        assert result.stdout.startswith("replayed 2 events from ")
+        assert "dry run: no action was run" in result.stdout
+        assert "1 duplicate skipped" in result.stdout
     assert _rows(tmp_path) == 0
     assert _fired(tmp_path) == 0
 
@@ -90,8 +91,8 @@ def test_journal_off_means_no_duplicate_suppression(tmp_path: Path) -> None:
     for _ in range(2):
         result = run_cli("replay", "-c", rules, events)
         assert result.returncode == 0, result.stderr
-        assert "replayed 3 events\n" in result.stdout
-        assert "duplicates skipped" not in result.stdout
+        assert result.stdout.startswith("replayed 3 events from ")
+        assert "skipped (seen within dedup_window)" not in result.stdout
     assert _fired(tmp_path) == 6
     assert _rows(tmp_path) == 0
 
@@ -100,8 +101,8 @@ def test_without_a_journal_nothing_is_skipped_and_the_summary_says_why(tmp_path:
     rules, events = _setup(tmp_path, create=False)
     result = run_cli("replay", "-c", rules, events)
     assert result.returncode == 0, result.stderr
-    assert "replayed 3 events\n" in result.stdout
-    assert "duplicates skipped" not in result.stdout
+    assert result.stdout.startswith("replayed 3 events from ")
+    assert "skipped (seen within dedup_window)" not in result.stdout
     assert "note: duplicates not checked: no journal at" in result.stdout
     assert not (tmp_path / "state").exists()  # replay never creates the journal
 
@@ -114,6 +115,6 @@ def test_while_a_daemon_holds_the_journal_replay_reads_but_does_not_record(
         assert locked
         result = run_cli("replay", "-c", rules, events)
     assert result.returncode == 0, result.stderr
-    assert "replayed 2 events\n" in result.stdout
+    assert result.stdout.startswith("replayed 2 events from ")
     assert "holds the journal: events replayed while it runs are not recorded" in result.stdout
     assert _rows(tmp_path) == 0

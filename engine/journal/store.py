@@ -20,7 +20,9 @@ protocols, because two kinds of caller open a journal:
 - `JournalStore`: the process that runs jobs (the daemon; `dlq retry` when
   no daemon runs) owns the journal;
 - `JournalAdmin`: `zoomrules dlq` and `journal stats` look at it, and
-  re-queue or purge dead letters, while a daemon may own it.
+  re-queue or purge dead letters, while a daemon may own it; `replay`
+  records the events it handled and its dead letters through it while no
+  daemon does.
 
 Backends live in subpackages (`engine.journal.sqlite`) and are chosen by
 name (`engine.journal.open_journal`). Each applies `[engine] retention` and
@@ -188,6 +190,28 @@ class JournalAdmin(Protocol):
     async def record_seen(self, event: Event) -> bool:
         """Store an event handled outside the daemon (replay) as already matched;
         False (nothing stored) while another process owns the journal."""
+        ...
+
+    async def record_dead_letter(
+        self,
+        event: Event,
+        rule: str,
+        next_action: int,
+        attempts: int,
+        error: str,
+        *,
+        errors: int = 0,
+    ) -> int | None:
+        """Store a job run outside the daemon (replay) that failed for good as
+        a dead letter, the way the daemon stores one: a job of `event` in
+        state `dead` for `rule`, stopped at action `next_action` (the failed
+        one, 0-based) after `attempts` attempts with `error`; `errors` counts
+        its earlier `continue_on_error` failures. `zoomrules dlq` then lists,
+        shows and retries it. The event is stored as seen first if it is not
+        in the journal yet (`record_seen` usually stored it already).
+
+        Returns the job's id; None (nothing stored) while another process
+        owns the journal."""
         ...
 
 

@@ -90,6 +90,32 @@ class SqliteAdmin:
         recorded: bool = await self._run(record)
         return recorded
 
+    async def record_dead_letter(
+        self,
+        event: Event,
+        rule: str,
+        next_action: int,
+        attempts: int,
+        error: str,
+        *,
+        errors: int = 0,
+    ) -> int | None:
+        now = time.time()
+
+        # As `record_seen`: the lock for this write only. Holding it is also
+        # what makes `MAX(id) + 1` a safe job id: no daemon numbers jobs meanwhile.
+        def record() -> int | None:
+            with exclusive_lock(self.state_dir) as locked:
+                if not locked:
+                    return None
+                with self.db.transaction():
+                    return self.db.record_dead_letter(
+                        event, rule, next_action, attempts, error, errors, now
+                    )
+
+        job_id: int | None = await self._run(record)
+        return job_id
+
 
 @asynccontextmanager
 async def open_admin(engine: EngineConfig) -> AsyncIterator[SqliteAdmin]:

@@ -367,6 +367,41 @@ class JournalDB:
             (event.id, event.name, event.source, event.received_at, orjson.dumps(event.body)),
         )
 
+    def record_dead_letter(
+        self,
+        event: Event,
+        rule: str,
+        next_action: int,
+        attempts: int,
+        error: str,
+        errors: int,
+        now: float,
+        job_id: int | None = None,
+    ) -> int:
+        """A job run outside the daemon (replay) that failed for good, stored
+        as the daemon stores a dead letter (see `_finished_args`), on the
+        newest stored row of its event (the event is stored as seen first
+        if there is none). Returns the job's id.
+
+        Numbered `MAX(id) + 1` unless `job_id` is given: safe only inside a
+        transaction and while no daemon holds the journal, since the daemon
+        numbers its jobs in memory from the newest id it read at start.
+        """
+        (seq,) = self.conn.execute(
+            "SELECT MAX(seq) FROM events WHERE event_id = ?", (event.id,)
+        ).fetchone()
+        if seq is None:
+            self.record_seen(event)
+            seq = self._last_rowid()
+        if job_id is None:
+            job_id = self.max_job_id() + 1
+        self.conn.execute(
+            "INSERT INTO jobs (id, event_seq, rule, state, next_action, attempts, errors, "
+            "last_error, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (job_id, seq, rule, DEAD, next_action, attempts, errors, error, now, now),
+        )
+        return job_id
+
     def unmatched(self, after_seq: int, limit: int) -> list[StoredEvent]:
         """Committed, unmatched events after `after_seq`, oldest first.
 

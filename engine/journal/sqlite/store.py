@@ -1052,6 +1052,28 @@ class SqliteJournal:
         await self.call(lambda db: db.record_seen(event))
         return True
 
+    async def record_dead_letter(
+        self,
+        event: Event,
+        rule: str,
+        next_action: int,
+        attempts: int,
+        error: str,
+        *,
+        errors: int = 0,
+    ) -> int | None:
+        # This process owns the journal: the id comes from its own numbering.
+        if self._next_job_id is None:
+            raise RuntimeError("the journal is not running")
+        job_id, self._next_job_id = self._next_job_id, self._next_job_id + 1
+        now = time.time()
+        await self.call(
+            lambda db: db.record_dead_letter(
+                event, rule, next_action, attempts, error, errors, now, job_id
+            )
+        )
+        return job_id
+
     # -- retention -------------------------------------------------------------------
 
     async def keep_tidy(self) -> None:
