@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -21,6 +22,7 @@ import tomli
 
 from engine.durations import Rate, parse_duration, parse_rate, parse_size
 from engine.errors import ConfigError
+from engine.events import DEFAULT_PER_DELIVERY
 from engine.nesting import MAX_TOML_NESTING, toml_too_deep
 from engine.problems import Problem, did_you_mean
 from engine.redact import register_secret
@@ -32,6 +34,8 @@ DEFAULT_STATE_DIR = "/var/lib/zoomrules"
 
 #: Keys of `[[rule.action]]` that the engine handles for every action type.
 COMMON_ACTION_KEYS = ("type", "timeout", "retries", "continue_on_error")
+
+_CLUSTER_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\$")
 
@@ -81,6 +85,35 @@ class EngineConfig:
     #: Bytes of events (their JSON) held in memory while not yet journaled;
     #: past this, intake waits (the socket is not read).
     journal_buffer: int = 64 << 20
+    #: Fields Zoom varies between deliveries of one occurrence, left out of
+    #: the event's id: event-name glob -> dotted paths (see engine.events).
+    per_delivery_fields: tuple[tuple[str, tuple[str, ...]], ...] = DEFAULT_PER_DELIVERY
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """`[cluster]`: several daemons sharing NATS JetStream (docs/cluster.md)."""
+
+    servers: tuple[str, ...]
+    #: Prefix of every stream, bucket and consumer of this cluster.
+    name: str = "zoomrules"
+    #: This daemon's name among the nodes (default: the host's name).
+    node: str = ""
+    #: How long a lease on a subscription lasts without renewal: a standby
+    #: takes over at most this long after its holder died.
+    lease_ttl: float = 15.0
+    #: Replicas of every stream and bucket (1 for a single NATS server).
+    replicas: int = 1
+    #: How long a node may hold an event without news before another node
+    #: takes it over (it says "in progress" every third of this while busy).
+    ack_wait: float = 30.0
+    credentials: str | None = None
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -146,6 +179,8 @@ class Config:
     engine: EngineConfig
     notifiers: dict[str, tuple[str, ...]]
     rules: tuple[RuleSpec, ...]
+    #: `[cluster]`, when several daemons share NATS JetStream; None: one process.
+    cluster: ClusterConfig | None = None
     #: Things worth knowing that do not stop the files from being used
     #: (e.g. a `${VAR}` left unset while checking): `check --strict` fails on them.
     warnings: tuple[Problem, ...] = ()
@@ -250,6 +285,8 @@ class _Builder:
         self.notifier_lines: dict[str, tuple[Path, int | None]] = {}
         self.zoom: ZoomConfig | None = None
         self.zoom_file: Path | None = None
+        self.cluster: ClusterConfig | None = None
+        self.cluster_file: Path | None = None
         self.engine: EngineConfig | None = None
         self.engine_file: Path | None = None
         self.notifiers: dict[str, tuple[str, ...]] = {}
@@ -366,7 +403,7 @@ class _Builder:
     # -- sections ------------------------------------------------------------
 
     def check_top(self, data: dict[str, Any], ctx: _Ctx) -> None:
-        known = ("version", "zoom", "engine", "notifiers", "rule")
+        known = ("version", "zoom", "engine", "notifiers", "cluster", "rule")
         self.unknown_keys(data, known, ctx)
         version = data.get("version", 1)
         if isinstance(version, str) and version.strip() == "1":
@@ -379,6 +416,8 @@ class _Builder:
             self.check_zoom(data["zoom"], _Ctx(ctx.file, ctx.smap, "[zoom]", ("zoom",)))
         if "engine" in data and self.table(data["engine"], ctx, "engine"):
             self.check_engine(data["engine"], _Ctx(ctx.file, ctx.smap, "[engine]", ("engine",)))
+        if "cluster" in data and self.table(data["cluster"], ctx, "cluster"):
+            self.check_cluster(data["cluster"], _Ctx(ctx.file, ctx.smap, "[cluster]", ("cluster",)))
         if "notifiers" in data and self.table(data["notifiers"], ctx, "notifiers"):
             self.check_notifiers(
                 data["notifiers"], _Ctx(ctx.file, ctx.smap, "[notifiers]", ("notifiers",))
@@ -503,7 +542,7 @@ class _Builder:
         known = (
             "state_dir", "max_concurrency", "plugins", "shutdown_grace", "evaluator",
             "action_timeout", "action_retries", "retry_backoff", "retry_backoff_cap",
-            "journal", "retention", "dedup_window", "journal_buffer",
+            "journal", "retention", "dedup_window", "journal_buffer", "per_delivery_fields",
         )  # fmt: skip
         self.unknown_keys(data, known, ctx)
         get = _Getter(self, data, ctx)
@@ -527,6 +566,75 @@ class _Builder:
             retention=get.duration("retention", defaults.retention),
             dedup_window=get.duration("dedup_window", defaults.dedup_window),
             journal_buffer=get.convert("journal_buffer", defaults.journal_buffer, parse_size),
+            per_delivery_fields=self.per_delivery_fields(data.get("per_delivery_fields"), ctx),
+        )
+
+    def per_delivery_fields(self, raw: Any, ctx: _Ctx) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        if raw is None:
+            return EngineConfig.per_delivery_fields
+        if not isinstance(raw, dict):
+            self.problem(
+                ctx, "per_delivery_fields",
+                'must be a table: { "recording.*" = ["download_token"], ... }',
+            )  # fmt: skip
+            return EngineConfig.per_delivery_fields
+        # A glob given replaces the default for that glob; the others stay.
+        given = set(raw)
+        out = [(glob, paths) for glob, paths in DEFAULT_PER_DELIVERY if glob not in given]
+        for glob, paths in raw.items():
+            if not isinstance(paths, list) or not all(
+                isinstance(p, str) and p and all(p.split(".")) for p in paths
+            ):
+                self.problem(
+                    _Ctx(ctx.file, ctx.smap, ctx.where, ctx.path + ("per_delivery_fields",),
+                         "per_delivery_fields."),
+                    glob, "must be a list of dotted field paths, e.g. [\"download_token\"]",
+                )  # fmt: skip
+                continue
+            out.append((glob, tuple(paths)))
+        return tuple(out)
+
+    def check_cluster(self, data: dict[str, Any], ctx: _Ctx) -> None:
+        if self.cluster_file is not None:
+            self.problem(ctx, None, f"[cluster] is already defined in {self.cluster_file}")
+            return
+        self.cluster_file = ctx.file
+        known = (
+            "servers", "name", "node", "lease_ttl", "replicas", "ack_wait", "credentials",
+            "user", "password", "token", "tls",
+        )  # fmt: skip
+        self.unknown_keys(data, known, ctx)
+        get = _Getter(self, data, ctx)
+        servers = get.str_list("servers", [])
+        if not servers:
+            self.problem(ctx, "servers", 'is required: the NATS URLs, e.g. ["nats://nats-1:4222"]')
+        for index, url in enumerate(servers):
+            if not url.startswith(("nats://", "tls://", "ws://", "wss://")):
+                self.problem(ctx, "servers", f"server {index + 1} must be a nats:// or tls:// URL")
+        name = get.string("name", "zoomrules")
+        if not _CLUSTER_NAME.fullmatch(name or ""):
+            self.problem(ctx, "name", "must be letters, digits, - and _ (it prefixes stream names)")
+        tls = data.get("tls", {})
+        if not isinstance(tls, dict):
+            self.problem(ctx, "tls", "must be a table { ca = ..., cert = ..., key = ... }")
+            tls = {}
+        tls_ctx = _Ctx(ctx.file, ctx.smap, ctx.where, ctx.path + ("tls",), "tls.")
+        self.unknown_keys(tls, ("ca", "cert", "key"), tls_ctx)
+        tls_get = _Getter(self, tls, tls_ctx)
+        self.cluster = ClusterConfig(
+            servers=tuple(servers),
+            name=name or "zoomrules",
+            node=get.string("node", "") or socket.gethostname(),
+            lease_ttl=get.duration("lease_ttl", 15.0, minimum=2.0),
+            replicas=get.integer("replicas", min(3, max(1, len(servers))), minimum=1),
+            ack_wait=get.duration("ack_wait", 30.0, minimum=1.0),
+            credentials=get.string("credentials", None),
+            user=get.string("user", None),
+            password=get.string("password", None),
+            token=get.string("token", None),
+            tls_ca=tls_get.string("ca", None),
+            tls_cert=tls_get.string("cert", None),
+            tls_key=tls_get.string("key", None),
         )
 
     def check_notifiers(self, data: dict[str, Any], ctx: _Ctx) -> None:
@@ -659,6 +767,9 @@ class _Builder:
 
     def finish(self, files: tuple[Path, ...]) -> Config:
         engine = self.engine or EngineConfig()
+        if self.cluster is not None:
+            # The cluster's journal is its streams.
+            engine = replace(engine, journal_backend="jetstream")
         # The environment wins over the file, with or without an [engine].
         state_dir = self.env.get("ZOOMRULES_STATE_DIR")
         if state_dir:
@@ -669,6 +780,7 @@ class _Builder:
             engine=engine,
             notifiers=self.notifiers,
             rules=tuple(_with_action_defaults(rule, engine) for rule in self.rules),
+            cluster=self.cluster,
             warnings=tuple(sorted(self.warnings, key=lambda p: (str(p.file), p.line or 0))),
             notifier_lines=self.notifier_lines,
         )
@@ -849,6 +961,7 @@ def _describe_path(
 
 __all__ = [
     "ActionSpec",
+    "ClusterConfig",
     "Config",
     "ConfigError",
     "EngineConfig",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -21,14 +23,83 @@ def canonical_json(body: Any) -> bytes:
     return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
 
 
-def event_id(body: dict[str, Any]) -> str:
-    """Stable id of an event: a hash of its canonical content.
+#: Fields Zoom varies between deliveries of one occurrence, by event-name
+#: glob: two deliveries of one `recording.completed` have been seen to differ
+#: in `download_token` alone. `[engine] per_delivery_fields` adds to these.
+DEFAULT_PER_DELIVERY: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("recording.*", ("download_token",)),
+)
 
-    Two deliveries of the same event (a redelivery, two overlapping
-    subscriptions, a replayed file) get the same id, so it serves as an
-    idempotency key for external systems.
+PerDelivery = Sequence[tuple[str, Sequence[str]]]
+
+
+class _Identity:
+    """Which fields each event name leaves out of its id (cached per name)."""
+
+    def __init__(self, per_delivery: PerDelivery) -> None:
+        self.per_delivery = tuple((glob, tuple(paths)) for glob, paths in per_delivery)
+        self._by_name: dict[str, tuple[tuple[str, ...], ...]] = {}
+
+    def fields(self, name: object) -> tuple[tuple[str, ...], ...]:
+        if not isinstance(name, str):
+            return ()
+        found = self._by_name.get(name)
+        if found is None:
+            found = tuple(
+                tuple(path.split("."))
+                for glob, paths in self.per_delivery
+                if fnmatch.fnmatchcase(name, glob)
+                for path in paths
+            )
+            if len(self._by_name) >= 4096:
+                self._by_name.clear()
+            self._by_name[name] = found
+        return found
+
+
+_identity = _Identity(DEFAULT_PER_DELIVERY)
+
+
+def set_per_delivery_fields(per_delivery: PerDelivery) -> None:
+    """Which fields ids leave out, process-wide (from `[engine] per_delivery_fields`)."""
+    global _identity
+    _identity = _Identity(per_delivery)
+
+
+def per_delivery_fields() -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """The fields ids leave out now (for the journal's writer process)."""
+    return _identity.per_delivery
+
+
+def event_id(body: dict[str, Any]) -> str:
+    """Stable id of an event: a hash of its canonical content, without the
+    fields Zoom varies between deliveries of one occurrence.
+
+    Two deliveries of the same occurrence (a redelivery, two subscriptions
+    with the same events, a webhook beside the WebSocket, a replayed file)
+    get the same id, so it is the key duplicates are found by and an
+    idempotency key for external systems. An event without per-delivery
+    fields is hashed whole, as it always was.
     """
+    fields = _identity.fields(body.get("event"))
+    if fields:
+        body = _without(body, fields)
     return hashlib.sha256(canonical_json(body)).hexdigest()[:32]
+
+
+def _without(body: dict[str, Any], paths: tuple[tuple[str, ...], ...]) -> dict[str, Any]:
+    """`body` without the fields at `paths` (copying only the tables on the way)."""
+    out = dict(body)
+    for path in paths:
+        table = out
+        for key in path[:-1]:
+            inner = table.get(key)
+            if not isinstance(inner, dict):
+                break
+            table[key] = table = dict(inner)
+        else:
+            table.pop(path[-1], None)
+    return out
 
 
 #: orjson encodes containers nested at most this deep; a body nested deeper

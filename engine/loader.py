@@ -14,6 +14,7 @@ from pathlib import Path
 
 from engine.config import Config, MissingEnv, RuleSpec, read_config
 from engine.errors import ConfigError, PluginError
+from engine.events import set_per_delivery_fields
 from engine.expr.compiler import ExpressionCompiler
 from engine.hookspecs import ConfigIssue
 from engine.matcher import Matcher, is_glob
@@ -109,6 +110,9 @@ def _load_rules(
     missing_env: MissingEnv,
 ) -> LoadedRules:
     config, problems = read_config(paths, env, missing_env=missing_env)
+    # Event ids leave out what Zoom varies between deliveries (`[engine]
+    # per_delivery_fields`): set before anything computes one.
+    set_per_delivery_fields(config.engine.per_delivery_fields)
     try:
         registry = load_registry(
             config.engine.plugins, entry_points=entry_points, extra=extra_plugins

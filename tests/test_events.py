@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import pickle
+from pathlib import Path
 
 import orjson
 import pytest
@@ -122,3 +123,36 @@ def test_an_id_settled_from_elsewhere_is_kept_and_a_known_one_is_not_replaced() 
     assert event.known_id == event.id == event_id(event.body)
     event.settle_id("something else")
     assert event.id == event_id(event.body)
+
+
+def test_two_deliveries_of_one_recording_share_an_id_despite_the_download_token() -> None:
+    from conftest import example
+
+    first = example("recording.completed")
+    second = {**first, "download_token": "another-token-for-the-second-delivery"}
+    assert Event.from_body(first, source="a").id == Event.from_body(second, source="b").id
+    # Anything else that differs is another occurrence.
+    other = {**first, "event_ts": first["event_ts"] + 1}
+    assert Event.from_body(other, source="a").id != Event.from_body(first, source="a").id
+
+
+def test_per_delivery_fields_are_configurable(tmp_path: Path) -> None:
+    from conftest import example
+
+    from engine.events import DEFAULT_PER_DELIVERY, set_per_delivery_fields
+    from engine.loader import load_rules
+
+    rules = tmp_path / "rules.toml"
+    rules.write_text(
+        '[engine]\nper_delivery_fields = { "meeting.*" = ["payload.object.join_url"] }\n'
+        '[[rule]]\nname = "r"\non = ["meeting.started"]\n[[rule.action]]\ntype = "log"\n'
+    )
+    try:
+        loaded = load_rules([rules])
+        assert ("recording.*", ("download_token",)) in loaded.config.engine.per_delivery_fields
+        body = example("meeting.started")
+        moved = {**body, "payload": {**body["payload"], "object": {
+            **body["payload"]["object"], "join_url": "https://zoom.us/j/other"}}}  # fmt: skip
+        assert Event.from_body(body, source="a").id == Event.from_body(moved, source="a").id
+    finally:
+        set_per_delivery_fields(DEFAULT_PER_DELIVERY)

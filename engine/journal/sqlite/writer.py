@@ -40,9 +40,11 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import anyio
+import orjson
 from anyio.abc import Process
 
 from engine.errors import JournalWriterLost
+from engine.events import per_delivery_fields, set_per_delivery_fields
 from engine.journal.sqlite.batches import SegmentAnswer, apply_segment
 from engine.journal.sqlite.db import JournalDB
 from engine.journal.sqlite.rows import EventRow, JobsRow, OutcomeRow
@@ -87,7 +89,14 @@ class WriterProcess:
         from_child, child_out = _pipe()
         try:
             process = await anyio.open_process(
-                [sys.executable, "-m", "engine.journal.sqlite", str(path)],
+                # The ids it computes leave out the same per-delivery fields.
+                [
+                    sys.executable,
+                    "-m",
+                    "engine.journal.sqlite",
+                    str(path),
+                    orjson.dumps(per_delivery_fields()).decode(),
+                ],
                 stdin=child_in,
                 stdout=child_out,
                 stderr=None,  # its own errors go where the daemon's go
@@ -267,4 +276,6 @@ def main() -> None:
     if os.environ.get("ZR_BATCH") and hasattr(os, "sched_setscheduler"):
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
     logging.basicConfig(level=logging.WARNING, format="zoomrules journal writer: %(message)s")
+    if len(sys.argv) > 2:
+        set_per_delivery_fields(orjson.loads(sys.argv[2]))
     serve(Path(sys.argv[1]), sys.stdin.buffer, sys.stdout.buffer)
