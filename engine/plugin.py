@@ -28,9 +28,10 @@ What each name is for:
   sees it, and what it returns for each problem it finds there.
 - `Event`, `META_KEY`: the event being handled, and the key (`zoomrules`)
   under which the engine's metadata is visible to templates.
-- `Services`, `TokenProvider`: what the running engine shares with actions
-  (the HTTP client, the Zoom token, the configuration, a per-plugin scratch
-  space).
+- `Services`, `TokenProvider`, `RateLimiter`: what the running engine shares
+  with actions (the HTTP client, the Zoom token, the configuration, a
+  per-plugin scratch space, and `rate_limiter(name, rate)`: a budget shared
+  by every job of the daemon, or of the whole cluster).
 - `Template`, `Quote`, `to_text`: rendering parameters declared `raw=True`
   (e.g. with shell or URL quoting) and spelling values as text the way
   templates do.
@@ -60,6 +61,7 @@ from engine.hookspecs import (
     hookimpl,
 )
 from engine.logs import shorten
+from engine.rate_limit import RateLimiter
 from engine.redact import redact_url
 from engine.retry import parse_retry_after
 from engine.services import Services, TokenProvider
@@ -77,6 +79,7 @@ __all__ = [
     "Param",
     "ParamType",
     "Quote",
+    "RateLimiter",
     "Services",
     "Template",
     "TokenProvider",

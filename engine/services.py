@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
+
+from engine.durations import Rate
+from engine.rate_limit import RateLimiter, TokenBucket
 
 if TYPE_CHECKING:
     # Only named here: loading httpx (with its command-line client, which
@@ -40,3 +44,20 @@ class Services:
     http: httpx.AsyncClient
     tokens: TokenProvider | None = None
     state: dict[str, Any] = field(default_factory=dict)
+    #: Makes the limiters `rate_limiter` hands out: local token buckets, or
+    #: (in a cluster) budgets every node shares.
+    make_limiter: Callable[[str, Rate], RateLimiter] = field(
+        default=lambda name, rate: TokenBucket(rate), repr=False
+    )
+    _limiters: dict[str, tuple[Rate, RateLimiter]] = field(default_factory=dict, repr=False)
+
+    def rate_limiter(self, name: str, rate: Rate) -> RateLimiter:
+        """The limiter every action of this daemon (of the whole cluster, in
+        cluster mode) shares under `name`; a new one when `rate` changes
+        (after a reload)."""
+        current = self._limiters.get(name)
+        if current is not None and current[0] == rate:
+            return current[1]
+        limiter = self.make_limiter(name, rate)
+        self._limiters[name] = (rate, limiter)
+        return limiter

@@ -15,14 +15,19 @@ ActionErrors carrying Zoom's own wait hint.
 
 from __future__ import annotations
 
-import time
 import urllib.parse
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-import anyio
-
-from engine.plugin import ActionContext, ActionError, ActionType, Param, hookimpl, shorten
+from engine.plugin import (
+    ActionContext,
+    ActionError,
+    ActionType,
+    Param,
+    RateLimiter,
+    hookimpl,
+    shorten,
+)
 from plugins import _http_common as common
 
 # httpx (and the command-line tools it imports) loads on the first request,
@@ -33,48 +38,6 @@ if TYPE_CHECKING:
 NAME = "zoom_api"
 DEFAULT_BASE_URL = "https://api.zoom.us/v2"
 _METHODS = ("GET", "POST", "PATCH", "PUT", "DELETE")
-_LIMITER_KEY = "zoom_api.limiter"
-
-
-class TokenBucket:
-    """`count` requests per `per` seconds, bursting up to `count`; shared by every zoom_api job.
-
-    Waiters hold the lock while they sleep, so they are served in arrival
-    order and none can overtake another between sleeping and taking.
-    """
-
-    def __init__(self, count: int, per: float) -> None:
-        self.count = count
-        self.per = per
-        self._tokens = float(count)
-        self._updated = time.monotonic()
-        self._lock = anyio.Lock()
-
-    async def acquire(self) -> None:
-        async with self._lock:
-            self._refill()
-            if self._tokens < 1:
-                await anyio.sleep((1 - self._tokens) * self.per / self.count)
-                self._refill()
-            self._tokens -= 1
-
-    def _refill(self) -> None:
-        now = time.monotonic()
-        rate = self.count / self.per
-        self._tokens = min(float(self.count), self._tokens + (now - self._updated) * rate)
-        self._updated = now
-
-
-def limiter_for(services_state: dict[str, Any], rate: Any) -> TokenBucket | None:
-    """The daemon-wide bucket for `config.zoom.api_rate` (rebuilt if the rate changes)."""
-    if rate is None:
-        return None
-    current = services_state.get(_LIMITER_KEY)
-    if isinstance(current, TokenBucket) and (current.count, current.per) == (rate.count, rate.per):
-        return current
-    bucket = TokenBucket(rate.count, rate.per)
-    services_state[_LIMITER_KEY] = bucket
-    return bucket
 
 
 def quote_segment(value: str) -> str:
@@ -144,7 +107,9 @@ async def run(params: Mapping[str, Any], ctx: ActionContext) -> dict[str, Any]:
     target = f"Zoom API {method} {shown}"
     extra = common.log_extra(ctx, NAME, method=method, path=shown)
 
-    limiter = limiter_for(services.state, getattr(zoom, "api_rate", None))
+    rate = getattr(zoom, "api_rate", None)
+    # One budget for every zoom_api job of the daemon (of the cluster).
+    limiter = services.rate_limiter(NAME, rate) if rate is not None else None
     token = await services.tokens.token()
     response, body = await _call(
         services.http, method, url, params, token, limiter, target, ctx, extra
@@ -166,7 +131,7 @@ async def _call(
     url: httpx.URL,
     params: Mapping[str, Any],
     token: str,
-    limiter: TokenBucket | None,
+    limiter: RateLimiter | None,
     target: str,
     ctx: ActionContext,
     extra: Mapping[str, Any],

@@ -21,6 +21,7 @@ from conftest import product_events
 from engine.auth import TokenManager
 from engine.events import Event
 from engine.plugin import ActionError
+from engine.rate_limit import TokenBucket
 from engine.services import Services
 from engine.simulator import SimResponse, Simulator
 from plugins import zoom_api
@@ -250,7 +251,7 @@ async def test_client_side_rate_limit(env: Env) -> None:
     # Burst of 2, then one every 0.1 s: the last four wait at least 0.4 s in total.
     assert elapsed >= 0.35
     assert len(env.sim.api_calls) == 6
-    assert isinstance(env.services.state["zoom_api.limiter"], zoom_api.TokenBucket)
+    assert isinstance(env.services._limiters["zoom_api"][1], TokenBucket)
 
 
 @pytest.mark.anyio

@@ -26,6 +26,7 @@ PLUGIN_API = [
     "Param",
     "ParamType",
     "Quote",
+    "RateLimiter",
     "Services",
     "Template",
     "TokenProvider",

@@ -33,6 +33,9 @@ class SourceHealth:
     since: float | None
     #: One line for logs and status pages ("connected", the last close reason).
     detail: str
+    #: Not delivering here because another node of the cluster does (it holds
+    #: the subscription's lease): healthy for the cluster.
+    elsewhere: bool = False
 
 
 class EventSource(Protocol):

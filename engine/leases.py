@@ -1,0 +1,160 @@
+"""Leases on Zoom subscriptions: one node at a time holds each, the others stand by.
+
+A lease is a key of the cluster's `leases` bucket, whose bucket-level TTL
+(`[cluster] lease_ttl`) removes it when its holder stops renewing it: a
+standby's `create` then succeeds. (A per-key TTL would be the natural tool,
+but one was seen never to expire after its node was killed in a 3-node
+cluster: see docs/cluster.md.) The key's revision only grows, so it serves
+as the holder's epoch, and `update(last=revision)` refuses a holder whose
+lease was taken over.
+
+Fencing: a holder that could not renew for `FENCE` of the TTL stops reading
+at once, before the key can expire and a standby can take it, so two nodes
+never both read one subscription (give or take the clocks' rates over one
+TTL). A node leaving cleanly deletes its lease: a standby takes over at its
+next look instead of waiting for the TTL.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import orjson
+
+log = logging.getLogger("zoomrules.cluster")
+
+#: A holder stops reading once this share of the TTL passed without a renewal.
+FENCE = 2 / 3
+#: Renewals per TTL, and how often a standby looks (at most once a second).
+RENEWALS = 3
+LOOKS = 5
+
+
+@dataclass(frozen=True)
+class Holding:
+    """A lease held: its epoch (the key's revision) and when it was taken."""
+
+    epoch: int
+    since: float
+
+
+class Leases:
+    """This node's leases in the `leases` bucket."""
+
+    def __init__(self, bucket: Any, node: str, ttl: float) -> None:
+        self.bucket = bucket
+        self.node = node
+        self.ttl = ttl
+        #: Subscriptions this node holds now.
+        self.held: set[str] = set()
+
+    def lease(self, name: str) -> Lease:
+        return Lease(self, name)
+
+
+class Lease:
+    """One subscription's lease, from this node's side."""
+
+    def __init__(self, leases: Leases, name: str) -> None:
+        self.leases = leases
+        self.name = name
+        self.key = name.replace(":", "_")
+        self.holding: Holding | None = None
+        self._revision = 0
+        self._renewed = 0.0  # monotonic time of the last successful write
+
+    @property
+    def ttl(self) -> float:
+        return self.leases.ttl
+
+    def _value(self, since: float) -> bytes:
+        return orjson.dumps({"node": self.leases.node, "since": since})
+
+    async def acquire(self) -> Holding:
+        """Wait until this node holds the lease (standing by meanwhile)."""
+        from nats.js.errors import KeyWrongLastSequenceError
+
+        look = min(1.0, self.ttl / LOOKS)
+        while True:
+            # A node that holds other subscriptions lets the others go first,
+            # so redundant subscriptions spread over the nodes.
+            held_elsewhere = len(self.leases.held - {self.name})
+            if held_elsewhere:
+                await anyio.sleep(look * held_elsewhere)
+            now = time.time()
+            try:
+                self._revision = await self.leases.bucket.create(self.key, self._value(now))
+            except KeyWrongLastSequenceError:
+                await anyio.sleep(look)  # held by another node: stand by
+                continue
+            except Exception as exc:  # noqa: BLE001 - NATS unreachable: keep trying
+                log.debug("lease %s: cannot reach NATS (%s)", self.name, exc)
+                await anyio.sleep(look)
+                continue
+            self._renewed = time.monotonic()
+            self.holding = Holding(self._revision, now)
+            self.leases.held.add(self.name)
+            return self.holding
+
+    async def keep(self) -> str:
+        """Renew until the lease is lost or fenced; returns why it ended."""
+        from nats.js.errors import KeyWrongLastSequenceError
+
+        assert self.holding is not None
+        every = self.ttl / RENEWALS
+        while True:
+            await anyio.sleep(min(every, self._fence_at() - time.monotonic()))
+            if time.monotonic() >= self._fence_at():
+                return f"no renewal for {self.ttl * FENCE:.1f}s (NATS unreachable?)"
+            try:
+                with anyio.fail_after(max(0.1, self._fence_at() - time.monotonic())):
+                    self._revision = await self.leases.bucket.update(
+                        self.key, self._value(self.holding.since), last=self._revision
+                    )
+            except KeyWrongLastSequenceError:
+                return "taken over by another node"
+            except Exception as exc:  # noqa: BLE001 - retried until fenced
+                log.debug("lease %s: renewal failed (%s)", self.name, exc)
+                continue
+            self._renewed = time.monotonic()
+
+    def _fence_at(self) -> float:
+        return self._renewed + self.ttl * FENCE
+
+    async def release(self) -> None:
+        """Give the lease up now (a clean stop), if still ours."""
+        self.leases.held.discard(self.name)
+        if self.holding is None:
+            return
+        self.holding = None
+        with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+            try:
+                await self.leases.bucket.delete(self.key, last=self._revision)
+            except Exception as exc:  # noqa: BLE001 - it expires by itself anyway
+                log.debug("lease %s: release failed (%s)", self.name, exc)
+
+    def lost(self) -> None:
+        self.leases.held.discard(self.name)
+        self.holding = None
+
+
+async def holders(bucket: Any) -> dict[str, dict[str, Any]]:
+    """Every held lease: name -> {"node", "since", "epoch"} (for `cluster status`)."""
+    out: dict[str, dict[str, Any]] = {}
+    try:
+        keys = await bucket.keys()
+    except Exception:  # noqa: BLE001 - no keys (nats-py raises NoKeysError)
+        return out
+    for key in keys:
+        try:
+            entry = await bucket.get(key)
+        except Exception:  # noqa: BLE001 - gone meanwhile
+            continue
+        if entry.value:
+            value = orjson.loads(entry.value)
+            out[key] = {**value, "epoch": entry.revision}
+    return out

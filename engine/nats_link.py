@@ -1,0 +1,256 @@
+"""A node's link to its cluster's NATS JetStream: the connection, and the cluster's names.
+
+Every stream, bucket and consumer of a cluster is named after `[cluster]
+name`, so several clusters can share one NATS system:
+
+    <name>_EVENTS   stream  <name>.events.in     every Zoom event, once (deduplicated by id)
+    <name>_RETRY    stream  <name>.retry.<job>   dead letters re-queued by `dlq retry` (work queue)
+    <name>_DLQ      stream  <name>.dlq.<job>     dead letters, one message per job
+    <name>_leases   bucket  subscription -> holder (bucket TTL = lease_ttl)
+    <name>_nodes    bucket  node -> what it runs (bucket TTL = lease_ttl)
+    <name>_progress bucket  job -> next action (for a job taken over mid-way)
+    <name>_marks    bucket  name -> time (e.g. when a subscription was last connected)
+    <name>_limits   bucket  shared throttle windows and rate budgets
+
+Nothing here acts on events: the journal backend (`engine.journal.jetstream`),
+the leases (`engine.leases`) and the shared limits (`engine.shared_limits`)
+each take what they need from a `NatsLink`.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+from engine.config import ClusterConfig, EngineConfig
+from engine.errors import JournalError
+from engine.redact import redact
+
+log = logging.getLogger("zoomrules.cluster")
+
+#: How long connecting to NATS may take at start before the daemon gives up.
+CONNECT_TIMEOUT = 20.0
+#: Buckets whose keys have no life of their own are still bounded in time.
+_MARK_AGE = 30 * 86400.0
+_LIMIT_AGE = 7 * 86400.0
+
+
+@dataclass(frozen=True)
+class Names:
+    """Every name a cluster uses, from its prefix."""
+
+    prefix: str
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}_EVENTS"
+
+    @property
+    def retry(self) -> str:
+        return f"{self.prefix}_RETRY"
+
+    @property
+    def dlq(self) -> str:
+        return f"{self.prefix}_DLQ"
+
+    @property
+    def events_subject(self) -> str:
+        return f"{self.prefix}.events.in"
+
+    def retry_subject(self, job_id: int) -> str:
+        return f"{self.prefix}.retry.{job_id}"
+
+    def dlq_subject(self, job_id: int) -> str:
+        return f"{self.prefix}.dlq.{job_id}"
+
+    @property
+    def matchers(self) -> str:
+        """The durable consumer every node matches events through."""
+        return "matchers"
+
+    @property
+    def retriers(self) -> str:
+        return "retriers"
+
+    def bucket(self, kind: str) -> str:
+        return f"{self.prefix}_{kind}"
+
+
+class NatsLink:
+    """One node's connection and JetStream context, with the cluster's settings."""
+
+    def __init__(self, nc: Any, cluster: ClusterConfig, engine: EngineConfig) -> None:
+        self.nc = nc
+        self.js = nc.jetstream(timeout=5.0)
+        self.cluster = cluster
+        self.engine = engine
+        self.names = Names(cluster.name)
+        self._buckets: dict[str, Any] = {}
+
+    @property
+    def node(self) -> str:
+        return self.cluster.node
+
+    @property
+    def connected(self) -> bool:
+        return bool(self.nc.is_connected)
+
+    async def bucket(self, kind: str) -> Any:
+        """The key-value bucket `kind` (leases, nodes, progress, marks, limits)."""
+        found = self._buckets.get(kind)
+        if found is None:
+            found = self._buckets[kind] = await self.js.key_value(self.names.bucket(kind))
+        return found
+
+    async def ensure(self) -> None:
+        """Create (or bring up to date) every stream, bucket and consumer."""
+        from nats.js.api import (
+            AckPolicy,
+            ConsumerConfig,
+            KeyValueConfig,
+            RetentionPolicy,
+            StorageType,
+            StreamConfig,
+        )
+
+        names, cluster, engine = self.names, self.cluster, self.engine
+        replicas = cluster.replicas
+        # Duplicates are found within the journal's window, bounded to a day:
+        # the server keeps every id of the window in memory.
+        window = max(120.0, min(engine.dedup_window, 86400.0))
+        streams = [
+            StreamConfig(
+                name=names.events, subjects=[names.events_subject],
+                retention=RetentionPolicy.LIMITS, max_age=engine.retention,
+                duplicate_window=window, storage=StorageType.FILE, num_replicas=replicas,
+            ),
+            StreamConfig(
+                name=names.retry, subjects=[f"{names.prefix}.retry.*"],
+                retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE,
+                num_replicas=replicas,
+            ),
+            StreamConfig(
+                name=names.dlq, subjects=[f"{names.prefix}.dlq.*"],
+                retention=RetentionPolicy.LIMITS, max_age=engine.retention,
+                max_msgs_per_subject=1, storage=StorageType.FILE, num_replicas=replicas,
+            ),
+        ]  # fmt: skip
+        for config in streams:
+            await self._stream(config)
+        buckets = [
+            KeyValueConfig(bucket=names.bucket("leases"), ttl=cluster.lease_ttl,
+                           history=1, replicas=replicas),
+            KeyValueConfig(bucket=names.bucket("nodes"), ttl=cluster.lease_ttl,
+                           history=1, replicas=replicas),
+            KeyValueConfig(bucket=names.bucket("progress"), ttl=engine.retention,
+                           history=1, replicas=replicas),
+            KeyValueConfig(bucket=names.bucket("marks"), ttl=_MARK_AGE, history=1,
+                           replicas=replicas),
+            KeyValueConfig(bucket=names.bucket("limits"), ttl=_LIMIT_AGE, history=1,
+                           replicas=replicas),
+        ]  # fmt: skip
+        for bucket in buckets:
+            await self.js.create_key_value(bucket)
+        consumers = [
+            (names.events, ConsumerConfig(
+                durable_name=names.matchers, ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=cluster.ack_wait, max_deliver=-1, max_ack_pending=20_000,
+                num_replicas=replicas)),
+            (names.retry, ConsumerConfig(
+                durable_name=names.retriers, ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=cluster.ack_wait, max_deliver=-1, num_replicas=replicas)),
+        ]  # fmt: skip
+        for stream, consumer in consumers:
+            await self.js.add_consumer(stream, consumer)
+
+    async def _stream(self, config: Any) -> None:
+        from nats.js.errors import NotFoundError
+
+        try:
+            await self.js.stream_info(config.name)
+        except NotFoundError:
+            await self.js.add_stream(config)
+            return
+        await self.js.update_stream(config)
+
+
+def _tls(cluster: ClusterConfig) -> ssl.SSLContext | None:
+    if not (cluster.tls_ca or cluster.tls_cert):
+        return None
+    context = ssl.create_default_context(cafile=cluster.tls_ca)
+    if cluster.tls_cert:
+        context.load_cert_chain(cluster.tls_cert, cluster.tls_key)
+    return context
+
+
+async def _errors(exc: Exception) -> None:
+    # nats-py reports every disconnect here, with a traceback by default:
+    # one line is enough, and it reconnects by itself.
+    log.warning("NATS: %s", redact(str(exc)) or type(exc).__name__)
+
+
+async def _disconnected() -> None:
+    log.warning("NATS: disconnected; reconnecting")
+
+
+async def _reconnected() -> None:
+    log.info("NATS: reconnected")
+
+
+@asynccontextmanager
+async def connect(cluster: ClusterConfig, engine: EngineConfig) -> AsyncIterator[NatsLink]:
+    """Connect to the cluster's NATS servers for the block (JournalError if they
+    cannot be reached within `CONNECT_TIMEOUT`)."""
+    import nats
+
+    options: dict[str, Any] = {
+        "servers": list(cluster.servers),
+        "name": f"zoomrules {cluster.node}",
+        "reconnect_time_wait": 0.5,
+        # Once connected, reconnect forever: the node waits for NATS rather than dying.
+        "max_reconnect_attempts": -1,
+        "connect_timeout": 2,
+        "error_cb": _errors,
+        "disconnected_cb": _disconnected,
+        "reconnected_cb": _reconnected,
+        "allow_reconnect": True,
+    }
+    if cluster.credentials:
+        options["user_credentials"] = cluster.credentials
+    if cluster.user:
+        options["user"] = cluster.user
+        options["password"] = cluster.password or ""
+    if cluster.token:
+        options["token"] = cluster.token
+    tls = _tls(cluster)
+    if tls is not None:
+        options["tls"] = tls
+    servers = ", ".join(cluster.servers)
+    nc = None
+    with anyio.move_on_after(CONNECT_TIMEOUT):
+        # The first connect retries forever in nats-py: bounded here.
+        nc = await nats.connect(**options)
+    if nc is None:
+        raise JournalError(
+            f"cannot reach NATS at {servers} within {CONNECT_TIMEOUT:.0f}s. "
+            "Fix: check [cluster] servers, credentials and TLS, and that NATS runs with JetStream"
+        )
+    link = NatsLink(nc, cluster, engine)
+    try:
+        try:
+            await link.ensure()
+        except Exception as exc:  # noqa: BLE001 - one clear line, the daemon stops
+            raise JournalError(
+                f"NATS at {servers} refused the cluster's streams: {redact(str(exc))}. "
+                "Fix: enable JetStream on the servers; with one server, set [cluster] replicas = 1"
+            ) from None
+        yield link
+    finally:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            await nc.close()
