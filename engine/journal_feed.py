@@ -121,7 +121,7 @@ class JournalFeed:
         # The events are durable already; the store keeps the jobs' pending
         # rows ahead of anything their actions record, so the jobs need not
         # wait for that commit.
-        ids = iter(
+        starts = iter(
             await self.journal.add_jobs(
                 [
                     (seq, [rule.name for rule in rules])
@@ -132,7 +132,12 @@ class JournalFeed:
         submit = self.pipeline.dispatcher.submit
         for event, rules in zip(events, fired, strict=True):
             for rule in rules:
-                await submit(Job(event, rule, id=next(ids)))
+                job_id, start = next(starts)
+                if start == 0:
+                    await submit(Job(event, rule, id=job_id))
+                elif 0 < start < len(rule.actions):
+                    # Taken over half-done: its first actions succeeded elsewhere.
+                    await submit(Job(event, rule, start_at=start, id=job_id))
 
     # -- resuming and retrying ---------------------------------------------------
 

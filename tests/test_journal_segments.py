@@ -192,7 +192,7 @@ async def test_segments_split_at_max_batch_and_commit_everything_in_order(
         await _committed(journal, count)
         seqs, events = journal.take_hot(0, count)
         assert seqs == list(range(1, count + 1))
-        ids = await journal.add_jobs([(seq, ["rule"]) for seq in seqs])
+        ids = [job for job, _ in await journal.add_jobs([(seq, ["rule"]) for seq in seqs])]
         for job_id in ids:
             # Each outcome is queued after its job's pending row: whether
             # in the same segment or a later one, the row is written first.
@@ -218,7 +218,7 @@ async def test_a_call_keeps_its_place_between_outcomes(writer: str, tmp_path: Pa
             await journal.append(event)
         await _committed(journal, 2)
         seqs, _ = journal.take_hot(0, 10)
-        first, second = await journal.add_jobs([(seq, ["rule"]) for seq in seqs])
+        (first, _), (second, _) = await journal.add_jobs([(seq, ["rule"]) for seq in seqs])
         # first: done, then marked dead -> dead; second: marked dead, then done -> done.
         await journal.record_outcome(first, 0, 0, None, 1, False)
         await journal.mark_dead(first, "rule gone")
@@ -319,7 +319,9 @@ async def test_new_jobs_are_carried_one_segment_to_meet_their_outcomes(
             await journal.append(event)
         await _committed(journal, 3)
         seqs, _ = journal.take_hot(0, 10)
-        first, second, third = await journal.add_jobs([(seq, ["rule"]) for seq in seqs])
+        (first, _), (second, _), (third, _) = await journal.add_jobs(
+            [(seq, ["rule"]) for seq in seqs]
+        )
         await journal.record_outcome(first, 0, 0, None, 1, False)  # one has ended already
         # The writer takes the segment (waited for through the event in it):
         # the jobs, two of them still running, go on to the next segment,

@@ -54,7 +54,7 @@ async def _record_jobs(journal: SqliteJournal, at: int, disturb) -> list[int]:  
     seqs: list[int] = await journal.call(
         lambda db: [row[0] for row in db.conn.execute("SELECT seq FROM events ORDER BY seq")]
     )
-    ids = await journal.add_jobs([(seq, ["rule"]) for seq in seqs])
+    ids = [job for job, _ in await journal.add_jobs([(seq, ["rule"]) for seq in seqs])]
     for index, job_id in enumerate(ids):
         await journal.record_outcome(*ActionOutcome(job_id, 0, 0, None, 1, False))
         if index == at:

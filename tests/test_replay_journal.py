@@ -76,7 +76,7 @@ async def test_the_daemons_store_numbers_dead_letters_with_its_own_jobs(tmp_path
         with anyio.fail_after(30):  # a safety net, not a measurement
             while not (seqs := (await store.take_events(10))[0]):
                 await store.wait_for_events()
-        assert await store.add_jobs([(seqs[0], ["a"])]) == [1]
+        assert await store.add_jobs([(seqs[0], ["a"])]) == [(1, 0)]
         assert await store.record_dead_letter(event, "a", 0, 2, "down") == 2
         row = await store.job(2)
         assert row is not None and row.state == DEAD and row.event_seq == seqs[0]

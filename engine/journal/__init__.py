@@ -3,7 +3,8 @@
 `store` defines the interface (`JournalStore`, `JournalAdmin`) and its
 values; each backend is a subpackage exposing `open_store(engine, **options)`
 and `open_admin(engine)`, imported only when chosen (as anyio loads its
-backends): `sqlite`, the embedded default.
+backends): `sqlite`, the embedded default, and `jetstream`, the cluster's
+streams (`[cluster]`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from engine.journal.store import (
     ActionOutcome,
     Firings,
     JobRow,
+    JobStart,
     JournalAdmin,
     JournalCounters,
     JournalStore,
@@ -43,6 +45,7 @@ __all__ = [
     "ActionOutcome",
     "Firings",
     "JobRow",
+    "JobStart",
     "JournalAdmin",
     "JournalCounters",
     "JournalStore",
@@ -54,7 +57,10 @@ __all__ = [
 ]
 
 #: Backend name -> the module implementing it.
-BACKENDS: dict[str, str] = {"sqlite": "engine.journal.sqlite"}
+BACKENDS: dict[str, str] = {
+    "sqlite": "engine.journal.sqlite",
+    "jetstream": "engine.journal.jetstream",
+}
 
 
 def backend(name: str) -> ModuleType:
@@ -74,9 +80,12 @@ def open_journal(engine: EngineConfig, **options: Any) -> AbstractAsyncContextMa
     return opened
 
 
-def open_journal_admin(engine: EngineConfig) -> AbstractAsyncContextManager[JournalAdmin]:
-    """Open the configured journal to look at it beside a running daemon."""
+def open_journal_admin(
+    engine: EngineConfig, **options: Any
+) -> AbstractAsyncContextManager[JournalAdmin]:
+    """Open the configured journal to look at it beside a running daemon
+    (`cluster=` for the cluster backend)."""
     opened: AbstractAsyncContextManager[JournalAdmin] = backend(engine.journal_backend).open_admin(
-        engine
+        engine, **options
     )
     return opened

@@ -48,6 +48,7 @@ __all__ = [
     "ActionOutcome",
     "Firings",
     "JobRow",
+    "JobStart",
     "JournalAdmin",
     "JournalCounters",
     "JournalStore",
@@ -62,6 +63,8 @@ JOB_STATES = (PENDING, RETRY, DONE, FAILED, DEAD)
 #: Matched events and the names of the rules each fired, in order:
 #: (the event's position in the journal, rule names).
 Firings = Sequence[tuple[int, Sequence[str]]]
+#: A job to run: its id, and the index of its first action (-1: none, it is done).
+JobStart = tuple[int, int]
 
 
 class StoredEvent(NamedTuple):
@@ -248,11 +251,13 @@ class JournalStore(JournalAdmin, Protocol):
         """Return once `take_events` may have more (at once if it may already)."""
         ...
 
-    async def add_jobs(self, firings: Firings) -> list[int]:
+    async def add_jobs(self, firings: Firings) -> list[JobStart]:
         """Record the jobs of taken events as pending; the events count as
-        matched (those that fired nothing too). Returns the jobs' ids, in
-        order, for the caller to run now; their actions' outcomes may be
-        recorded at once (the store keeps them in order)."""
+        matched (those that fired nothing too). Returns, in order, each job's
+        id and the index of its first action to run now (0; more for a job
+        taken over half-done from another node; -1: finished already, do not
+        run it). Their actions' outcomes may be recorded at once (the store
+        keeps them in order)."""
         ...
 
     def try_record_outcome(

@@ -118,7 +118,7 @@ class SqliteAdmin:
 
 
 @asynccontextmanager
-async def open_admin(engine: EngineConfig) -> AsyncIterator[SqliteAdmin]:
+async def open_admin(engine: EngineConfig, **_options: object) -> AsyncIterator[SqliteAdmin]:
     """The existing journal in `[engine] state_dir` (JournalError if there is none)."""
     state_dir = engine.state_dir
     db = await anyio.to_thread.run_sync(lambda: JournalDB.open(state_dir, create=False))

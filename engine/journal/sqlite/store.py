@@ -45,6 +45,7 @@ from engine.journal.store import (
     RETRY,
     Firings,
     JobRow,
+    JobStart,
     JournalCounters,
     StoredEvent,
     StoreHealth,
@@ -886,7 +887,7 @@ class SqliteJournal:
             self._reader.close()
             self._reader = None
 
-    async def add_jobs(self, firings: Firings) -> list[int]:
+    async def add_jobs(self, firings: Firings) -> list[JobStart]:
         """Queue the jobs' `pending` rows without waiting for their commit.
 
         The ids are handed out here (this process is the journal's only
@@ -910,7 +911,7 @@ class SqliteJournal:
         segment.jobs.append((firings, time.time(), first))
         segment.job_counts.append(count)
         self._added(segment)
-        return list(range(first, first + count))
+        return [(job_id, 0) for job_id in range(first, first + count)]
 
     async def record_outcome(
         self,

@@ -1,0 +1,521 @@
+"""The cluster's journal: a `JournalStore` on NATS JetStream.
+
+- **Intake.** `append` queues the event; a publisher sends it to the events
+  stream with its id as `Nats-Msg-Id`, so the stream keeps each occurrence
+  once however many nodes (redundant subscriptions, a webhook) deliver it.
+  A publish NATS does not confirm is sent again (the id makes that safe);
+  while NATS cannot take them, events are held in memory up to `[engine]
+  journal_buffer`, then intake waits, as with the SQLite journal.
+- **Matching.** Every node takes events through one durable pull consumer,
+  so each event goes to one node. The event's message is acknowledged once
+  all the jobs it fired have ended (done, or a dead letter); until then the
+  node says "in progress" every third of `[cluster] ack_wait`. A node that
+  dies holding it lets the message come back to another node after
+  `ack_wait`, which matches it again and resumes its jobs where the
+  progress bucket says they stand: a job that ended is not run again, one
+  that was half-done starts at its first unfinished action.
+- **Dead letters and retries.** A job that failed for good is a document on
+  the dead-letter stream (see `admin`); `dlq retry` moves it to the retry
+  work queue, from which any node's feed takes it (`claim_retries`).
+
+Job ids are the event's stream sequence times 1000 plus the job's place
+among the event's firings: the same job has the same id on every node.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import orjson
+from anyio.abc import TaskStatus
+
+from engine.config import ClusterConfig, EngineConfig
+from engine.errors import JournalError
+from engine.events import Event
+from engine.journal.jetstream.admin import JetStreamAdmin
+from engine.journal.jetstream.documents import (
+    dead_letter,
+    event_from_message,
+    event_message,
+    job_from_document,
+    job_id,
+)
+from engine.journal.store import (
+    RETRY,
+    Firings,
+    JobRow,
+    JobStart,
+    JournalCounters,
+    StoreHealth,
+)
+from engine.logs import LogLimiter
+from engine.nats_link import NatsLink, connect
+from engine.retry import Backoff
+
+log = logging.getLogger("zoomrules.journal")
+
+#: Publishes awaiting NATS's confirmation at once.
+_IN_FLIGHT = 256
+#: Outcomes queued for the outcome task before `try_record_outcome` says wait.
+_OUTCOMES = 8192
+#: How long a stopping node keeps trying to publish what it holds.
+_STOP_TIMEOUT = 10.0
+
+
+@dataclass(eq=False)
+class _Held:
+    """An event message this node took and has not acknowledged yet."""
+
+    msg: Any
+    seq: int
+    event: Event
+    delivered: int
+    jobs: int = 0
+    #: Jobs not ended yet; the message is acknowledged when this reaches 0.
+    pending: int = 0
+
+
+@dataclass(eq=False)
+class _Job:
+    held: _Held | None  # the event message, or None for a re-queued dead letter
+    retry_msg: Any | None
+    rule: str
+    created_at: float
+    next_action: int = 0
+    errors: int = 0
+    ended: bool = False
+
+
+@dataclass
+class _Outbox:
+    events: deque[Event] = field(default_factory=deque)
+    bytes: int = 0
+
+
+class JetStreamJournal(JetStreamAdmin):
+    """`engine.journal.store.JournalStore` on a cluster's streams."""
+
+    def __init__(self, link: NatsLink, engine: EngineConfig, *, batch: int = 256) -> None:
+        super().__init__(link)
+        self.engine = engine
+        self.batch = batch
+        self.counters = JournalCounters()
+        self._logs = LogLimiter(log)
+        self._outbox = _Outbox()
+        self._wake_publisher = anyio.Event()
+        self._room = anyio.Event()
+        self._closed = False
+        self._events_sub: Any = None
+        self._retry_sub: Any = None
+        self._fetched: deque[Any] = deque()
+        self._held: dict[int, _Held] = {}
+        self._jobs: dict[int, _Job] = {}
+        self._outcomes: deque[tuple[Any, ...]] = deque()
+        self._wake_outcomes = anyio.Event()
+        #: Set whenever the outcome queue is empty, or has room again.
+        self._outcomes_idle = anyio.Event()
+        self._failure: str | None = None
+        self._outage_since: float | None = None
+        self._stopped = anyio.Event()
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def run(self, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        js, names = self.link.js, self.names
+        self._events_sub = await js.pull_subscribe_bind(durable=names.matchers, stream=names.events)
+        self._retry_sub = await js.pull_subscribe_bind(durable=names.retriers, stream=names.retry)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._say_in_progress)
+            tg.start_soon(self._record_outcomes)
+            task_status.started()
+            await self._publish()  # returns once closed and everything is out
+            await self._outcomes_done()
+            tg.cancel_scope.cancel()
+        self._stopped.set()
+
+    async def close(self) -> None:
+        self._closed = True
+        self._wake_publisher.set()
+
+    def health(self) -> StoreHealth:
+        if not self.link.connected:
+            return StoreHealth(False, "disconnected from NATS; reconnecting")
+        if self._outage_since is not None:
+            since = time.monotonic() - self._outage_since
+            return StoreHealth(
+                False,
+                f"cannot publish for {since:.0f}s ({self._failure}); "
+                f"{len(self._outbox.events)} event(s) held",
+            )
+        return StoreHealth(True, "publishing")
+
+    # -- intake ---------------------------------------------------------------------------
+
+    async def append(self, event: Event) -> None:
+        while self._outbox.bytes >= self.engine.journal_buffer:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            if self._room.is_set():
+                self._room = anyio.Event()
+            await self._room.wait()
+        if self._closed:
+            raise anyio.ClosedResourceError
+        self._outbox.events.append(event)
+        self._outbox.bytes += len(event.raw) if event.raw is not None else 1024
+        self._wake_publisher.set()
+
+    async def _publish(self) -> None:
+        """Publish held events in order, as many in flight as NATS takes."""
+        outbox = self._outbox
+        retry = Backoff(0.2, 5.0)
+        deadline: float | None = None
+        while True:
+            if not outbox.events:
+                if self._closed:
+                    return
+                self._wake_publisher = anyio.Event()
+                await self._wake_publisher.wait()
+                continue
+            if self._closed and deadline is None:
+                deadline = time.monotonic() + _STOP_TIMEOUT
+            batch = [outbox.events[i] for i in range(min(_IN_FLIGHT, len(outbox.events)))]
+            done = await self._publish_batch(batch)
+            for _ in range(done):
+                event = outbox.events.popleft()
+                outbox.bytes -= len(event.raw) if event.raw is not None else 1024
+            self._room.set()
+            if done == len(batch):
+                if self._outage_since is not None:
+                    log.warning(
+                        "journal: publishing again after %.1fs",
+                        time.monotonic() - self._outage_since,
+                    )
+                    self._outage_since = None
+                retry.reset()
+                continue
+            if deadline is not None and time.monotonic() >= deadline:
+                self._give_up()
+                return
+            await anyio.sleep(retry.next())
+
+    async def _publish_batch(self, batch: Sequence[Event]) -> int:
+        """Publish `batch`; how many of its first events NATS confirmed."""
+        js, subject = self.link.js, self.names.events_subject
+        futures = []
+        try:
+            for event in batch:
+                data, headers = event_message(event)
+                futures.append(await js.publish_async(subject, data, headers=headers))
+        except Exception as exc:  # noqa: BLE001 - held and published again
+            self._outage(exc)
+        confirmed = 0
+        for future in futures:
+            try:
+                ack = await future
+            except Exception as exc:  # noqa: BLE001 - held and published again
+                self._outage(exc)
+                break
+            confirmed += 1
+            if ack.duplicate:
+                self.counters.duplicates += 1
+                self._logs.log(logging.INFO, "duplicate", "duplicate of an event dropped")
+            else:
+                self.counters.appended += 1
+        self.counters.commits += 1
+        return confirmed
+
+    def _outage(self, exc: BaseException) -> None:
+        self.counters.write_errors += 1
+        self._failure = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if self._outage_since is None:
+            self._outage_since = time.monotonic()
+            log.error(
+                "journal: cannot publish to NATS (%s); holding %d event(s) and retrying",
+                self._failure, len(self._outbox.events),
+            )  # fmt: skip
+
+    def _give_up(self) -> None:
+        events = list(self._outbox.events)
+        self.counters.unwritten += len(events)
+        shown = ", ".join(event.id for event in events[:20])
+        log.critical(
+            "journal: stopping while NATS cannot take events (%s): %d event(s) read from Zoom "
+            "were never journaled and are lost: %s%s",
+            self._failure, len(events), shown, " and more" if len(events) > 20 else "",
+        )  # fmt: skip
+        self._outbox.events.clear()
+
+    # -- taking events ----------------------------------------------------------------------
+
+    async def take_events(self, limit: int) -> tuple[list[int], list[Event]]:
+        if not self._fetched:
+            await self._fetch(limit, timeout=0.05)
+        seqs: list[int] = []
+        events: list[Event] = []
+        while self._fetched and len(seqs) < limit:
+            msg = self._fetched.popleft()
+            metadata = msg.metadata
+            seq = metadata.sequence.stream
+            try:
+                event = event_from_message(msg.data, msg.headers)
+            except Exception as exc:  # noqa: BLE001 - not an event: dropped, said so
+                log.error("journal: message %d of the events stream is not an event: %s", seq, exc)
+                await msg.term()
+                continue
+            self._held[seq] = _Held(msg, seq, event, metadata.num_delivered)
+            seqs.append(seq)
+            events.append(event)
+        return seqs, events
+
+    async def _fetch(self, limit: int, timeout: float) -> None:
+        from nats.errors import TimeoutError as NatsTimeout
+
+        try:
+            self._fetched.extend(await self._events_sub.fetch(limit, timeout=timeout))
+        except NatsTimeout:
+            pass
+        except Exception as exc:  # noqa: BLE001 - NATS away: the next look tries again
+            self._logs.log(logging.WARNING, "fetch", "journal: cannot fetch events (%s)", exc)
+            await anyio.sleep(0.5)
+
+    async def wait_for_events(self) -> None:
+        while not self._fetched:
+            await self._fetch(self.batch, timeout=1.0)
+
+    async def add_jobs(self, firings: Firings) -> list[JobStart]:
+        starts: list[JobStart] = []
+        now = time.time()
+        for seq, rules in firings:
+            held = self._held[seq]
+            if not rules:
+                await self._ack(held)
+                continue
+            begin = (
+                await self._progress(seq, len(rules)) if held.delivered > 1 else [0] * len(rules)
+            )
+            held.jobs = len(rules)
+            held.pending = sum(1 for start in begin if start >= 0)
+            for index, (rule, start) in enumerate(zip(rules, begin, strict=True)):
+                job = job_id(seq, index)
+                self._jobs[job] = _Job(held, None, rule, now, next_action=max(start, 0))
+                starts.append((job, start))
+            if held.pending == 0:
+                await self._ack(held)
+        return starts
+
+    async def _progress(self, seq: int, count: int) -> list[int]:
+        """Where each job of a redelivered event stands (-1: ended)."""
+        from nats.js.errors import KeyNotFoundError
+
+        bucket = await self.link.bucket("progress")
+        out = []
+        for index in range(count):
+            try:
+                entry = await bucket.get(str(job_id(seq, index)))
+            except KeyNotFoundError:
+                out.append(0)
+                continue
+            stored = orjson.loads(entry.value) if entry.value else {}
+            out.append(-1 if stored.get("ended") else int(stored.get("next", 0)))
+        return out
+
+    async def _ack(self, held: _Held) -> None:
+        self._held.pop(held.seq, None)
+        try:
+            await held.msg.ack()
+        except Exception as exc:  # noqa: BLE001 - it comes back; its jobs' progress says done
+            self._logs.log(logging.WARNING, "ack", "journal: cannot acknowledge event (%s)", exc)
+
+    async def _say_in_progress(self) -> None:
+        """Tell NATS every busy message is still being worked on."""
+        while True:
+            await anyio.sleep(self.link.cluster.ack_wait / 3)
+            busy = [held.msg for held in self._held.values() if held.pending]
+            busy += [job.retry_msg for job in self._jobs.values() if job.retry_msg is not None]
+            for msg in busy:
+                try:
+                    await msg.in_progress()
+                except Exception as exc:  # noqa: BLE001 - the next round tries again
+                    log.debug("journal: in-progress failed (%s)", exc)
+
+    # -- outcomes -----------------------------------------------------------------------------
+
+    def try_record_outcome(
+        self,
+        job_id: int,
+        index: int,
+        last_index: int,
+        error: str | None,
+        attempts: int,
+        continue_on_error: bool,
+    ) -> bool:
+        if len(self._outcomes) >= _OUTCOMES:
+            return False
+        self._outcomes.append((job_id, index, last_index, error, attempts, continue_on_error))
+        self._wake_outcomes.set()
+        return True
+
+    async def record_outcome(
+        self,
+        job_id: int,
+        index: int,
+        last_index: int,
+        error: str | None,
+        attempts: int,
+        continue_on_error: bool,
+    ) -> None:
+        while not self.try_record_outcome(
+            job_id, index, last_index, error, attempts, continue_on_error
+        ):
+            await self._outcomes_room()
+
+    async def _outcomes_room(self) -> None:
+        if self._outcomes_idle.is_set():
+            self._outcomes_idle = anyio.Event()
+        await self._outcomes_idle.wait()
+
+    async def _outcomes_done(self) -> None:
+        while self._outcomes:
+            await self._outcomes_room()
+
+    async def _record_outcomes(self) -> None:
+        while True:
+            while not self._outcomes:
+                self._outcomes_idle.set()
+                self._wake_outcomes = anyio.Event()
+                await self._wake_outcomes.wait()
+            outcome = self._outcomes.popleft()
+            if len(self._outcomes) < _OUTCOMES // 2:
+                self._outcomes_idle.set()
+            try:
+                await self._record(*outcome)
+            except Exception as exc:  # noqa: BLE001 - the event comes back; progress redone
+                log.error("journal: cannot record an outcome in NATS (%s)", exc)
+
+    async def _record(
+        self,
+        job: int,
+        index: int,
+        last_index: int,
+        error: str | None,
+        attempts: int,
+        continue_on_error: bool,
+    ) -> None:
+        info = self._jobs.get(job)
+        if info is None or info.ended:
+            return
+        failed = error is not None
+        if failed and continue_on_error:
+            info.errors += 1
+        if failed and not continue_on_error:
+            await self._dead(job, info, index, attempts, error)
+            return
+        info.next_action = index + 1
+        if index >= last_index:
+            await self._ended(job, info)
+            return
+        if info.held is not None:
+            bucket = await self.link.bucket("progress")
+            await bucket.put(str(job), orjson.dumps({"next": index + 1, "errors": info.errors}))
+
+    async def _dead(
+        self, job: int, info: _Job, index: int, attempts: int, error: str | None
+    ) -> None:
+        event = info.held.event if info.held is not None else None
+        seq = info.held.seq if info.held is not None else 0
+        if event is None and info.retry_msg is not None:
+            row = job_from_document(info.retry_msg.data)
+            event, seq = row.event, row.event_seq
+        assert event is not None
+        document = dead_letter(
+            job, seq, event, info.rule, index, attempts, info.errors, error, info.created_at
+        )
+        await self.link.js.publish(self.names.dlq_subject(job), document)
+        await self._ended(job, info)
+
+    async def _ended(self, job: int, info: _Job) -> None:
+        info.ended = True
+        self._jobs.pop(job, None)
+        if info.retry_msg is not None:
+            await info.retry_msg.ack()
+            return
+        held = info.held
+        assert held is not None
+        held.pending -= 1
+        if held.pending <= 0:
+            await self._ack(held)
+        elif held.jobs > 1:
+            # The event comes back if this node dies: this job is not run again.
+            bucket = await self.link.bucket("progress")
+            await bucket.put(str(job), orjson.dumps({"ended": True}))
+
+    async def mark_dead(self, job_id: int, error: str) -> None:
+        info = self._jobs.get(job_id)
+        if info is not None:
+            await self._dead(job_id, info, info.next_action, 0, error)
+
+    # -- resuming and retrying -------------------------------------------------------------------
+
+    async def unfinished_jobs(self, after_id: int, limit: int) -> list[JobRow]:
+        return []  # a node's unfinished work comes back to the cluster by itself (ack_wait)
+
+    async def claim_retries(self, limit: int) -> list[JobRow]:
+        from nats.errors import TimeoutError as NatsTimeout
+
+        try:
+            msgs = await self._retry_sub.fetch(limit, timeout=0.05)
+        except NatsTimeout:
+            return []
+        except Exception as exc:  # noqa: BLE001 - the next poll tries again
+            log.debug("journal: cannot fetch retries (%s)", exc)
+            return []
+        rows = []
+        for msg in msgs:
+            row = job_from_document(msg.data, state=RETRY)
+            self._jobs[row.id] = _Job(
+                None, msg, row.rule, row.created_at, row.next_action, row.errors
+            )
+            rows.append(row)
+        return rows
+
+    async def retry_now(self, ids: Sequence[int]) -> list[JobRow]:
+        await self.requeue(ids)
+        return []  # the nodes take them from the retry queue
+
+
+@asynccontextmanager
+async def open_store(
+    engine: EngineConfig,
+    *,
+    cluster: ClusterConfig | None = None,
+    link: NatsLink | None = None,
+    **options: Any,
+) -> AsyncIterator[JetStreamJournal]:
+    """Run the cluster's journal for the block, on `link` or a connection of its own."""
+    if link is None:
+        if cluster is None:
+            raise JournalError("the jetstream journal needs a [cluster] section")
+        async with connect(cluster, engine) as own, _running(own, engine) as journal:
+            yield journal
+        return
+    async with _running(link, engine) as journal:
+        yield journal
+
+
+@asynccontextmanager
+async def _running(link: NatsLink, engine: EngineConfig) -> AsyncIterator[JetStreamJournal]:
+    journal = JetStreamJournal(link, engine)
+    async with anyio.create_task_group() as tg:
+        await tg.start(journal.run)
+        try:
+            yield journal
+        finally:
+            with anyio.CancelScope(shield=True):
+                await journal.close()
