@@ -9,6 +9,7 @@ its mistakes at once.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import socket
@@ -114,6 +115,21 @@ class ClusterConfig:
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
+
+
+#: Settings whose `${VAR}` values operators need to read in logs: paths,
+#: durations and names, not credentials.
+_PLAIN_CLUSTER_KEYS = frozenset(
+    {"servers", "name", "node", "lease_ttl", "replicas", "ack_wait", "credentials", "tls"}
+)
+
+
+def _plain_setting(path: tuple[Any, ...]) -> bool:
+    if not path:
+        return False
+    if path[0] == "engine":
+        return True
+    return path[0] == "cluster" and len(path) > 1 and path[1] in _PLAIN_CLUSTER_KEYS
 
 
 @dataclass(frozen=True)
@@ -232,6 +248,7 @@ def read_config(
     builder = _Builder(env, problems, missing_env)
     for path in files:
         builder.add_file(path)
+    builder.check_together()
     problems.sort(key=lambda p: (str(p.file), p.line or 0))
     return builder.finish(tuple(files)), problems
 
@@ -289,6 +306,7 @@ class _Builder:
         self.cluster_file: Path | None = None
         self.engine: EngineConfig | None = None
         self.engine_file: Path | None = None
+        self.engine_ctx: _Ctx | None = None
         self.notifiers: dict[str, tuple[str, ...]] = {}
         self.rules: list[RuleSpec] = []
         #: Rule name -> where it was first defined (file, line).
@@ -390,11 +408,10 @@ class _Builder:
                     )
                 )
                 return ""
-            if not path or path[0] != "engine":
+            if not _plain_setting(path):
                 # A value from the environment is a secret wherever it goes
                 # (credentials, webhook URLs, API keys): masked in every log
-                # line and in `test` and `check` output from now on. [engine]
-                # holds paths and durations, which operators need to read.
+                # line and in `test` and `check` output from now on.
                 register_secret(value)
             return value
 
@@ -538,6 +555,7 @@ class _Builder:
             self.problem(ctx, None, f"[engine] is already defined in {self.engine_file}")
             return
         self.engine_file = ctx.file
+        self.engine_ctx = ctx
         defaults = EngineConfig()
         known = (
             "state_dir", "max_concurrency", "plugins", "shutdown_grace", "evaluator",
@@ -614,6 +632,14 @@ class _Builder:
         name = get.string("name", "zoomrules")
         if not _CLUSTER_NAME.fullmatch(name or ""):
             self.problem(ctx, "name", "must be letters, digits, - and _ (it prefixes stream names)")
+        if importlib.util.find_spec("nats") is None:
+            self.warnings.append(
+                Problem(
+                    ctx.file, ctx.smap.line_of(ctx.path), ctx.where, None,
+                    "the cluster mode needs nats-py, which is not installed: "
+                    "pip install 'zoomrules[cluster]'",
+                )
+            )  # fmt: skip
         tls = data.get("tls", {})
         if not isinstance(tls, dict):
             self.problem(ctx, "tls", "must be a table { ca = ..., cert = ..., key = ... }")
@@ -765,6 +791,20 @@ class _Builder:
             )
         )
 
+    def check_together(self) -> None:
+        """Problems of sections that only show once every file is read."""
+        engine, ctx = self.engine, self.engine_ctx
+        if (
+            self.cluster is not None
+            and engine is not None
+            and ctx is not None
+            and not engine.journal
+        ):
+            self.problem(
+                ctx, "journal",
+                "cannot be false with [cluster]: the cluster's streams are its journal",
+            )  # fmt: skip
+
     def finish(self, files: tuple[Path, ...]) -> Config:
         engine = self.engine or EngineConfig()
         if self.cluster is not None:
@@ -774,13 +814,17 @@ class _Builder:
         state_dir = self.env.get("ZOOMRULES_STATE_DIR")
         if state_dir:
             engine = replace(engine, state_dir=Path(state_dir))
+        cluster = self.cluster
+        node = self.env.get("ZOOMRULES_NODE")
+        if cluster is not None and node:
+            cluster = replace(cluster, node=node)
         return Config(
             files=files,
             zoom=self.zoom,
             engine=engine,
             notifiers=self.notifiers,
             rules=tuple(_with_action_defaults(rule, engine) for rule in self.rules),
-            cluster=self.cluster,
+            cluster=cluster,
             warnings=tuple(sorted(self.warnings, key=lambda p: (str(p.file), p.line or 0))),
             notifier_lines=self.notifier_lines,
         )

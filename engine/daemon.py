@@ -113,7 +113,7 @@ class Daemon:
         dispatcher.backoff_cap = fresh.config.engine.retry_backoff_cap
         self.runtime.pipeline.replace_rules(fresh)
         self.loaded = fresh
-        changes = await self._sources.replace(build_sources(fresh.config, self._services))
+        changes = await self._sources.replace(self._build_sources(fresh.config))
         self.reloads += 1
         files = ", ".join(map(str, fresh.config.files))
         log.info("reloaded %d rules and their settings from %s", len(fresh.rules), files)
@@ -184,12 +184,17 @@ class Daemon:
         # Through the journal when it is on: reading a source never waits for actions.
         self._sources = SourceSet(runtime.intake)
         self._services = services
-        sources = build_sources(self.loaded.config, services)
+        sources = self._build_sources(self.loaded.config)
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._announce, len(sources))
             failure = await self._sources.run(sources, self._stop)
             tg.cancel_scope.cancel()
         return failure
+
+    def _build_sources(self, config: Config) -> list[EventSource]:
+        assert self._services is not None and self.runtime is not None
+        cluster = self.runtime.cluster
+        return build_sources(config, self._services, cluster.leases if cluster else None)
 
     async def _announce(self, count: int) -> None:
         await anyio.lowlevel.checkpoint()  # once the sources have started

@@ -13,6 +13,13 @@ at once, before the key can expire and a standby can take it, so two nodes
 never both read one subscription (give or take the clocks' rates over one
 TTL). A node leaving cleanly deletes its lease: a standby takes over at its
 next look instead of waiting for the TTL.
+
+Spreading: redundant subscriptions guard against a node's death only when
+different nodes hold them. A node about to compete for a lease lets the
+others go first for each lease it already holds; and a node holding two
+more leases than another live node that runs the same subscription hands
+one over (`Leases.crowded`): its other subscriptions keep Zoom's events
+flowing meanwhile, and a single subscription is never handed over.
 """
 
 from __future__ import annotations
@@ -24,6 +31,9 @@ from typing import Any
 
 import anyio
 import orjson
+
+from engine.membership import members
+from engine.nats_link import entries
 
 log = logging.getLogger("zoomrules.cluster")
 
@@ -45,15 +55,38 @@ class Holding:
 class Leases:
     """This node's leases in the `leases` bucket."""
 
-    def __init__(self, bucket: Any, node: str, ttl: float) -> None:
+    def __init__(self, bucket: Any, node: str, ttl: float, nodes: Any = None) -> None:
         self.bucket = bucket
         self.node = node
         self.ttl = ttl
+        #: The `nodes` bucket (`engine.membership`), to see how others are loaded.
+        self.nodes = nodes
         #: Subscriptions this node holds now.
         self.held: set[str] = set()
+        #: Subscriptions this node runs (held or standing by), in its record.
+        self.names: set[str] = set()
 
     def lease(self, name: str) -> Lease:
+        self.names.add(name)
         return Lease(self, name)
+
+    async def crowded(self, name: str) -> bool:
+        """Whether this node should hand `name` over: it holds two more
+        leases than a live node that also runs `name`, and `name` is the
+        last of its leases (one handed over at a time)."""
+        if self.nodes is None or len(self.held) < 2 or name != max(self.held):
+            return False
+        try:
+            others = [
+                record
+                for record in await members(self.nodes)
+                if record.get("node") != self.node and name in record.get("runs", ())
+            ]
+        except Exception as exc:  # noqa: BLE001 - keep what it holds
+            log.debug("cannot read the cluster's nodes (%s)", exc)
+            return False
+        fewest = min((len(record.get("holds", ())) for record in others), default=None)
+        return fewest is not None and len(self.held) >= fewest + 2
 
 
 class Lease:
@@ -101,13 +134,13 @@ class Lease:
             return self.holding
 
     async def keep(self) -> str:
-        """Renew until the lease is lost or fenced; returns why it ended."""
+        """Renew until the lease is lost, fenced or handed over; returns why it ended."""
         from nats.js.errors import KeyWrongLastSequenceError
 
         assert self.holding is not None
         every = self.ttl / RENEWALS
         while True:
-            await anyio.sleep(min(every, self._fence_at() - time.monotonic()))
+            await anyio.sleep(max(0.0, min(every, self._fence_at() - time.monotonic())))
             if time.monotonic() >= self._fence_at():
                 return f"no renewal for {self.ttl * FENCE:.1f}s (NATS unreachable?)"
             try:
@@ -121,6 +154,9 @@ class Lease:
                 log.debug("lease %s: renewal failed (%s)", self.name, exc)
                 continue
             self._renewed = time.monotonic()
+            if await self.leases.crowded(self.name):
+                await self.release()
+                return "handed over to a node that holds fewer subscriptions"
 
     def _fence_at(self) -> float:
         return self._renewed + self.ttl * FENCE
@@ -144,17 +180,7 @@ class Lease:
 
 async def holders(bucket: Any) -> dict[str, dict[str, Any]]:
     """Every held lease: name -> {"node", "since", "epoch"} (for `cluster status`)."""
-    out: dict[str, dict[str, Any]] = {}
-    try:
-        keys = await bucket.keys()
-    except Exception:  # noqa: BLE001 - no keys (nats-py raises NoKeysError)
-        return out
-    for key in keys:
-        try:
-            entry = await bucket.get(key)
-        except Exception:  # noqa: BLE001 - gone meanwhile
-            continue
-        if entry.value:
-            value = orjson.loads(entry.value)
-            out[key] = {**value, "epoch": entry.revision}
-    return out
+    return {
+        entry.key: {**orjson.loads(entry.value), "epoch": entry.revision}
+        for entry in await entries(bucket)
+    }

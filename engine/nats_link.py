@@ -30,6 +30,7 @@ import anyio
 
 from engine.config import ClusterConfig, EngineConfig
 from engine.errors import JournalError
+from engine.logs import LogLimiter
 from engine.redact import redact
 
 log = logging.getLogger("zoomrules.cluster")
@@ -100,6 +101,13 @@ class NatsLink:
     @property
     def connected(self) -> bool:
         return bool(self.nc.is_connected)
+
+    @property
+    def connected_url(self) -> str:
+        """The server this node talks to now (without credentials)."""
+        url = self.nc.connected_url
+        # host:port, not a URL: log lines mask URLs (they may hold credentials).
+        return f"{url.hostname}:{url.port}" if url is not None else "(none)"
 
     async def bucket(self, kind: str) -> Any:
         """The key-value bucket `kind` (leases, nodes, progress, marks, limits)."""
@@ -180,6 +188,25 @@ class NatsLink:
         await self.js.update_stream(config)
 
 
+async def entries(bucket: Any) -> list[Any]:
+    """Every live entry of a key-value bucket (none if it is empty)."""
+    from nats.js.errors import KeyNotFoundError, NoKeysError
+
+    try:
+        keys = await bucket.keys()
+    except NoKeysError:
+        return []
+    found = []
+    for key in keys:
+        try:
+            entry = await bucket.get(key)
+        except KeyNotFoundError:  # gone meanwhile
+            continue
+        if entry.value:
+            found.append(entry)
+    return found
+
+
 def _tls(cluster: ClusterConfig) -> ssl.SSLContext | None:
     if not (cluster.tls_ca or cluster.tls_cert):
         return None
@@ -189,10 +216,13 @@ def _tls(cluster: ClusterConfig) -> ssl.SSLContext | None:
     return context
 
 
+#: nats-py reports each failed reconnect attempt (two a second while NATS is
+#: away): one line now and then is enough, and it reconnects by itself.
+_error_logs = LogLimiter(log)
+
+
 async def _errors(exc: Exception) -> None:
-    # nats-py reports every disconnect here, with a traceback by default:
-    # one line is enough, and it reconnects by itself.
-    log.warning("NATS: %s", redact(str(exc)) or type(exc).__name__)
+    _error_logs.log(logging.WARNING, "error", "NATS: %s", redact(str(exc)) or type(exc).__name__)
 
 
 async def _disconnected() -> None:
@@ -207,7 +237,12 @@ async def _reconnected() -> None:
 async def connect(cluster: ClusterConfig, engine: EngineConfig) -> AsyncIterator[NatsLink]:
     """Connect to the cluster's NATS servers for the block (JournalError if they
     cannot be reached within `CONNECT_TIMEOUT`)."""
-    import nats
+    try:
+        import nats
+    except ImportError:
+        raise JournalError(
+            "[cluster] needs nats-py, which is not installed. Fix: pip install 'zoomrules[cluster]'"
+        ) from None
 
     options: dict[str, Any] = {
         "servers": list(cluster.servers),
@@ -253,4 +288,7 @@ async def connect(cluster: ClusterConfig, engine: EngineConfig) -> AsyncIterator
         yield link
     finally:
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-            await nc.close()
+            try:
+                await nc.close()
+            except Exception as exc:  # noqa: BLE001 - closing a connection already lost
+                log.debug("NATS: close failed (%s)", exc)

@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from types import CodeType, TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import anyio.lowlevel
@@ -41,6 +41,18 @@ log = logging.getLogger("zoomrules.pipeline")
 #: not compiled yet, or many of them, can take far longer for one event.
 MATCH_SLICE = 0.02
 _TURNS_PER_PAUSE = 3
+#: A throttle key that could not be evaluated.
+_NO_KEY = object()
+
+
+class SharedThrottles(Protocol):
+    """Throttle windows shared by a cluster's nodes (`engine.shared_limits`)."""
+
+    async def allow(self, rule: str, key: object, limit: int, per: float, occurrence: str) -> bool:
+        """Record a firing of `rule` for `key` by the event `occurrence` unless
+        the window is full; the same occurrence is allowed again (an event
+        matched a second time after its node died)."""
+        ...
 
 
 @dataclass
@@ -58,9 +70,17 @@ class Pipeline:
     being matched finishes with the rules it started with.
     """
 
-    def __init__(self, rules: LoadedRules, dispatcher: Dispatcher) -> None:
+    def __init__(
+        self,
+        rules: LoadedRules,
+        dispatcher: Dispatcher,
+        *,
+        shared_throttles: SharedThrottles | None = None,
+    ) -> None:
         self.rules = rules
         self.dispatcher = dispatcher
+        #: In a cluster, `choose` throttles in windows every node shares.
+        self.shared_throttles = shared_throttles
         self.stats = PipelineStats()
         #: Per-event lines that a flood could repeat are rate-limited.
         self._logs = LogLimiter(log)
@@ -111,6 +131,8 @@ class Pipeline:
                 self._plans_wanted.set()
         if time.perf_counter() > self._deadline:
             await self._pause()
+        if self.shared_throttles is not None and found and rules.throttles:
+            return await self._shared_throttled(rules, event, found, self.shared_throttles)
         return self._throttled(rules, event, found)
 
     async def _pause(self) -> None:
@@ -139,9 +161,42 @@ class Pipeline:
     ) -> bool:
         if throttle is None or rule.throttle_key is None:
             return True
+        key = self._throttle_key(rule, event, root)
+        if key is _NO_KEY or throttle.allow(key):
+            return True
+        self._said_throttled(rule, event, key)
+        return False
+
+    async def _shared_throttled(
+        self,
+        rules: LoadedRules,
+        event: Event,
+        fired: list[CompiledRule],
+        shared: SharedThrottles,
+    ) -> list[CompiledRule]:
+        root = event.root()
+        allowed = []
+        for rule in fired:
+            throttle = rules.throttles.get(rule.name)
+            if throttle is None or rule.throttle_key is None:
+                allowed.append(rule)
+                continue
+            key = self._throttle_key(rule, event, root)
+            if key is _NO_KEY or await shared.allow(
+                rule.name, key, throttle.limit, throttle.per, event.id
+            ):
+                allowed.append(rule)
+            else:
+                self._said_throttled(rule, event, key)
+        return allowed
+
+    def _throttle_key(self, rule: CompiledRule, event: Event, root: dict[str, Any]) -> object:
+        """The rule's throttle key for the event, or `_NO_KEY` when it failed
+        (then the firing is not throttled: a bad key must not drop it silently)."""
+        assert rule.throttle_key is not None
         try:
-            key = rule.throttle_key(root)
-        except Exception as exc:  # noqa: BLE001 - a bad key must not drop the firing silently
+            return rule.throttle_key(root)
+        except Exception as exc:  # noqa: BLE001 - said, and not throttled
             self.stats.throttle_key_errors[rule.name] += 1
             self._logs.log(
                 logging.WARNING,
@@ -149,9 +204,9 @@ class Pipeline:
                 "throttle key of rule %r failed on %s: %s; not throttled",
                 rule.name, event.name, shorten(str(exc)),
             )  # fmt: skip
-            return True
-        if throttle.allow(key):
-            return True
+            return _NO_KEY
+
+    def _said_throttled(self, rule: CompiledRule, event: Event, key: object) -> None:
         self.stats.throttled[rule.name] += 1
         self._logs.log(
             logging.INFO,
@@ -160,7 +215,6 @@ class Pipeline:
             rule.name, shorten(to_text(key), 100),
             extra={"rule": rule.name, "event": event.name},
         )  # fmt: skip
-        return False
 
     async def handle(self, event: Event) -> int:
         """Match `event` and submit its jobs (waits while the dispatcher is full)."""

@@ -8,22 +8,30 @@ what they need through here.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 import httpx
 
-from engine.config import Config, EngineConfig
+from engine.config import ClusterConfig, Config, EngineConfig
 from engine.dispatch import Dispatcher, DispatchStats
 from engine.journal import JobRow, JournalStore, open_journal
 from engine.journal_feed import JournalFeed
+from engine.leases import Leases
 from engine.loader import LoadedRules
+from engine.membership import NodeBeacon
+from engine.nats_link import NatsLink, connect
 from engine.pipeline import Pipeline
 from engine.services import Services
+from engine.shared_limits import SharedRate, SharedThrottles
 from engine.sources.base import EventSink
+
+log = logging.getLogger("zoomrules.cluster")
 
 #: Outbound HTTP defaults; each action's own `timeout` bounds it further.
 HTTP_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
@@ -84,6 +92,16 @@ def _grace_limit(engine: EngineConfig, grace: float | None) -> float | None:
 
 
 @dataclass
+class ClusterNode:
+    """This daemon as a node of a cluster: its NATS link and its leases."""
+
+    link: NatsLink
+    leases: Leases
+    #: The `nodes` bucket, where this node says it is alive (`engine.membership`).
+    nodes: Any
+
+
+@dataclass
 class Runtime:
     """The parts of one running engine, wired together."""
 
@@ -93,6 +111,8 @@ class Runtime:
     intake: EventSink
     store: JournalStore | None = None
     feed: JournalFeed | None = None
+    #: Set when the daemon is a node of a cluster (`[cluster]`).
+    cluster: ClusterNode | None = None
 
 
 @asynccontextmanager
@@ -136,25 +156,74 @@ async def running_engine(
 async def _journaled(
     loaded: LoadedRules, services: Services, grace: float | None
 ) -> AsyncIterator[Runtime]:
-    engine = loaded.config.engine
-    # The journal is opened first and closed last: every progress update of
-    # a job cancelled at the end of the grace period is still committed.
-    async with open_journal(engine) as store:
-        dispatcher = _dispatcher(engine, services)
-        pipeline = Pipeline(loaded, dispatcher)
-        feed = JournalFeed(store, pipeline)
-        dispatcher.observer = feed.observer
-        async with anyio.create_task_group() as tg:
-            await tg.start(dispatcher.run)
-            await tg.start(feed.run)
-            try:
-                yield Runtime(pipeline, store.append, store, feed)
-                # Events already journaled are matched and run within the
-                # grace period too; what is left stays pending for next start.
-                with anyio.move_on_after(_grace_limit(engine, grace)):
-                    await feed.wait_drained()
-            finally:
-                tg.cancel_scope.cancel()
+    engine, cluster = loaded.config.engine, loaded.config.cluster
+    async with _cluster_link(cluster, engine) as link:
+        # The journal is opened first and closed last: every progress update
+        # of a job cancelled at the end of the grace period is still committed.
+        store_cm: AbstractAsyncContextManager[JournalStore] = (
+            open_journal(engine) if link is None else open_journal(engine, link=link)
+        )
+        async with store_cm as store:
+            dispatcher = _dispatcher(engine, services)
+            pipeline = Pipeline(loaded, dispatcher)
+            node = await _join(link, services, pipeline) if link is not None else None
+            feed = JournalFeed(store, pipeline)
+            dispatcher.observer = feed.observer
+            async with anyio.create_task_group() as tg:
+                await tg.start(dispatcher.run)
+                await tg.start(feed.run)
+                if node is not None:
+                    tg.start_soon(_beacon(node, dispatcher).run)
+                try:
+                    yield Runtime(pipeline, store.append, store, feed, node)
+                    # Events already journaled are matched and run within the
+                    # grace period too; what is left stays pending for next
+                    # start (in a cluster: another node takes it).
+                    with anyio.move_on_after(_grace_limit(engine, grace)):
+                        await feed.wait_drained()
+                finally:
+                    tg.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def _cluster_link(
+    cluster: ClusterConfig | None, engine: EngineConfig
+) -> AsyncIterator[NatsLink | None]:
+    if cluster is None:
+        yield None
+        return
+    async with connect(cluster, engine) as link:
+        yield link
+
+
+async def _join(link: NatsLink, services: Services, pipeline: Pipeline) -> ClusterNode:
+    """Share this node's throttles and rate budgets with the cluster's."""
+    log.info(
+        "cluster %r: node %r joined through the NATS server at %s",
+        link.cluster.name, link.node, link.connected_url,
+    )  # fmt: skip
+    limits = await link.bucket("limits")
+    pipeline.shared_throttles = SharedThrottles(limits)
+    services.make_limiter = lambda name, rate: SharedRate(limits, name, rate)
+    cluster = link.cluster
+    nodes = await link.bucket("nodes")
+    leases = Leases(await link.bucket("leases"), cluster.node, cluster.lease_ttl, nodes)
+    return ClusterNode(link, leases, nodes)
+
+
+def _beacon(node: ClusterNode, dispatcher: Dispatcher) -> NodeBeacon:
+    def describe() -> dict[str, Any]:
+        stats = dispatcher.stats
+        return {
+            "holds": sorted(node.leases.held),
+            "runs": sorted(node.leases.names),
+            "in_flight": dispatcher.in_flight,
+            "jobs_done": stats.jobs_done,
+            "jobs_failed": stats.jobs_failed,
+        }
+
+    cluster = node.link.cluster
+    return NodeBeacon(node.nodes, cluster.node, cluster.lease_ttl, describe)
 
 
 async def run_jobs_now(

@@ -45,8 +45,11 @@ class SharedThrottles:
         self.bucket = bucket
         self._logs = LogLimiter(log)
 
-    async def allow(self, rule: str, key: object, limit: int, per: float) -> bool:
-        """Record a firing of `rule` for `key` unless the window is full."""
+    async def allow(self, rule: str, key: object, limit: int, per: float, occurrence: str) -> bool:
+        """Record a firing of `rule` for `key` by the event `occurrence`
+        unless the window is full. An occurrence already in the window is
+        allowed again: the event was matched before by a node that died
+        before finishing it, and its firing must not be lost to its own hit."""
         from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
         name = f"throttle.{_key(rule, to_text(key))}"
@@ -58,10 +61,13 @@ class SharedThrottles:
                     hits, revision = orjson.loads(entry.value or b"[]"), entry.revision
                 except KeyNotFoundError:
                     hits, revision = [], 0
-                hits = [hit for hit in hits if now - hit < per]
+                # A hit is [time, occurrence].
+                hits = [hit for hit in hits if now - hit[0] < per]
+                if any(hit[1] == occurrence for hit in hits):
+                    return True
                 if len(hits) >= limit:
                     return False
-                hits.append(now)
+                hits.append([now, occurrence])
                 value = orjson.dumps(hits)
                 if revision:
                     await self.bucket.update(name, value, last=revision)

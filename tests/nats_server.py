@@ -193,6 +193,9 @@ class NatsServer:
     cluster_name: str | None = None
     cluster_port: int | None = None
     routes: list[int] = field(default_factory=list)
+    #: Tell clients about the cluster's other servers (False: a client knows
+    #: only the servers it was given, so stopping its server cuts it off).
+    advertise: bool = True
     process: Process | None = field(default=None, init=False, repr=False)
 
     # ---- where things are
@@ -253,6 +256,7 @@ class NatsServer:
                 f"  name: {_conf_string(self.cluster_name or 'zoomrules-test')}",
                 f"  listen: {_conf_string(f'{HOST}:{self.cluster_port}')}",
                 f"  routes: [{routes}]",
+                *([] if self.advertise else ["  no_advertise: true"]),
                 "}",
             ]
         return "\n".join(lines) + "\n"
@@ -503,6 +507,7 @@ async def run_nats_cluster(
     size: int = 3,
     name: str = "zoomrules-test",
     timeout: float = 30.0,
+    advertise: bool = True,
 ) -> AsyncIterator[NatsCluster]:
     """Start a `size`-node JetStream cluster (nodes n1..nN, each with a monitoring port)."""
     binary = binary or nats_server_binary()
@@ -519,6 +524,7 @@ async def run_nats_cluster(
                 cluster_name=name,
                 cluster_port=cluster_ports[i],
                 routes=list(cluster_ports),
+                advertise=advertise,
             )
             for i in range(size)
         ]

@@ -12,7 +12,7 @@ import contextlib
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -123,16 +123,9 @@ def meeting_events(
     return out
 
 
-def rules_text(
-    target: str,
-    *,
-    paths: tuple[str, ...] = ("a",),
-    heartbeat: str = "30s",
-    engine: str = "",
-    action: str = "",
-    when: str = "",
-) -> str:
-    actions = "".join(
+def http_actions(target: str, paths: Sequence[str], action: str = "") -> str:
+    """One `http` action per path of `target`, keyed by the event's id."""
+    return "".join(
         f"""
   [[rule.action]]
   type = "http"
@@ -143,6 +136,18 @@ def rules_text(
 """
         for path in paths
     )
+
+
+def rules_text(
+    target: str,
+    *,
+    paths: tuple[str, ...] = ("a",),
+    heartbeat: str = "30s",
+    engine: str = "",
+    action: str = "",
+    when: str = "",
+) -> str:
+    actions = http_actions(target, paths, action)
     return f"""
 version = 1
 

@@ -3,15 +3,18 @@
 `base` defines the interface (`EventSource`, `EventSink`, `SourceHealth`);
 `zoom_ws` is Zoom's event WebSocket, one source per subscription.
 `build_sources` makes the daemon's sources from its configuration: the one
-place that knows which kinds exist.
+place that knows which kinds exist. In a cluster each Zoom subscription is
+run only by the node holding its lease (`leased.LeasedSource`).
 """
 
 from __future__ import annotations
 
 from engine.auth import TokenManager
 from engine.config import Config, Subscription
+from engine.leases import Leases
 from engine.services import Services, TokenProvider
 from engine.sources.base import EventSink, EventSource, SourceHealth
+from engine.sources.leased import LeasedSource
 from engine.sources.zoom_ws import ZoomListener
 
 __all__ = ["EventSink", "EventSource", "SourceHealth", "build_sources"]
@@ -21,11 +24,14 @@ def _credentials(sub: Subscription) -> tuple[str, str, str, str | None]:
     return (sub.oauth_url, sub.client_id, sub.client_secret, sub.account_id)
 
 
-def build_sources(config: Config, services: Services) -> list[EventSource]:
+def build_sources(
+    config: Config, services: Services, leases: Leases | None = None
+) -> list[EventSource]:
     """One source per configured subscription (none without `[zoom]`).
 
     Subscriptions with the same credentials share one token: the services'
     own (the one actions use) for the default subscription's credentials.
+    With `leases` (a cluster), each runs only while this node holds its lease.
     """
     zoom = config.zoom
     if zoom is None:
@@ -44,14 +50,15 @@ def build_sources(config: Config, services: Services) -> list[EventSource]:
                 account_id=sub.account_id,
                 http=services.http,
             )
-        sources.append(
-            ZoomListener(
-                subscription=sub.name,
-                endpoint=sub.endpoint,
-                tokens=tokens[key],
-                heartbeat_interval=zoom.heartbeat_interval,
-                max_frame_size=zoom.max_frame_size,
-                settings=(sub, zoom.heartbeat_interval, zoom.max_frame_size),
-            )
+        source: EventSource = ZoomListener(
+            subscription=sub.name,
+            endpoint=sub.endpoint,
+            tokens=tokens[key],
+            heartbeat_interval=zoom.heartbeat_interval,
+            max_frame_size=zoom.max_frame_size,
+            settings=(sub, zoom.heartbeat_interval, zoom.max_frame_size),
         )
+        if leases is not None:
+            source = LeasedSource(source, leases.lease(sub.name))
+        sources.append(source)
     return sources

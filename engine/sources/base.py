@@ -43,8 +43,12 @@ class EventSource(Protocol):
 
     #: Unique among the daemon's sources; events carry it as `zoomrules.source`.
     name: str
-    #: Counters of this source (a dataclass of its own kind), for stats and metrics.
-    stats: Any
+
+    @property
+    def stats(self) -> Any:
+        """Counters of this source (a dataclass of its own kind), for stats and metrics."""
+        ...
+
     #: What it was built from (comparable): after a reload, a source of the
     #: same name whose settings differ replaces the running one.
     settings: object

@@ -58,6 +58,9 @@ class LeasedSource:
                     "%s: this node took the lease (epoch %d); connecting", self.name, holding.epoch
                 )
                 why = await self._hold(sink)
+                if self.lease.holding is None:  # handed over (released already)
+                    log.info("%s: %s; standing by", self.name, why)
+                    continue
                 self.losses += 1
                 self.lease.lost()
                 log.warning("%s: lease lost (%s); stopped reading, standing by", self.name, why)

@@ -279,10 +279,10 @@ class JetStreamJournal(JetStreamAdmin):
 
         try:
             self._fetched.extend(await self._events_sub.fetch(limit, timeout=timeout))
-        except NatsTimeout:
+        except (NatsTimeout, TimeoutError):  # nothing to take (nats-py raises either)
             pass
         except Exception as exc:  # noqa: BLE001 - NATS away: the next look tries again
-            self._logs.log(logging.WARNING, "fetch", "journal: cannot fetch events (%s)", exc)
+            self._logs.log(logging.WARNING, "fetch", "journal: cannot fetch events (%r)", exc)
             await anyio.sleep(0.5)
 
     async def wait_for_events(self) -> None:
@@ -471,7 +471,7 @@ class JetStreamJournal(JetStreamAdmin):
 
         try:
             msgs = await self._retry_sub.fetch(limit, timeout=0.05)
-        except NatsTimeout:
+        except (NatsTimeout, TimeoutError):  # nothing to take
             return []
         except Exception as exc:  # noqa: BLE001 - the next poll tries again
             log.debug("journal: cannot fetch retries (%s)", exc)
