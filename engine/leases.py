@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,11 +64,16 @@ class Leases:
         self.nodes = nodes
         #: Subscriptions this node holds now.
         self.held: set[str] = set()
-        #: Subscriptions this node runs (held or standing by), in its record.
-        self.names: set[str] = set()
+        #: Sources running for each subscription (held or standing by); two
+        #: while a reload replaces one.
+        self.running: Counter[str] = Counter()
+
+    @property
+    def names(self) -> list[str]:
+        """The subscriptions this node runs (held or standing by), for its record."""
+        return sorted(name for name, count in self.running.items() if count > 0)
 
     def lease(self, name: str) -> Lease:
-        self.names.add(name)
         return Lease(self, name)
 
     async def crowded(self, name: str) -> bool:

@@ -216,7 +216,7 @@ def _beacon(node: ClusterNode, dispatcher: Dispatcher) -> NodeBeacon:
         stats = dispatcher.stats
         return {
             "holds": sorted(node.leases.held),
-            "runs": sorted(node.leases.names),
+            "runs": node.leases.names,
             "in_flight": dispatcher.in_flight,
             "jobs_done": stats.jobs_done,
             "jobs_failed": stats.jobs_failed,

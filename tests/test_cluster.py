@@ -31,15 +31,21 @@ def _no_overlap(sim: Simulator) -> None:
         assert before.closed_at is not None and before.closed_at <= after.opened_at
 
 
-async def _all_acknowledged(url: str, cluster: str = "t") -> None:
-    """Wait until the cluster acknowledged every event it took (jobs ended)."""
+async def _all_acknowledged(url: str, events: int, cluster: str = "t") -> None:
+    """Wait until the events stream holds `events` events and the cluster
+    acknowledged every one (their jobs ended)."""
     nc = await nats_connect(url)
     try:
         js = nc.jetstream()
         with anyio.fail_after(30):
             while True:
+                stream = await js.stream_info(f"{cluster}_EVENTS")
                 info = await js.consumer_info(f"{cluster}_EVENTS", "matchers")
-                if info.num_ack_pending == 0 and info.num_pending == 0:
+                if (
+                    stream.state.messages >= events
+                    and info.num_ack_pending == 0
+                    and info.num_pending == 0
+                ):
                     return
                 await anyio.sleep(0.05)
     finally:
@@ -75,7 +81,7 @@ async def test_a_standby_takes_the_lease_after_the_holder_is_killed(
             await wait_until(lambda: len(target.counts) == 5, 30)
             # Killed between an action's end and the event's acknowledgement,
             # the holder's jobs would run again (at least once); not tested here.
-            await _all_acknowledged(nats_server.url)
+            await _all_acknowledged(nats_server.url, 5)
 
             await holder.daemon.kill()
             killed = time.monotonic()
@@ -173,7 +179,7 @@ on   = ["recording.completed"]
             assert await sim_a.send_event(recording) == 1
             assert await sim_b.send_event(again) == 1
             await wait_until(lambda: len(target.counts) == 11, 30)
-            await _all_acknowledged(nats_server.url)
+            await _all_acknowledged(nats_server.url, 11)
 
             # One node dies: the other subscription still delivers, at once.
             records = await _node_records(nats_server.url)
@@ -235,3 +241,25 @@ def _event_ids(nodes: Any) -> set[str]:
     for node in nodes:
         found |= set(re.findall(r"fired on meeting.started \(event (\w+)\)", node.log()))
     return found
+
+
+async def test_a_throttle_is_the_clusters_not_each_nodes(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    async with Simulator() as sim, Target().serve() as target:
+        rules = cluster_rules(
+            tmp_path, target.url, [nats_server.url],
+            rule='throttle = { key = "payload.object.host_id", limit = 3, per = "1h" }',
+        )  # fmt: skip
+        async with cluster_nodes(2, rules, sim, tmp_path / "state") as nodes:
+            await sim.wait_connected(timeout=30)
+            for node in nodes:
+                await node.daemon.wait_log("zoomrules running")
+            # Twenty meetings of one host, matched by both nodes.
+            events = meeting_events(20)
+            for body in events:
+                assert await sim.send_event(body) == 1
+            await _all_acknowledged(nats_server.url, 20)
+            assert len(target.counts) == 3
+            throttled = sum(node.log().count("throttled for key") for node in nodes)
+            assert throttled >= 2  # logged lines are rate-limited per node

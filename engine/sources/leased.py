@@ -49,6 +49,8 @@ class LeasedSource:
         await self.inner.wait_up()
 
     async def run(self, sink: EventSink) -> None:
+        running = self.lease.leases.running
+        running[self.lease.name] += 1
         try:
             while True:
                 self._standby_since = time.time()
@@ -65,6 +67,7 @@ class LeasedSource:
                 self.lease.lost()
                 log.warning("%s: lease lost (%s); stopped reading, standing by", self.name, why)
         finally:
+            running[self.lease.name] -= 1
             await self.lease.release()
 
     async def _hold(self, sink: EventSink) -> str:
