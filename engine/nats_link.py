@@ -40,6 +40,8 @@ CONNECT_TIMEOUT = 20.0
 #: Buckets whose keys have no life of their own are still bounded in time.
 _MARK_AGE = 30 * 86400.0
 _LIMIT_AGE = 7 * 86400.0
+#: NATS's error code for "stream name already in use with a different configuration".
+_ALREADY_IN_USE = 10058
 
 
 @dataclass(frozen=True)
@@ -164,7 +166,7 @@ class NatsLink:
                            replicas=replicas),
         ]  # fmt: skip
         for bucket in buckets:
-            await self.js.create_key_value(bucket)
+            await self._bucket(bucket)
         consumers = [
             (names.events, ConsumerConfig(
                 durable_name=names.matchers, ack_policy=AckPolicy.EXPLICIT,
@@ -176,6 +178,27 @@ class NatsLink:
         ]  # fmt: skip
         for stream, consumer in consumers:
             await self.js.add_consumer(stream, consumer)
+
+    async def _bucket(self, config: Any) -> None:
+        """Create a bucket, or bring an existing one to `config` (a changed
+        `lease_ttl`, `replicas` or `retention`): NATS refuses to create a
+        bucket again with other settings."""
+        from nats.js.errors import BadRequestError
+
+        try:
+            await self.js.create_key_value(config)
+            return
+        except BadRequestError as exc:
+            if exc.err_code != _ALREADY_IN_USE:
+                raise
+        info = await self.js.stream_info(f"KV_{config.bucket}")
+        stream = info.config
+        stream.max_age = config.ttl
+        # nats-py's own rule for a bucket's duplicate window.
+        stream.duplicate_window = min(config.ttl, 120.0) if config.ttl else 120.0
+        stream.num_replicas = config.replicas
+        await self.js.update_stream(stream)
+        log.info("cluster: bucket %s updated to the configured settings", config.bucket)
 
     async def _stream(self, config: Any) -> None:
         from nats.js.errors import NotFoundError

@@ -263,3 +263,26 @@ async def test_a_throttle_is_the_clusters_not_each_nodes(
             assert len(target.counts) == 3
             throttled = sum(node.log().count("throttled for key") for node in nodes)
             assert throttled >= 2  # logged lines are rate-limited per node
+
+
+async def test_a_holder_stopped_cleanly_hands_its_subscription_over_at_once(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    async with Simulator() as sim, Target().serve() as target:
+        # A lease that would take 60 s to lapse: only a release explains a
+        # takeover within the 20 s the standby is given below.
+        rules = cluster_rules(tmp_path, target.url, [nats_server.url], lease_ttl="60s")
+        async with cluster_nodes(2, rules, sim, tmp_path / "state") as nodes:
+            await sim.wait_connected(timeout=30)
+            holder = next(node for node in nodes if node.takeovers())
+            standby = next(node for node in nodes if node is not holder)
+            await standby.daemon.wait_log("zoomrules running")
+
+            assert await holder.daemon.stop() == 0
+            await standby.wait_holding(timeout=20)
+            await sim.wait_connected(count=2, timeout=20)
+            _no_overlap(sim)
+            records = await _node_records(nats_server.url)
+            assert set(records) == {standby.name}, "the stopped node's record stayed"
+            assert await sim.send_events(meeting_events(3)) == 3
+            await wait_until(lambda: len(target.counts) == 3, 30)

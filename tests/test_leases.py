@@ -156,3 +156,13 @@ async def test_a_shared_rate_budget_is_spent_by_every_node(
     assert [await a._take(), await b._take(), await a._take(), await b._take()] == [0.0] * 4
     assert await a._take() > 0
     assert await b._take() > 0
+
+
+async def test_a_changed_lease_ttl_updates_the_buckets_at_the_next_start(
+    nats_server: NatsServer,
+) -> None:
+    for ttl in (2.0, 5.0):
+        cluster = ClusterConfig(servers=(nats_server.url,), name="v", node="a", lease_ttl=ttl)
+        async with connect(cluster, EngineConfig()) as link:
+            info = await link.js.stream_info("KV_v_leases")
+            assert info.config.max_age == ttl
