@@ -88,7 +88,9 @@ class Daemon:
     async def reload(self) -> bool:
         """Re-read the rule files; keep the old rules if the new ones are invalid."""
         try:
-            fresh = await anyio.to_thread.run_sync(lambda: load_rules(self.paths, env=self.env))
+            fresh = await anyio.to_thread.run_sync(
+                lambda: load_rules(self.paths, env=self.env, set_identity=False)
+            )
         except ConfigError as exc:
             self.failed_reloads += 1
             log.error("reload failed; keeping the previous rules (%d problems)", len(exc.problems))

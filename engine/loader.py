@@ -44,8 +44,13 @@ def load_rules(
     extra_plugins: Iterable[object] = (),
     entry_points: bool = True,
     missing_env: MissingEnv = "error",
+    set_identity: bool = True,
 ) -> LoadedRules:
     """Load rule files; raises ConfigError listing every problem found.
+
+    `set_identity` makes the files' `[engine] per_delivery_fields` the
+    process's (what event ids leave out). A reload does not: ids must not
+    change under a running journal (they take effect at the next start).
 
     `missing_env="placeholder"` checks files whose `${VAR}`s are not all
     set (`check`, `test`: CI has no production secrets): each unset one is
@@ -57,7 +62,10 @@ def load_rules(
     """
     try:
         with _collector_paused():
-            return _load_rules(paths, env, extra_plugins, entry_points, missing_env)
+            loaded = _load_rules(paths, env, extra_plugins, entry_points, missing_env)
+            if set_identity:
+                set_per_delivery_fields(loaded.config.engine.per_delivery_fields)
+            return loaded
     except ConfigError:
         raise
     except (RecursionError, MemoryError) as exc:
@@ -110,9 +118,6 @@ def _load_rules(
     missing_env: MissingEnv,
 ) -> LoadedRules:
     config, problems = read_config(paths, env, missing_env=missing_env)
-    # Event ids leave out what Zoom varies between deliveries (`[engine]
-    # per_delivery_fields`): set before anything computes one.
-    set_per_delivery_fields(config.engine.per_delivery_fields)
     try:
         registry = load_registry(
             config.engine.plugins, entry_points=entry_points, extra=extra_plugins

@@ -6,7 +6,7 @@ configuration (the daemon hands actions the new one), the Zoom API's base
 URL and rate, the dispatcher's retry backoff; and subscriptions whose
 endpoint, credentials, heartbeat or frame size changed are reconnected.
 What the running engine was built around (its journal, its pool of
-workers) takes effect at the next start: `needs_restart` names each such
+workers, its cluster) takes effect at the next start: `needs_restart` names each such
 key that changed, so the log can say so key by key.
 """
 
@@ -26,16 +26,22 @@ RESTART_KEYS: tuple[str, ...] = (
     "dedup_window",
     "max_concurrency",
     "shutdown_grace",
+    # Event ids must stay the same under a running journal.
+    "per_delivery_fields",
 )
 
 
 def needs_restart(old: Config, new: Config) -> list[str]:
-    """The keys (as `[engine] key`) whose new values apply only after a restart."""
-    return [
+    """The keys (as `[engine] key`) whose new values apply only after a
+    restart; the whole `[cluster]` (the node's NATS link) is one of them."""
+    keys = [
         f"[engine] {key}"
         for key in RESTART_KEYS
         if _engine_value(old.engine, key) != _engine_value(new.engine, key)
     ]
+    if old.cluster != new.cluster:
+        keys.append("[cluster]")
+    return keys
 
 
 def _engine_value(engine: EngineConfig, key: str) -> object:

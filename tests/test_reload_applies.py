@@ -121,3 +121,24 @@ async def test_settings_that_need_a_restart_are_named(tmp_path: Path) -> None:
             await daemon.wait_log("[engine] shutdown_grace changed", timeout=20)
             assert await daemon.stop() == 0
     assert sim.accepted_connections == 1
+
+
+def test_event_ids_and_the_cluster_wait_for_a_restart(tmp_path: Path) -> None:
+    from engine.events import per_delivery_fields
+    from engine.loader import load_rules
+    from engine.reload import needs_restart
+
+    rule = '[[rule]]\nname = "r"\non = ["meeting.started"]\n  [[rule.action]]\n  type = "print"\n  message = "hi"\n'
+    before = tmp_path / "before.toml"
+    before.write_text(rule)
+    after = tmp_path / "after.toml"
+    after.write_text(
+        '[engine]\nper_delivery_fields = { "meeting.*" = ["payload.object.start_time"] }\n'
+        '[cluster]\nservers = ["nats://127.0.0.1:4222"]\n' + rule
+    )
+    old = load_rules([before])
+    running = per_delivery_fields()
+    new = load_rules([after], set_identity=False)
+    assert per_delivery_fields() == running, "a reload changed how event ids are made"
+    named = needs_restart(old.config, new.config)
+    assert {"[engine] per_delivery_fields", "[cluster]"} <= set(named)
