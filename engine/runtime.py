@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
 import httpx
@@ -23,7 +23,8 @@ from engine.journal_feed import JournalFeed
 from engine.loader import LoadedRules
 from engine.pipeline import Pipeline
 from engine.services import Services
-from engine.sources.base import EventSink
+from engine.sources.base import EventSink, Marks
+from engine.sources.gaps import MemoryMarks
 
 #: Outbound HTTP defaults; each action's own `timeout` bounds it further.
 HTTP_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
@@ -93,6 +94,10 @@ class Runtime:
     intake: EventSink
     store: JournalStore | None = None
     feed: JournalFeed | None = None
+    #: Where event sources keep what they remember across restarts (when
+    #: each was last connected): the journal when it is on; else memory,
+    #: for this run only.
+    marks: Marks = field(default_factory=MemoryMarks)
 
 
 @asynccontextmanager
@@ -148,7 +153,7 @@ async def _journaled(
             await tg.start(dispatcher.run)
             await tg.start(feed.run)
             try:
-                yield Runtime(pipeline, store.append, store, feed)
+                yield Runtime(pipeline, store.append, store, feed, marks=store)
                 # Events already journaled are matched and run within the
                 # grace period too; what is left stays pending for next start.
                 with anyio.move_on_after(_grace_limit(engine, grace)):

@@ -1,7 +1,8 @@
 """Event sources: what feeds events into the engine.
 
-`base` defines the interface (`EventSource`, `EventSink`, `SourceHealth`);
-`zoom_ws` is Zoom's event WebSocket, one source per subscription.
+`base` defines the interface (`EventSource`, `EventSink`, `SourceHealth`,
+`Marks`); `zoom_ws` is Zoom's event WebSocket, one source per subscription;
+`gaps` turns the times a source had no connection into events.
 `build_sources` makes the daemon's sources from its configuration: the one
 place that knows which kinds exist.
 """
@@ -11,21 +12,35 @@ from __future__ import annotations
 from engine.auth import TokenManager
 from engine.config import Config, Subscription
 from engine.services import Services, TokenProvider
-from engine.sources.base import EventSink, EventSource, SourceHealth
+from engine.sources.base import EventSink, EventSource, Marks, SourceHealth
+from engine.sources.gaps import ConnectionGaps, MemoryMarks, mark_interval
 from engine.sources.zoom_ws import ZoomListener
 
-__all__ = ["EventSink", "EventSource", "SourceHealth", "build_sources"]
+__all__ = [
+    "ConnectionGaps",
+    "EventSink",
+    "EventSource",
+    "Marks",
+    "MemoryMarks",
+    "SourceHealth",
+    "build_sources",
+    "mark_interval",
+]
 
 
 def _credentials(sub: Subscription) -> tuple[str, str, str, str | None]:
     return (sub.oauth_url, sub.client_id, sub.client_secret, sub.account_id)
 
 
-def build_sources(config: Config, services: Services) -> list[EventSource]:
+def build_sources(
+    config: Config, services: Services, *, gaps: ConnectionGaps | None = None
+) -> list[EventSource]:
     """One source per configured subscription (none without `[zoom]`).
 
     Subscriptions with the same credentials share one token: the services'
     own (the one actions use) for the default subscription's credentials.
+    With `gaps`, each reports its connections there and emits the gap
+    events it gets back.
     """
     zoom = config.zoom
     if zoom is None:
@@ -52,6 +67,8 @@ def build_sources(config: Config, services: Services) -> list[EventSource]:
                 heartbeat_interval=zoom.heartbeat_interval,
                 max_frame_size=zoom.max_frame_size,
                 settings=(sub, zoom.heartbeat_interval, zoom.max_frame_size),
+                gaps=gaps,
+                account_id=sub.account_id,
             )
         )
     return sources
