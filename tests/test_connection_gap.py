@@ -185,6 +185,32 @@ async def test_a_connection_held_down_past_the_threshold_emits_one_gap_event(
 
 
 @pytest.mark.anyio
+async def test_a_dead_connection_s_gap_starts_at_its_last_frame(tmp_path: Path) -> None:
+    """No close handshake: the connection was last known connected when its
+    last frame (a heartbeat answer) came, not when the watchdog gave up."""
+    files = Files(tmp_path)
+    rules = write_rules(tmp_path, rules_text(files.gaps, files.marker, threshold="0.3s"))
+    async with Simulator() as sim, running_daemon(sim, files, rules) as daemon:
+        await files.marker_logged(sim, 1)
+        sim.heartbeat_acks = False  # silent from now on: dead after 2 x 0.2 s
+        silent_since = time.time()
+        await sim.wait_connected(count=2, timeout=20)
+        sim.heartbeat_acks = True
+        await poll_until(lambda: len(lines(files.gaps)) == 1, 20)
+        await files.marker_logged(sim, 2)
+        assert listener(daemon).stats.dead_connections == 1
+    (fired,) = lines(files.gaps)
+    payload = fired["event"]["payload"]
+    assert payload["cause"] == (
+        "connection lost: no frame from the server for 0.4s (dead connection)"
+    )
+    # The last heartbeat answer came before the server fell silent ...
+    assert silent_since - 0.5 < epoch(payload["start_time"]) < silent_since + 0.1
+    # ... and the watchdog waited two heartbeat intervals after it.
+    assert payload["seconds"] >= 0.4
+
+
+@pytest.mark.anyio
 async def test_a_drop_shorter_than_the_threshold_emits_nothing(tmp_path: Path) -> None:
     files = Files(tmp_path)
     rules = write_rules(tmp_path, rules_text(files.gaps, files.marker, threshold="10s"))
@@ -458,8 +484,18 @@ async def test_no_mark_no_gap_and_a_mark_from_another_process() -> None:
     marks.values[MARK_PREFIX + "zoom:b"] = 1_800_000_050.0  # while this process ran
     gaps = _gaps(marks)
     await gaps.load("zoom:b")
-    gap = gaps.up("zoom:b", object(), lambda: 0.0, now=1_800_000_100.0)
-    assert gap is not None and gap.cause == "connected elsewhere until then, not from here"
+    link = object()
+    gap = gaps.up("zoom:b", link, lambda: 0.0, now=1_800_000_100.0)
+    assert gap is not None and gap.cause == "connected from another zoomrules process until then"
+    gaps.handed_over("zoom:b")
+    gaps.down("zoom:b", link, alive_until=1_800_000_200.0, reason="closed with code 1006")
+    # Another process held it meanwhile (a failover): read again when the
+    # source starts again, and newer than what this process knows.
+    marks.values[MARK_PREFIX + "zoom:b"] = 1_800_000_300.0
+    await gaps.load("zoom:b")
+    gap = gaps.up("zoom:b", link, lambda: 0.0, now=1_800_000_400.0)
+    assert gap is not None and gap.start == 1_800_000_300.0
+    assert gap.cause == "connected from another zoomrules process until then"
 
 
 @pytest.mark.anyio

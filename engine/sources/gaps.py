@@ -149,9 +149,8 @@ class _Tracked:
     loss: str = ""
     #: Its live connections (more than one while a reload replaces one).
     links: dict[int, Probe] = field(default_factory=dict)
-    #: The mark's value as last written, and whether it was read yet.
+    #: The mark's value as last written (or read).
     written: float | None = None
-    loaded: bool = False
     #: Gap events not yet handed to the sink: the mark stays where it is.
     held: int = 0
 
@@ -186,19 +185,25 @@ class ConnectionGaps:
     # -- what the sources report -------------------------------------------------
 
     async def load(self, source: str) -> None:
-        """Read the source's mark, once (before its first connection)."""
+        """Read the source's mark: when a source starts, before it connects.
+
+        A mark newer than what this process knows was written by another
+        process that held the connection meanwhile (a cluster's other
+        member): the gap, if any, starts there. While one of its
+        connections is up, what this process knows is the newest.
+        """
         tracked = self._tracked.setdefault(source, _Tracked())
-        if tracked.loaded:
-            return
-        tracked.loaded = True
         try:
             value = await self.marks.read_mark(MARK_PREFIX + source)
         except Exception as exc:  # noqa: BLE001 - no mark: no gap, but never no connection
             log.warning("%s: cannot read when it was last connected (%s)", source, exc)
             return
-        if value is not None and not tracked.seen_here:
+        if value is None or tracked.links:
+            return
+        if tracked.last_alive is None or _ms(value) > _ms(tracked.last_alive):
             tracked.last_alive = value
             tracked.written = value
+            tracked.seen_here = False
 
     def up(
         self,
@@ -260,7 +265,7 @@ class ConnectionGaps:
         else:
             # Written by another process while this one ran (a cluster's
             # other member): it held the connection until then.
-            cause = "connected elsewhere until then, not from here"
+            cause = "connected from another zoomrules process until then"
         if failures:
             attempts = "attempt" if failures == 1 else "attempts"
             cause += f"; then {failures} failed {attempts} to connect (last: {last_failure})"
