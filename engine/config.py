@@ -60,6 +60,9 @@ class ZoomConfig:
     heartbeat_interval: float = 30.0
     max_frame_size: int = 1 << 20
     api_rate: Rate | None = None
+    #: A subscription without a connection for at least this long (seconds)
+    #: emits `zoomrules.connection_gap` once it is back; None: never.
+    gap_threshold: float | None = 10.0
 
     @property
     def default(self) -> Subscription:
@@ -464,7 +467,8 @@ class _Builder:
         self.zoom_file = ctx.file
         known = (
             "client_id", "client_secret", "endpoint", "account_id", "oauth_url",
-            "api_base_url", "heartbeat_interval", "max_frame_size", "api_rate", "subscription",
+            "api_base_url", "heartbeat_interval", "max_frame_size", "api_rate", "gap_threshold",
+            "subscription",
         )  # fmt: skip
         self.unknown_keys(data, known, ctx)
         get = _Getter(self, data, ctx)
@@ -495,6 +499,7 @@ class _Builder:
             heartbeat_interval=get.duration("heartbeat_interval", 30.0, minimum=0.01),
             max_frame_size=get.convert("max_frame_size", 1 << 20, parse_size),
             api_rate=get.convert("api_rate", None, parse_rate),
+            gap_threshold=get.convert("gap_threshold", 10.0, parse_gap_threshold),
         )
 
     def subscriptions(
@@ -971,6 +976,18 @@ class _Getter:
             self._bad(key, "a list of strings")
             return default
         return value
+
+
+def parse_gap_threshold(value: object) -> float | None:
+    """`[zoom] gap_threshold`: a duration, or `"off"` (None: no gap events)."""
+    if isinstance(value, str) and value.strip().lower() == "off":
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError:
+        raise ValueError(
+            f"expected a duration like '10s', '1m', '0s' (every reconnect), or 'off', got {value!r}"
+        ) from None
 
 
 def _type_name(value: Any) -> str:

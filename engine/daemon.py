@@ -6,6 +6,10 @@ SIGHUP: reload the rule files and everything built from them
 (`engine.reload` says what waits for a restart); an invalid file keeps
 everything as it was and logs every problem. Connections whose settings did
 not change stay up; those that did are replaced (`engine.source_set`).
+
+Sources report their connections to one `ConnectionGaps`, kept in the
+runtime's marks (the journal), which outlives reloads: a subscription that
+had no connection for `[zoom] gap_threshold` emits a gap event once back.
 """
 
 from __future__ import annotations
@@ -29,9 +33,13 @@ from engine.reload import needs_restart
 from engine.runtime import Runtime, open_services, refresh_services, running_engine
 from engine.services import Services
 from engine.source_set import SourceSet
-from engine.sources import EventSource, build_sources
+from engine.sources import ConnectionGaps, EventSource, build_sources, mark_interval
 
 log = logging.getLogger("zoomrules.daemon")
+
+#: How long a stopping daemon may take to record when its sources were last
+#: connected (the journal's queue could be full).
+_MARKS_FLUSH_TIMEOUT = 5.0
 
 
 #: CPython's cyclic garbage collector runs a pass every GC_GENERATION0
@@ -71,6 +79,8 @@ class Daemon:
         self.runtime: Runtime | None = None
         self._services: Services | None = None
         self._sources = SourceSet(_no_sink)
+        #: When each source was last connected; gaps become events (set by `_listen`).
+        self.gaps: ConnectionGaps | None = None
         self.reloads = 0
         self.failed_reloads = 0
         self._stop = anyio.Event()
@@ -115,6 +125,8 @@ class Daemon:
         dispatcher.backoff_cap = fresh.config.engine.retry_backoff_cap
         self.runtime.pipeline.replace_rules(fresh)
         self.loaded = fresh
+        if self.gaps is not None:
+            _configure_gaps(self.gaps, fresh.config)
         changes = await self._sources.replace(self._build_sources(fresh.config))
         self.reloads += 1
         files = ", ".join(map(str, fresh.config.files))
@@ -186,17 +198,28 @@ class Daemon:
         # Through the journal when it is on: reading a source never waits for actions.
         self._sources = SourceSet(runtime.intake)
         self._services = services
+        self.gaps = gaps = ConnectionGaps(runtime.marks)
+        _configure_gaps(gaps, self.loaded.config)
         sources = self._build_sources(self.loaded.config)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._announce, len(sources))
-            failure = await self._sources.run(sources, self._stop)
-            tg.cancel_scope.cancel()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._announce, len(sources))
+                tg.start_soon(gaps.run)
+                failure = await self._sources.run(sources, self._stop)
+                tg.cancel_scope.cancel()
+        finally:
+            # Every connection is closed: record when each was last up, so
+            # that the next start measures its gap from there.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(_MARKS_FLUSH_TIMEOUT):
+                await gaps.flush()
         return failure
 
     def _build_sources(self, config: Config) -> list[EventSource]:
         assert self._services is not None and self.runtime is not None
         cluster = self.runtime.cluster
-        return build_sources(config, self._services, cluster.leases if cluster else None)
+        return build_sources(
+            config, self._services, gaps=self.gaps, leases=cluster.leases if cluster else None
+        )
 
     async def _announce(self, count: int) -> None:
         await anyio.lowlevel.checkpoint()  # once the sources have started
@@ -212,6 +235,13 @@ class Daemon:
                 else:
                     log.info("%s: shutting down", signal.Signals(signum).name)
                     self.stop()
+
+
+def _configure_gaps(gaps: ConnectionGaps, config: Config) -> None:
+    """The `[zoom]` settings of gap events (they change on reload, without reconnecting)."""
+    if config.zoom is not None:
+        gaps.threshold = config.zoom.gap_threshold
+        gaps.mark_every = mark_interval(config.zoom.heartbeat_interval)
 
 
 async def _no_sink(event: object) -> None:

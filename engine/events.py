@@ -17,6 +17,14 @@ from engine.errors import InvalidEvent
 #: Zoom event objects never carry this key.
 META_KEY = "zoomrules"
 
+#: The event zoomrules emits itself when a subscription could not deliver
+#: for a while (see `engine.sources.gaps`): `payload.subscription`,
+#: `payload.start_time`, `payload.end_time`, `payload.seconds`, `payload.cause`.
+CONNECTION_GAP = "zoomrules.connection_gap"
+#: Names of the events the engine emits itself (not in Zoom's catalogue,
+#: still known to `zoomrules check`).
+ENGINE_EVENTS: frozenset[str] = frozenset({CONNECTION_GAP})
+
 
 def canonical_json(body: Any) -> bytes:
     """Key-sorted compact JSON: the same event always gives the same bytes."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from engine.config import Config, MissingEnv, RuleSpec, read_config
 from engine.errors import ConfigError, PluginError
-from engine.events import set_per_delivery_fields
+from engine.events import ENGINE_EVENTS, set_per_delivery_fields
 from engine.expr.compiler import ExpressionCompiler
 from engine.hookspecs import ConfigIssue
 from engine.matcher import Matcher, is_glob
@@ -200,11 +200,19 @@ def zoom_event_names() -> frozenset[str]:
     return frozenset(json.loads(text)["events"])
 
 
+@cache
+def known_event_names() -> frozenset[str]:
+    """What an `on` may name: Zoom's catalogue and the engine's own events
+    (`zoomrules.connection_gap`)."""
+    return zoom_event_names() | ENGINE_EVENTS
+
+
 def catalogue_warnings(rules: Sequence[CompiledRule]) -> list[Problem]:
-    """An `on` name or glob that matches no known Zoom event is probably a typo."""
+    """An `on` name or glob that matches no known event (Zoom's, or one the
+    engine emits) is probably a typo."""
     import fnmatch
 
-    known = zoom_event_names()
+    known = known_event_names()
     warnings = []
     for rule in rules:
         for pattern in rule.spec.on:
@@ -215,8 +223,11 @@ def catalogue_warnings(rules: Sequence[CompiledRule]) -> list[Problem]:
             elif pattern in known:
                 continue
             else:
-                message = (
-                    f"{pattern!r} is not an event in Zoom's catalogue{did_you_mean(pattern, known)}"
+                where = (
+                    "an event zoomrules emits"
+                    if pattern.startswith("zoomrules.")
+                    else "an event in Zoom's catalogue"
                 )
+                message = f"{pattern!r} is not {where}{did_you_mean(pattern, known)}"
             warnings.append(Problem(rule.spec.file, rule.spec.line, rule.spec.where, "on", message))
     return warnings

@@ -12,7 +12,7 @@ import logging
 import math
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -29,7 +29,8 @@ from engine.nats_link import NatsLink, connect
 from engine.pipeline import Pipeline
 from engine.services import Services
 from engine.shared_limits import SharedRate, SharedThrottles
-from engine.sources.base import EventSink
+from engine.sources.base import EventSink, Marks
+from engine.sources.gaps import MemoryMarks
 
 log = logging.getLogger("zoomrules.cluster")
 
@@ -111,6 +112,10 @@ class Runtime:
     intake: EventSink
     store: JournalStore | None = None
     feed: JournalFeed | None = None
+    #: Where event sources keep what they remember across restarts (when
+    #: each was last connected): the journal when it is on; else memory,
+    #: for this run only.
+    marks: Marks = field(default_factory=MemoryMarks)
     #: Set when the daemon is a node of a cluster (`[cluster]`).
     cluster: ClusterNode | None = None
 
@@ -175,7 +180,7 @@ async def _journaled(
                 if node is not None:
                     tg.start_soon(_beacon(node, dispatcher).run)
                 try:
-                    yield Runtime(pipeline, store.append, store, feed, node)
+                    yield Runtime(pipeline, store.append, store, feed, marks=store, cluster=node)
                     # Events already journaled are matched and run within the
                     # grace period too; what is left stays pending for next
                     # start (in a cluster: another node takes it).

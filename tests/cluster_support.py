@@ -52,10 +52,14 @@ def cluster_rules(
     ack_wait: str = ACK_WAIT,
     replicas: int = 1,
     engine: str = "",
+    zoom: str = "",
     rule: str = "",
     action: str = "",
+    extra: str = "",
 ) -> Path:
-    """A cluster's rule file; with several `sims`, one subscription on each."""
+    """A cluster's rule file; with several `sims`, one subscription on each.
+    `zoom`, `engine` and `rule` add lines to their sections; `extra` adds
+    rules after the first."""
     actions = http_actions(target, paths, action)
     server_list = ", ".join(f'"{url}"' for url in servers)
     zoom_endpoint = "" if len(sims) > 1 else 'endpoint = "${ZOOM_WS_ENDPOINT}"'
@@ -67,6 +71,7 @@ version = 1
 client_id     = "${{ZOOM_CLIENT_ID}}"
 client_secret = "${{ZOOM_CLIENT_SECRET}}"
 {zoom_endpoint}
+{zoom}
 {subscriptions}
 
 [cluster]
@@ -88,6 +93,7 @@ name = "started"
 on   = ["meeting.started"]
 {rule}
 {actions}
+{extra}
 """
     return write_rules(directory, text, "cluster.toml")
 

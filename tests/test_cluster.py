@@ -286,3 +286,95 @@ async def test_a_holder_stopped_cleanly_hands_its_subscription_over_at_once(
             assert set(records) == {standby.name}, "the stopped node's record stayed"
             assert await sim.send_events(meeting_events(3)) == 3
             await wait_until(lambda: len(target.counts) == 3, 30)
+
+
+GAP_RULE = """
+[[rule]]
+name = "gap"
+on   = ["zoomrules.connection_gap"]
+  [[rule.action]]
+  type = "http"
+  url = "TARGET/gap"
+  headers = { x-idempotency-key = "{{ payload.subscription }}|{{ payload.start_time }}|{{ payload.end_time }}|{{ payload.seconds }}|{{ payload.cause }}" }
+"""
+
+
+def _gaps(target: Target) -> list[dict[str, Any]]:
+    from datetime import datetime
+
+    found = []
+    for path, key in target.counts:
+        if path != "/gap":
+            continue
+        subscription, start, end, seconds, cause = key.split("|", 4)
+        found.append(
+            {
+                "subscription": subscription,
+                "start": datetime.fromisoformat(start).timestamp(),
+                "end": datetime.fromisoformat(end).timestamp(),
+                "seconds": float(seconds),
+                "cause": cause,
+            }
+        )
+    return found
+
+
+async def test_a_failover_is_reported_as_a_gap_by_the_node_taking_over(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    async with Simulator() as sim, Target().serve() as target:
+        rules = cluster_rules(
+            tmp_path, target.url, [nats_server.url],
+            zoom='gap_threshold = "1s"\nheartbeat_interval = "1s"',
+            extra=GAP_RULE.replace("TARGET", target.url),
+        )  # fmt: skip
+        async with cluster_nodes(2, rules, sim, tmp_path / "state") as nodes:
+            await sim.wait_connected(timeout=30)
+            holder = next(node for node in nodes if node.takeovers())
+            standby = next(node for node in nodes if node is not holder)
+            await standby.daemon.wait_log("zoomrules running")
+            # The holder's mark is written at least every heartbeat (1 s).
+            await sim.wait_heartbeats(3, timeout=30)
+
+            await holder.daemon.kill()
+            killed = time.time()
+            await standby.wait_holding(timeout=30)
+            await sim.wait_connected(count=2, timeout=30)
+            connected = time.time()
+            await wait_until(lambda: len(_gaps(target)) == 1, 30)
+
+    (gap,) = _gaps(target)
+    assert gap["subscription"] == "default"
+    assert gap["cause"].startswith("connected from another zoomrules process until then")
+    # It starts at the holder's last mark (at most a heartbeat and a mark
+    # interval before the kill) and ends when the standby connected.
+    assert killed - 3.0 <= gap["start"] <= killed
+    assert killed < gap["end"] <= connected + 1.0
+    assert abs(gap["seconds"] - (gap["end"] - gap["start"])) < 0.01
+
+
+async def test_a_cluster_restarted_after_a_stop_reports_the_gap_once(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    async with Simulator() as sim, Target().serve() as target:
+        rules = cluster_rules(
+            tmp_path, target.url, [nats_server.url],
+            zoom='gap_threshold = "1s"',
+            extra=GAP_RULE.replace("TARGET", target.url),
+        )  # fmt: skip
+        async with cluster_nodes(1, rules, sim, tmp_path / "state") as (node,):
+            await sim.wait_connected(timeout=30)
+            assert await node.daemon.stop() == 0
+            stopped = time.time()
+            await wait_until(lambda: time.time() - stopped > 1.5, 10)
+            await node.daemon.start()
+            await sim.wait_connected(count=2, timeout=30)
+            await wait_until(lambda: len(_gaps(target)) == 1, 30)
+            restarted = time.time()
+            assert await node.daemon.stop() == 0
+
+    (gap,) = _gaps(target)
+    assert gap["cause"].startswith("zoomrules was not running")
+    # A clean stop writes the mark as the connection closes.
+    assert stopped - 1.0 <= gap["start"] <= stopped
+    assert stopped + 1.5 <= gap["end"] <= restarted

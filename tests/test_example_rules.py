@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import EXAMPLE_RULES, ZOOM_ENV, corpus, example, run_cli
+from conftest import EXAMPLE_RULES, ROOT, ZOOM_ENV, corpus, run_cli
+from conftest import example as zoom_example
 
 from engine.events import Event
 from engine.explain import evaluate
@@ -24,6 +25,18 @@ CLI_SAMPLE = [
 ]
 
 
+#: The events zoomrules emits itself are not in Zoom's corpus: their example
+#: beside the example rules.
+ENGINE_EXAMPLES = {"zoomrules.connection_gap": ROOT / "examples" / "events" / "connection-gap.json"}
+
+
+def example(name: str) -> dict[str, Any]:
+    if name in ENGINE_EXAMPLES:
+        body: dict[str, Any] = json.loads(ENGINE_EXAMPLES[name].read_text())
+        return body
+    return zoom_example(name)
+
+
 @pytest.fixture(scope="module")
 def loaded() -> LoadedRules:
     return load_rules([EXAMPLE_RULES], env=ZOOM_ENV)
@@ -32,7 +45,7 @@ def loaded() -> LoadedRules:
 def test_check_accepts_the_example_file() -> None:
     result = run_cli("check", "-c", EXAMPLE_RULES)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("OK: 13 rules")
+    assert result.stdout.startswith("OK: 14 rules")
     assert "warning" not in result.stderr
 
 
@@ -166,6 +179,10 @@ CASES: dict[str, tuple[tuple[str, dict[str, Any]], tuple[str, dict[str, Any], st
     "audit-meeting-lifecycle": (
         ("meeting.started", {}),
         ("meeting.updated", {}, "event"),
+    ),
+    "connection-gap-catch-up": (
+        ("zoomrules.connection_gap", {"payload.cause": "zoomrules was not running"}),
+        ("meeting.started", {}, "event"),
     ),
 }
 

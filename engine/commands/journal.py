@@ -78,6 +78,9 @@ def print_stats(stats: dict[str, Any]) -> None:
     print(f"          {stats['duplicates_dropped']} duplicate deliveries dropped")
     jobs = stats["jobs"]
     print("jobs:     " + ", ".join(f"{jobs[state]} {state}" for state in JOB_STATES))
+    for index, (name, value) in enumerate(sorted(stats.get("marks", {}).items())):
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+        print(f"{'marks:' if index == 0 else '':<10}{name} {when}")
 
 
 def handle(args: argparse.Namespace) -> int:

@@ -9,7 +9,9 @@ it lives only in the journal until its jobs are done. A store keeps:
   failed for good: a dead letter); `retry` marks a dead letter re-queued by
   `zoomrules dlq retry`, for the process running jobs to pick up;
 - each job's progress (`next_action`), so a resumed job starts at its first
-  unfinished action.
+  unfinished action;
+- marks: named timestamps the engine keeps across restarts (`read_mark`,
+  `write_mark`).
 
 The shape is dramatiq's broker and consumer: the event source appends
 (`append`), one consumer takes committed events in order (`take_events`),
@@ -306,4 +308,29 @@ class JournalStore(JournalAdmin, Protocol):
 
     async def retry_now(self, ids: Sequence[int]) -> list[JobRow]:
         """Dead (or re-queued) jobs `ids`, made pending for the caller to run now."""
+        ...
+
+    # -- marks ------------------------------------------------------------------
+
+    async def read_mark(self, name: str) -> float | None:
+        """The value last written for the mark `name`, or None if it never was.
+
+        Marks are a small map of names to epoch seconds that survives
+        restarts, for the engine's own bookkeeping: the event sources keep
+        `alive:<source name>` there, the last moment that source was known
+        connected (its connection-gap event starts there after a restart).
+        A read sees the process's own writes, committed or still queued.
+        """
+        ...
+
+    async def write_mark(self, name: str, value: float) -> None:
+        """Set the mark `name` to `value` (epoch seconds), replacing the old one.
+
+        Returns once queued, without waiting for the commit (it waits only
+        while the store cannot take more, as `append` does); the write is
+        durable after everything queued before it, so an event appended
+        first is never lost while a mark written after it survives. Callers
+        throttle their writes (a few per minute per name): a mark is not a
+        counter.
+        """
         ...

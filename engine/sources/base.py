@@ -3,7 +3,9 @@
 A source delivers Zoom events to a sink (the journal's `append`, or the
 pipeline directly) until cancelled. The daemon runs every configured source
 side by side and reads their health and counters for logs, readiness and
-metrics; it never needs to know what kind of source it runs.
+metrics; it never needs to know what kind of source it runs. What a source
+must remember across restarts it keeps in `Marks`, which the engine hands
+it (the journal, behind this interface).
 """
 
 from __future__ import annotations
@@ -15,12 +17,32 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from engine.events import Event
 
-__all__ = ["EventSink", "EventSource", "SourceHealth"]
+__all__ = ["EventSink", "EventSource", "Marks", "SourceHealth"]
 
 #: Where a source hands each event: returns once the event is accepted
 #: (journaled, or matched and queued); waits while the engine is full, which
 #: is the backpressure a source passes on (e.g. by not reading its socket).
 EventSink = Callable[["Event"], Awaitable[object]]
+
+
+class Marks(Protocol):
+    """Named timestamps that outlive the process: what a source remembers
+    across restarts (when it was last known connected, see
+    `engine.sources.gaps`).
+
+    The journal's store is one (`JournalStore.read_mark` / `write_mark`);
+    without a journal, `engine.sources.gaps.MemoryMarks` keeps them for the
+    process's life only. Handed to sources by the engine: a source never
+    opens the journal itself.
+    """
+
+    async def read_mark(self, name: str) -> float | None:
+        """The epoch seconds last written under `name`, or None."""
+        ...
+
+    async def write_mark(self, name: str, value: float) -> None:
+        """Set `name` to `value` (epoch seconds); returns once queued."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,11 @@ to be connected as much as possible: reconnect quickly (first retry well
 under a second), detect dead connections with the app-level heartbeat, and
 never let malformed input end the loop. The only way out of `run()` is
 cancellation or `AuthError` (bad credentials: retrying cannot help).
+
+What could not be delivered is made visible: given `ConnectionGaps`, the
+listener reports each connection coming up and going down (and when it was
+last known connected), and emits the `zoomrules.connection_gap` event it
+gets back when a connection ends a long enough gap (`engine.sources.gaps`).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from engine.redact import redact, redact_url
 from engine.retry import Backoff
 from engine.services import TokenProvider
 from engine.sources.base import EventSink, SourceHealth
+from engine.sources.gaps import ConnectionGaps, gap_event
 
 __all__ = ["ListenerStats", "ZoomListener"]
 
@@ -62,6 +68,7 @@ class ListenerStats:
     last_event_at: float | None = None
     last_close_code: int | None = None
     connected: bool = False
+    gaps: int = 0  # zoomrules.connection_gap events emitted
 
     @property
     def malformed_total(self) -> int:
@@ -81,6 +88,7 @@ class _Session:
     closed_by_server: bool = False
     refresh_token: bool = False  # the token was rejected: get a new one before reconnecting
     reason: str = ""
+    gap: Event | None = None  # a connection_gap event to hand to the sink next
 
 
 class ZoomListener:
@@ -101,8 +109,20 @@ class ZoomListener:
         kick_window: float = 5.0,
         kick_threshold: int = 3,
         settings: object = None,
+        gaps: ConnectionGaps | None = None,
+        account_id: str | None = None,
     ) -> None:
         self.subscription = subscription
+        #: The Zoom account, when configured (a Server-to-Server OAuth app):
+        #: the gap events carry it.
+        self.account_id = account_id
+        #: Where connections coming up and going down are reported, to emit
+        #: gap events; None: no gap events.
+        self.gaps = gaps
+        #: Attempts to connect that failed since the last connection (for
+        #: the gap event's cause), and why the last one did.
+        self._failures = 0
+        self._last_failure = ""
         #: The source's name, which its events carry (`zoomrules.source`).
         self.name = f"zoom:{subscription}"
         self.endpoint = endpoint
@@ -148,6 +168,8 @@ class ZoomListener:
         """Stay connected, handing events to `sink`, until cancelled; raises
         AuthError on bad credentials."""
         self.sink = sink
+        if self.gaps is not None:
+            await self.gaps.load(self.name)
         while True:
             session = _Session(token=await self.tokens.token())
             await self._connect_once(session)
@@ -173,6 +195,9 @@ class ZoomListener:
             self._backoff.reset()
         self._track_kicks(session, lived)
         self._last_reason = session.reason or "unknown"
+        if session.built_at is None:
+            self._failures += 1
+            self._last_failure = self._last_reason
         delay = self._backoff.next()
         log.info(
             "zoom[%s]: connection ended (%s); reconnecting in %.2fs",
@@ -230,6 +255,7 @@ class ZoomListener:
                     # The daemon is stopping: say so (1001, going away), not
                     # "internal error" (1011), which is what leaving the
                     # block with an exception would send.
+                    session.reason = session.reason or "closed by zoomrules"
                     with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                         await ws.close(1001, "going away")
                     raise
@@ -254,10 +280,32 @@ class ZoomListener:
             session.refresh_token = True
 
     def _mark_disconnected(self, session: _Session) -> None:
+        now = time.time()
         self.stats.disconnects += 1
         self.stats.connected = False
         self._up = anyio.Event()
-        self.stats.last_disconnected_at = time.time()
+        self.stats.last_disconnected_at = now
+        if self.gaps is not None:
+            # A close handshake with Zoom (whoever began it) shows the
+            # connection delivered until now; otherwise (a reset, the
+            # watchdog) the last frame received is the last we know of.
+            ws = session.ws
+            handshake = ws is not None and ws.protocol.close_rcvd is not None
+            alive_until = now if handshake else self._alive_at(session)
+            self.gaps.down(
+                self.name, session, alive_until=alive_until, reason=session.reason or "unknown"
+            )
+
+    @staticmethod
+    def _alive_at(session: _Session) -> float:
+        """When the connection was last known connected (epoch seconds): now
+        while a frame is being handled, else when the last one was (when
+        the listener began waiting for the next)."""
+        now = time.time()
+        idle = session.idle_since
+        if idle is None:
+            return now
+        return now - max(0.0, anyio.current_time() - idle)
 
     # -- one connection -----------------------------------------------------
 
@@ -304,6 +352,8 @@ class ZoomListener:
             if not isinstance(handled, Event):
                 if not handled:
                     return
+                if session.gap is not None:  # only after build_connection
+                    await self._hand_over_gap(session)
                 continue
             try:
                 await sink(handled)
@@ -313,6 +363,19 @@ class ZoomListener:
                 # A bug downstream must not cost us the connection (and every
                 # event Zoom sends while we reconnect).
                 self._handler_failed(handled)
+
+    async def _hand_over_gap(self, session: _Session) -> None:
+        """Emit the connection_gap event found when this connection came up."""
+        assert self.gaps is not None
+        event, session.gap = session.gap, None
+        assert event is not None
+        try:
+            await self.sink(event)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            raise  # not delivered: the next start finds the gap again
+        except Exception:
+            self._handler_failed(event)  # lost for good: do not hold the mark back forever
+        self.gaps.handed_over(self.name)
 
     async def _heartbeat(self, session: _Session) -> None:
         ws = session.ws
@@ -394,11 +457,14 @@ class ZoomListener:
         content = frame.get("content")
         if frame.get("success") is True:
             session.built_at = anyio.current_time()
+            now = time.time()
             self.stats.connects += 1
             self.stats.connected = True
             self._up.set()
-            self.stats.last_connected_at = time.time()
+            self.stats.last_connected_at = now
             log.info("zoom[%s]: connected (%s)", self.subscription, shorten(content))
+            if self.gaps is not None:
+                self._connected(session, now)
             return True
         self.stats.build_failures += 1
         session.reason = f"build_connection refused: {shorten(content)}"
@@ -409,6 +475,25 @@ class ZoomListener:
         )
         session.refresh_token = True
         return False
+
+    def _connected(self, session: _Session, now: float) -> None:
+        """Report the connection up; keep the gap event it ends, if any, for `_receive`."""
+        assert self.gaps is not None
+        failures, last_failure = self._failures, self._last_failure
+        self._failures, self._last_failure = 0, ""
+        gap = self.gaps.up(
+            self.name, session, lambda: self._alive_at(session),
+            now=now, failures=failures, last_failure=last_failure,
+        )  # fmt: skip
+        if gap is None:
+            return
+        self.stats.gaps += 1
+        session.gap = gap_event(gap, subscription=self.subscription, account_id=self.account_id)
+        log.warning(
+            "zoom[%s]: no connection for %.1fs, since %s (%s): events Zoom sent meanwhile "
+            "are lost; emitting zoomrules.connection_gap",
+            self.subscription, gap.seconds, session.gap.body["payload"]["start_time"], gap.cause,
+        )  # fmt: skip
 
     def _malformed(self, reason: str, message: Any, detail: str = "") -> bool:
         self.stats.malformed[reason] += 1

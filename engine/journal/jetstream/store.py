@@ -93,10 +93,26 @@ class _Job:
     ended: bool = False
 
 
+@dataclass(frozen=True)
+class _Mark:
+    """A mark to write once every event queued before it is published."""
+
+    name: str
+    value: float
+
+
 @dataclass
 class _Outbox:
-    events: deque[Event] = field(default_factory=deque)
+    """Events and marks to publish, in order."""
+
+    events: deque[Event | _Mark] = field(default_factory=deque)
     bytes: int = 0
+
+
+def _size(item: Event | _Mark) -> int:
+    if isinstance(item, _Mark):
+        return 64
+    return len(item.raw) if item.raw is not None else 1024
 
 
 class JetStreamJournal(JetStreamAdmin):
@@ -167,9 +183,29 @@ class JetStreamJournal(JetStreamAdmin):
             await self._room.wait()
         if self._closed:
             raise anyio.ClosedResourceError
-        self._outbox.events.append(event)
-        self._outbox.bytes += len(event.raw) if event.raw is not None else 1024
+        self._queue(event)
+
+    def _queue(self, item: Event | _Mark) -> None:
+        self._outbox.events.append(item)
+        self._outbox.bytes += _size(item)
         self._wake_publisher.set()
+
+    # -- marks ------------------------------------------------------------------------------
+
+    async def write_mark(self, name: str, value: float) -> None:
+        # Published after the events queued before it, so a mark never
+        # says a source was connected later than the last event kept.
+        if self._closed:
+            raise anyio.ClosedResourceError
+        self._queue(_Mark(name, value))
+
+    async def read_mark(self, name: str) -> float | None:
+        queued = [
+            item.value
+            for item in self._outbox.events
+            if isinstance(item, _Mark) and item.name == name
+        ]
+        return queued[-1] if queued else await super().read_mark(name)
 
     async def _publish(self) -> None:
         """Publish held events in order, as many in flight as NATS takes."""
@@ -185,13 +221,16 @@ class JetStreamJournal(JetStreamAdmin):
                 continue
             if self._closed and deadline is None:
                 deadline = time.monotonic() + _STOP_TIMEOUT
-            batch = [outbox.events[i] for i in range(min(_IN_FLIGHT, len(outbox.events)))]
-            done = await self._publish_batch(batch)
+            head = outbox.events[0]
+            if isinstance(head, _Mark):
+                wanted, done = 1, await self._publish_mark(head)
+            else:
+                events = self._leading_events()
+                wanted, done = len(events), await self._publish_batch(events)
             for _ in range(done):
-                event = outbox.events.popleft()
-                outbox.bytes -= len(event.raw) if event.raw is not None else 1024
+                outbox.bytes -= _size(outbox.events.popleft())
             self._room.set()
-            if done == len(batch):
+            if done == wanted:
                 if self._outage_since is not None:
                     log.warning(
                         "journal: publishing again after %.1fs",
@@ -204,6 +243,23 @@ class JetStreamJournal(JetStreamAdmin):
                 self._give_up()
                 return
             await anyio.sleep(retry.next())
+
+    def _leading_events(self) -> list[Event]:
+        """The events at the head of the outbox, up to the first mark."""
+        batch: list[Event] = []
+        for item in self._outbox.events:
+            if isinstance(item, _Mark) or len(batch) >= _IN_FLIGHT:
+                break
+            batch.append(item)
+        return batch
+
+    async def _publish_mark(self, mark: _Mark) -> int:
+        try:
+            await JetStreamAdmin.write_mark(self, mark.name, mark.value)
+        except Exception as exc:  # noqa: BLE001 - held and written again
+            self._outage(exc)
+            return 0
+        return 1
 
     async def _publish_batch(self, batch: Sequence[Event]) -> int:
         """Publish `batch`; how many of its first events NATS confirmed."""
@@ -242,7 +298,7 @@ class JetStreamJournal(JetStreamAdmin):
             )  # fmt: skip
 
     def _give_up(self) -> None:
-        events = list(self._outbox.events)
+        events = [item for item in self._outbox.events if isinstance(item, Event)]
         self.counters.unwritten += len(events)
         shown = ", ".join(event.id for event in events[:20])
         log.critical(

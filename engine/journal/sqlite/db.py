@@ -591,6 +591,22 @@ class JournalDB:
         ).fetchall()
         return [row[0] for row in rows]
 
+    # -- marks ----------------------------------------------------------------
+
+    def read_mark(self, name: str) -> float | None:
+        row = self.conn.execute("SELECT value FROM marks WHERE name = ?", (name,)).fetchone()
+        return None if row is None else float(row[0])
+
+    def write_mark(self, name: str, value: float, now: float) -> None:
+        self.conn.execute(
+            "INSERT INTO marks (name, value, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+            (name, value, now),
+        )
+
+    def marks(self) -> dict[str, float]:
+        return dict(self.conn.execute("SELECT name, value FROM marks ORDER BY name").fetchall())
+
     # -- retention and stats --------------------------------------------------
 
     def purge_expired(
@@ -633,6 +649,7 @@ class JournalDB:
             "duplicates_dropped": duplicates,
             "oldest_event_at": oldest,
             "jobs": counts,
+            "marks": self.marks(),
             "bytes": sum(sizes.values()),
             "files": sizes,
         }

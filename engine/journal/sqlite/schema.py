@@ -13,7 +13,7 @@ from collections.abc import Callable
 log = logging.getLogger("zoomrules.journal")
 
 #: The schema this code writes; `MIGRATIONS[n]` brings a database from n-1 to n.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def _v1(conn: sqlite3.Connection) -> None:
@@ -63,7 +63,17 @@ def _v2(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE events ADD COLUMN duplicates INTEGER NOT NULL DEFAULT 0")
 
 
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1, 2: _v2}
+def _v3(conn: sqlite3.Connection) -> None:
+    # v3: marks, a name -> epoch seconds map the engine keeps across restarts
+    # (`JournalStore.read_mark` / `write_mark`: when each subscription was
+    # last known connected, for the connection-gap event).
+    conn.execute(
+        "CREATE TABLE marks (name TEXT PRIMARY KEY, value REAL NOT NULL, "
+        "updated_at REAL NOT NULL) WITHOUT ROWID"
+    )
+
+
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1, 2: _v2, 3: _v3}
 
 
 def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:

@@ -250,6 +250,8 @@ class SqliteJournal:
         self._retry = Backoff(_RETRY_FIRST, _RETRY_CAP)
         #: Set once closing: until then, a refusing storage is retried forever.
         self._close_deadline: float | None = None
+        #: Marks written by this process (`write_mark`), committed or queued.
+        self._marks: dict[str, float] = {}
 
     # -- writer ----------------------------------------------------------------
 
@@ -1074,6 +1076,24 @@ class SqliteJournal:
             )
         )
         return job_id
+
+    # -- marks -------------------------------------------------------------------------
+
+    async def read_mark(self, name: str) -> float | None:
+        # This process alone writes the journal (its lock): what it wrote,
+        # committed or still queued, is the newest value.
+        if name in self._marks:
+            return self._marks[name]
+        value: float | None = await self.call(lambda db: db.read_mark(name))
+        return value
+
+    async def write_mark(self, name: str, value: float) -> None:
+        """Queued like `mark_dead`, without waiting for the commit: it commits
+        after everything queued before it (an event appended just before is
+        durable first)."""
+        now = time.time()
+        await self._put_call(_Op(OP_CALL, lambda db: db.write_mark(name, value, now)))
+        self._marks[name] = value
 
     # -- retention -------------------------------------------------------------------
 

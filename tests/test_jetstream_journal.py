@@ -1,0 +1,53 @@
+"""The JetStream journal's own guarantees on a real nats-server (the cluster's
+end-to-end behaviour is in test_cluster.py)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import anyio
+import pytest
+from conftest import example
+
+from engine.config import ClusterConfig, EngineConfig
+from engine.events import Event
+from engine.journal import JournalStore, open_journal
+from engine.nats_link import NatsLink, connect, entries
+from tests.nats_server import NatsServer
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def link(nats_server: NatsServer) -> AsyncIterator[NatsLink]:
+    cluster = ClusterConfig(servers=(nats_server.url,), name="j", node="a")
+    async with connect(cluster, EngineConfig(journal_backend="jetstream")) as made:
+        yield made
+
+
+async def _stream_messages(link: NatsLink) -> int:
+    return (await link.js.stream_info(link.names.events)).state.messages
+
+
+async def test_a_mark_is_written_only_after_the_events_queued_before_it(link: NatsLink) -> None:
+    engine = EngineConfig(journal_backend="jetstream")
+    store: JournalStore
+    async with open_journal(engine, link=link) as store:
+        # The events stream is gone: publishing fails until it is back.
+        await link.js.delete_stream(link.names.events)
+        await store.append(Event.from_body(example("meeting.started"), source="test"))
+        await store.write_mark("alive:zoom:default", 1234.5)
+        assert await store.read_mark("alive:zoom:default") == 1234.5  # its own write, queued
+
+        marks = await link.bucket("marks")
+        with anyio.move_on_after(1.0):
+            while True:  # noqa: ASYNC110 - the publisher is retrying in the background
+                assert not await entries(marks), "the mark went ahead"
+                await anyio.sleep(0.1)
+
+        await link.ensure()
+        with anyio.fail_after(20):
+            while not await entries(marks):  # noqa: ASYNC110
+                await anyio.sleep(0.05)
+        assert await _stream_messages(link) == 1
+        assert store.health().ok
