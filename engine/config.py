@@ -127,12 +127,32 @@ _PLAIN_CLUSTER_KEYS = frozenset(
 )
 
 
+def _host_port(text: str) -> tuple[str, int] | None:
+    """("host", port) of "host:port" or "[v6]:port"; None if it is not one."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        return None
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        return None  # a bare IPv6 address: its port would be ambiguous
+    return host, int(port)
+
+
 def _plain_setting(path: tuple[Any, ...]) -> bool:
     if not path:
         return False
-    if path[0] == "engine":
+    if path[0] in ("engine", "http"):
         return True
     return path[0] == "cluster" and len(path) > 1 and path[1] in _PLAIN_CLUSTER_KEYS
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    """`[http]`: the daemon's HTTP server (metrics, health, status page, webhooks)."""
+
+    host: str = "127.0.0.1"
+    port: int = 9464
 
 
 @dataclass(frozen=True)
@@ -200,6 +220,8 @@ class Config:
     rules: tuple[RuleSpec, ...]
     #: `[cluster]`, when several daemons share NATS JetStream; None: one process.
     cluster: ClusterConfig | None = None
+    #: `[http]`, when the daemon serves HTTP; None: no server.
+    http: HttpConfig | None = None
     #: Things worth knowing that do not stop the files from being used
     #: (e.g. a `${VAR}` left unset while checking): `check --strict` fails on them.
     warnings: tuple[Problem, ...] = ()
@@ -307,6 +329,8 @@ class _Builder:
         self.zoom_file: Path | None = None
         self.cluster: ClusterConfig | None = None
         self.cluster_file: Path | None = None
+        self.http: HttpConfig | None = None
+        self.http_file: Path | None = None
         self.engine: EngineConfig | None = None
         self.engine_file: Path | None = None
         self.engine_ctx: _Ctx | None = None
@@ -423,7 +447,7 @@ class _Builder:
     # -- sections ------------------------------------------------------------
 
     def check_top(self, data: dict[str, Any], ctx: _Ctx) -> None:
-        known = ("version", "zoom", "engine", "notifiers", "cluster", "rule")
+        known = ("version", "zoom", "engine", "notifiers", "cluster", "http", "rule")
         self.unknown_keys(data, known, ctx)
         version = data.get("version", 1)
         if isinstance(version, str) and version.strip() == "1":
@@ -438,6 +462,8 @@ class _Builder:
             self.check_engine(data["engine"], _Ctx(ctx.file, ctx.smap, "[engine]", ("engine",)))
         if "cluster" in data and self.table(data["cluster"], ctx, "cluster"):
             self.check_cluster(data["cluster"], _Ctx(ctx.file, ctx.smap, "[cluster]", ("cluster",)))
+        if "http" in data and self.table(data["http"], ctx, "http"):
+            self.check_http(data["http"], _Ctx(ctx.file, ctx.smap, "[http]", ("http",)))
         if "notifiers" in data and self.table(data["notifiers"], ctx, "notifiers"):
             self.check_notifiers(
                 data["notifiers"], _Ctx(ctx.file, ctx.smap, "[notifiers]", ("notifiers",))
@@ -616,6 +642,22 @@ class _Builder:
                 continue
             out.append((glob, tuple(paths)))
         return tuple(out)
+
+    def check_http(self, data: dict[str, Any], ctx: _Ctx) -> None:
+        if self.http_file is not None:
+            self.problem(ctx, None, f"[http] is already defined in {self.http_file}")
+            return
+        self.http_file = ctx.file
+        self.unknown_keys(data, ("listen",), ctx)
+        listen = _Getter(self, data, ctx).string("listen", "127.0.0.1:9464") or ""
+        address = _host_port(listen)
+        if address is None:
+            self.problem(
+                ctx, "listen",
+                f'must be "host:port" (e.g. "127.0.0.1:9464", "[::1]:9464"), got {listen!r}',
+            )  # fmt: skip
+            return
+        self.http = HttpConfig(*address)
 
     def check_cluster(self, data: dict[str, Any], ctx: _Ctx) -> None:
         if self.cluster_file is not None:
@@ -830,6 +872,7 @@ class _Builder:
             notifiers=self.notifiers,
             rules=tuple(_with_action_defaults(rule, engine) for rule in self.rules),
             cluster=cluster,
+            http=self.http,
             warnings=tuple(sorted(self.warnings, key=lambda p: (str(p.file), p.line or 0))),
             notifier_lines=self.notifier_lines,
         )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import gc
 import logging
 import signal
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +26,12 @@ import anyio
 import anyio.lowlevel
 
 from engine.config import Config
+from engine.daemon_state import Readiness
+from engine.dispatch import Dispatcher
 from engine.errors import AuthError, ConfigError, DaemonError
+from engine.health import routes as health_routes
+from engine.http_server import HttpServer
+from engine.journal.store import JournalStore
 from engine.loader import LoadedRules, load_rules
 from engine.pipeline import Pipeline
 from engine.problems import Problem
@@ -83,6 +89,12 @@ class Daemon:
         self.gaps: ConnectionGaps | None = None
         self.reloads = 0
         self.failed_reloads = 0
+        self.started_at = time.time()
+        self.last_reload_at: float | None = None
+        self.last_reload_ok = True
+        #: The HTTP server, when `[http]` is configured (set by `_run`).
+        self.http: HttpServer | None = None
+        self._serving = anyio.Event()
         self._stop = anyio.Event()
         self._ready = anyio.Event()
 
@@ -95,8 +107,19 @@ class Daemon:
     async def wait_ready(self) -> None:
         await self._ready.wait()
 
+    async def wait_serving(self) -> HttpServer:
+        """The HTTP server, once it listens (`[http]` must be configured)."""
+        await self._serving.wait()
+        assert self.http is not None
+        return self.http
+
     async def reload(self) -> bool:
         """Re-read the rule files; keep the old rules if the new ones are invalid."""
+        self.last_reload_at = time.time()
+        self.last_reload_ok = ok = await self._reload()
+        return ok
+
+    async def _reload(self) -> bool:
         try:
             fresh = await anyio.to_thread.run_sync(
                 lambda: load_rules(self.paths, env=self.env, set_identity=False)
@@ -170,7 +193,44 @@ class Daemon:
     def pipeline(self) -> Pipeline | None:
         return self.runtime.pipeline if self.runtime is not None else None
 
+    @property
+    def dispatcher(self) -> Dispatcher | None:
+        return self.runtime.pipeline.dispatcher if self.runtime is not None else None
+
+    @property
+    def store(self) -> JournalStore | None:
+        return self.runtime.store if self.runtime is not None else None
+
+    def readiness(self) -> Readiness:
+        """Ready: running, the journal writing, every source delivering
+        here or (in a cluster) on another node."""
+        if self.runtime is None or not self._ready.is_set():
+            return Readiness(False, ("starting",))
+        if self._stop.is_set():
+            return Readiness(False, ("stopping",))
+        reasons = []
+        store = self.runtime.store
+        if store is not None and not (journal := store.health()).ok:
+            reasons.append(f"journal: {journal.detail}")
+        for source in self.sources:
+            health = source.health()
+            if not (health.up or health.elsewhere):
+                reasons.append(f"{source.name}: {health.detail}")
+        return Readiness(not reasons, tuple(reasons))
+
     async def _run(self, config: Config) -> None:
+        if config.http is not None:
+            # First: a port in use stops the daemon before it reads Zoom.
+            self.http = HttpServer(config.http)
+            self.http.mount(health_routes(self))
+            self.http.listen()
+        try:
+            await self._run_engine(config)
+        finally:
+            if self.http is not None:
+                self.http.close()
+
+    async def _run_engine(self, config: Config) -> None:
         journal = config.engine.journal
         async with (
             open_services(config) as services,
@@ -180,6 +240,9 @@ class Daemon:
             async with anyio.create_task_group() as tg:
                 if self.handle_signals:
                     tg.start_soon(self._signals)
+                if self.http is not None:
+                    await tg.start(self.http.run)
+                    self._serving.set()
                 failure = await self._listen(services, runtime)
                 tg.cancel_scope.cancel()
             if failure is not None:

@@ -103,6 +103,8 @@ class Lease:
         self.name = name
         self.key = name.replace(":", "_")
         self.holding: Holding | None = None
+        #: While standing by: whether another node held it at the last look.
+        self.elsewhere = False
         self._revision = 0
         self._renewed = 0.0  # monotonic time of the last successful write
 
@@ -128,12 +130,15 @@ class Lease:
             try:
                 self._revision = await self.leases.bucket.create(self.key, self._value(now))
             except KeyWrongLastSequenceError:
-                await anyio.sleep(look)  # held by another node: stand by
+                self.elsewhere = True  # held by another node: stand by
+                await anyio.sleep(look)
                 continue
             except Exception as exc:  # noqa: BLE001 - NATS unreachable: keep trying
                 log.debug("lease %s: cannot reach NATS (%s)", self.name, exc)
+                self.elsewhere = False
                 await anyio.sleep(look)
                 continue
+            self.elsewhere = False
             self._renewed = time.monotonic()
             self.holding = Holding(self._revision, now)
             self.leases.held.add(self.name)

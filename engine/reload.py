@@ -33,7 +33,8 @@ RESTART_KEYS: tuple[str, ...] = (
 
 def needs_restart(old: Config, new: Config) -> list[str]:
     """The keys (as `[engine] key`) whose new values apply only after a
-    restart; the whole `[cluster]` (the node's NATS link) is one of them."""
+    restart; the whole `[cluster]` (the node's NATS link) and `[http]` (its
+    listening socket) are two of them."""
     keys = [
         f"[engine] {key}"
         for key in RESTART_KEYS
@@ -41,6 +42,8 @@ def needs_restart(old: Config, new: Config) -> list[str]:
     ]
     if old.cluster != new.cluster:
         keys.append("[cluster]")
+    if old.http != new.http:
+        keys.append("[http]")
     return keys
 
 

@@ -635,3 +635,31 @@ def _path(loaded: object) -> str:
     action = loaded.rules[0].actions[0]  # type: ignore[attr-defined]
     path: str = render_action(action, {})["params"]["path"]
     return path
+
+
+@pytest.mark.parametrize(
+    ("listen", "host", "port"),
+    [("127.0.0.1:9464", "127.0.0.1", 9464), ("[::1]:0", "::1", 0), ("0.0.0.0:80", "0.0.0.0", 80)],
+)
+def test_http_listen_is_host_and_port(tmp_path: Path, listen: str, host: str, port: int) -> None:
+    path = write_rules(tmp_path, f'[http]\nlisten = "{listen}"\n' + RULE_OK)
+    http = load(path).config.http
+    assert http is not None and (http.host, http.port) == (host, port)
+
+
+@pytest.mark.parametrize("listen", ["9464", "localhost", "::1:9464", "host:99999", ":9464"])
+def test_a_bad_http_listen_is_named(tmp_path: Path, listen: str) -> None:
+    path = write_rules(tmp_path, f'[http]\nlisten = "{listen}"\n' + RULE_OK)
+    problem = only(problems(path))
+    assert (problem.line, problem.key) == (2, "listen")
+    assert "host:port" in problem.message
+
+
+def test_without_http_there_is_no_server(tmp_path: Path) -> None:
+    assert load(write_rules(tmp_path, RULE_OK)).config.http is None
+
+
+def test_a_cluster_cannot_turn_the_journal_off(tmp_path: Path) -> None:
+    text = '[cluster]\nservers = ["nats://127.0.0.1:4222"]\n[engine]\njournal = false\n' + RULE_OK
+    problem = only(problems(write_rules(tmp_path, text)))
+    assert problem.key == "journal" and "[cluster]" in problem.message

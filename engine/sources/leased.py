@@ -41,9 +41,13 @@ class LeasedSource:
         return self.inner.stats
 
     def health(self) -> SourceHealth:
-        if self.lease.holding is None:
-            return SourceHealth(False, self._standby_since, "standby", elsewhere=True)
-        return self.inner.health()
+        if self.lease.holding is not None:
+            return self.inner.health()
+        if self.lease.elsewhere:
+            return SourceHealth(
+                False, self._standby_since, "standby: another node holds it", elsewhere=True
+            )
+        return SourceHealth(False, self._standby_since, "standby: no node holds it yet")
 
     async def wait_up(self) -> None:
         await self.inner.wait_up()
