@@ -45,6 +45,11 @@ RENEWALS = 3
 LOOKS = 5
 
 
+def lease_key(subscription: str) -> str:
+    """The key of a subscription's lease (a key may not hold every character a name may)."""
+    return subscription.replace(":", "_")
+
+
 @dataclass(frozen=True)
 class Holding:
     """A lease held: its epoch (the key's revision) and when it was taken."""
@@ -101,7 +106,7 @@ class Lease:
     def __init__(self, leases: Leases, name: str) -> None:
         self.leases = leases
         self.name = name
-        self.key = name.replace(":", "_")
+        self.key = lease_key(name)
         self.holding: Holding | None = None
         #: While standing by: whether another node held it at the last look.
         self.elsewhere = False
@@ -190,7 +195,7 @@ class Lease:
 
 
 async def holders(bucket: Any) -> dict[str, dict[str, Any]]:
-    """Every held lease: name -> {"node", "since", "epoch"} (for `cluster status`)."""
+    """Every held lease: its key (`lease_key`) -> {"node", "since", "epoch"} (for `cluster status`)."""
     return {
         entry.key: {**orjson.loads(entry.value), "epoch": entry.revision}
         for entry in await entries(bucket)

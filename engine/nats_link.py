@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import ssl
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +37,12 @@ log = logging.getLogger("zoomrules.cluster")
 
 #: How long connecting to NATS may take at start before the daemon gives up.
 CONNECT_TIMEOUT = 20.0
+#: Commands that only look at a cluster (`dlq`, `journal stats`, `cluster
+#: status`, `replay`) give up sooner: a person or a monitoring script waits.
+LOOK_TIMEOUT = 5.0
+#: ... and after this many refused attempts per server, not at the timeout:
+#: a server that refuses connections does so at once.
+LOOK_ATTEMPTS = 2
 #: Buckets whose keys have no life of their own are still bounded in time.
 _MARK_AGE = 30 * 86400.0
 _LIMIT_AGE = 7 * 86400.0
@@ -146,9 +152,11 @@ class NatsLink:
                 num_replicas=replicas,
             ),
             StreamConfig(
+                # No max_age: dead letters stay until retried or purged, as
+                # in the SQLite journal (retention does not remove them).
                 name=names.dlq, subjects=[f"{names.prefix}.dlq.*"],
-                retention=RetentionPolicy.LIMITS, max_age=engine.retention,
-                max_msgs_per_subject=1, storage=StorageType.FILE, num_replicas=replicas,
+                retention=RetentionPolicy.LIMITS, max_msgs_per_subject=1,
+                storage=StorageType.FILE, num_replicas=replicas,
             ),
         ]  # fmt: skip
         for config in streams:
@@ -200,6 +208,25 @@ class NatsLink:
         await self.js.update_stream(stream)
         log.info("cluster: bucket %s updated to the configured settings", config.bucket)
 
+    async def require(self) -> None:
+        """Raise JournalError unless the cluster's streams exist (a node created them)."""
+        from nats.js.errors import NotFoundError
+
+        servers = ", ".join(self.cluster.servers)
+        try:
+            await self.js.stream_info(self.names.events)
+        except NotFoundError:
+            raise JournalError(
+                f"cluster {self.names.prefix!r} has no streams on NATS at {servers}: no node "
+                "has run yet (the first `zoomrules run` creates them). Fix: start a node, "
+                "or check [cluster] name"
+            ) from None
+        except Exception as exc:  # noqa: BLE001 - one clear line for the command
+            raise JournalError(
+                f"NATS at {servers} does not answer JetStream requests ({_why(exc)}). "
+                "Fix: enable JetStream on the servers"
+            ) from None
+
     async def _stream(self, config: Any) -> None:
         from nats.js.errors import NotFoundError
 
@@ -244,8 +271,23 @@ def _tls(cluster: ClusterConfig) -> ssl.SSLContext | None:
 _error_logs = LogLimiter(log)
 
 
-async def _errors(exc: Exception) -> None:
-    _error_logs.log(logging.WARNING, "error", "NATS: %s", redact(str(exc)) or type(exc).__name__)
+def _why(exc: BaseException) -> str:
+    return redact(str(exc)) or type(exc).__name__
+
+
+class _Errors:
+    """NATS's error callback: the last error, for the message if connecting
+    fails; logged too unless `quiet` (a command says what failed itself, and
+    is not told of disconnections either)."""
+
+    def __init__(self, *, quiet: bool) -> None:
+        self.quiet = quiet
+        self.last: str | None = None
+
+    async def record(self, exc: Exception) -> None:
+        self.last = _why(exc)
+        if not self.quiet:
+            _error_logs.log(logging.WARNING, "error", "NATS: %s", self.last)
 
 
 async def _disconnected() -> None:
@@ -256,29 +298,21 @@ async def _reconnected() -> None:
     log.info("NATS: reconnected")
 
 
-@asynccontextmanager
-async def connect(cluster: ClusterConfig, engine: EngineConfig) -> AsyncIterator[NatsLink]:
-    """Connect to the cluster's NATS servers for the block (JournalError if they
-    cannot be reached within `CONNECT_TIMEOUT`)."""
-    try:
-        import nats
-    except ImportError:
-        raise JournalError(
-            "[cluster] needs nats-py, which is not installed. Fix: pip install 'zoomrules[cluster]'"
-        ) from None
-
+def _options(cluster: ClusterConfig, errors: _Errors, *, attempts: int) -> dict[str, Any]:
     options: dict[str, Any] = {
         "servers": list(cluster.servers),
         "name": f"zoomrules {cluster.node}",
         "reconnect_time_wait": 0.5,
-        # Once connected, reconnect forever: the node waits for NATS rather than dying.
-        "max_reconnect_attempts": -1,
+        # -1: once connected, reconnect forever (the node waits for NATS
+        # rather than dying); the first connect is bounded by the caller.
+        "max_reconnect_attempts": attempts,
         "connect_timeout": 2,
-        "error_cb": _errors,
-        "disconnected_cb": _disconnected,
-        "reconnected_cb": _reconnected,
+        # A bound method: nats-py takes only coroutine functions.
+        "error_cb": errors.record,
         "allow_reconnect": True,
     }
+    if not errors.quiet:
+        options.update(disconnected_cb=_disconnected, reconnected_cb=_reconnected)
     if cluster.credentials:
         options["user_credentials"] = cluster.credentials
     if cluster.user:
@@ -289,25 +323,55 @@ async def connect(cluster: ClusterConfig, engine: EngineConfig) -> AsyncIterator
     tls = _tls(cluster)
     if tls is not None:
         options["tls"] = tls
-    servers = ", ".join(cluster.servers)
-    nc = None
-    with anyio.move_on_after(CONNECT_TIMEOUT):
-        # The first connect retries forever in nats-py: bounded here.
-        nc = await nats.connect(**options)
-    if nc is None:
+    return options
+
+
+async def _open(cluster: ClusterConfig, timeout: float, attempts: int, *, quiet: bool) -> Any:
+    """A connection to one of the cluster's servers (JournalError if none answers in time)."""
+    try:
+        import nats
+    except ImportError:
         raise JournalError(
-            f"cannot reach NATS at {servers} within {CONNECT_TIMEOUT:.0f}s. "
+            "[cluster] needs nats-py, which is not installed. Fix: pip install 'zoomrules[cluster]'"
+        ) from None
+
+    errors = _Errors(quiet=quiet)
+    nc = None
+    failure: str | None = None
+    with anyio.move_on_after(timeout):
+        try:
+            nc = await nats.connect(**_options(cluster, errors, attempts=attempts))
+        except Exception as exc:  # noqa: BLE001 - every server refused: said below
+            failure = _why(exc)
+    if nc is None:
+        why = errors.last or failure or f"no answer within {timeout:g}s"
+        raise JournalError(
+            f"cannot reach NATS at {', '.join(cluster.servers)} ({why}). "
             "Fix: check [cluster] servers, credentials and TLS, and that NATS runs with JetStream"
         )
+    return nc
+
+
+@asynccontextmanager
+async def connect(
+    cluster: ClusterConfig,
+    engine: EngineConfig,
+    *,
+    timeout: float = CONNECT_TIMEOUT,
+    attempts: int = -1,
+    create: bool = True,
+    quiet: bool = False,
+) -> AsyncIterator[NatsLink]:
+    """Connect to the cluster's NATS servers for the block (JournalError if they
+    cannot be reached within `timeout`, or after `attempts` refusals per server).
+
+    `create`: set up the cluster's streams, buckets and consumers (a node);
+    else only check that they exist (a command that looks). `quiet`: NATS's
+    errors are not logged (the command reports the one that matters)."""
+    nc = await _open(cluster, timeout, attempts, quiet=quiet)
     link = NatsLink(nc, cluster, engine)
     try:
-        try:
-            await link.ensure()
-        except Exception as exc:  # noqa: BLE001 - one clear line, the daemon stops
-            raise JournalError(
-                f"NATS at {servers} refused the cluster's streams: {redact(str(exc))}. "
-                "Fix: enable JetStream on the servers; with one server, set [cluster] replicas = 1"
-            ) from None
+        await (_create(link) if create else link.require())
         yield link
     finally:
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):
@@ -315,3 +379,22 @@ async def connect(cluster: ClusterConfig, engine: EngineConfig) -> AsyncIterator
                 await nc.close()
             except Exception as exc:  # noqa: BLE001 - closing a connection already lost
                 log.debug("NATS: close failed (%s)", exc)
+
+
+def look(cluster: ClusterConfig, engine: EngineConfig) -> AbstractAsyncContextManager[NatsLink]:
+    """A command's connection to look at a cluster: quick to give up, creates
+    nothing (JournalError when NATS or the cluster's streams are not there)."""
+    return connect(
+        cluster, engine, timeout=LOOK_TIMEOUT, attempts=LOOK_ATTEMPTS, create=False, quiet=True
+    )
+
+
+async def _create(link: NatsLink) -> None:
+    try:
+        await link.ensure()
+    except Exception as exc:  # noqa: BLE001 - one clear line, the daemon stops
+        raise JournalError(
+            f"NATS at {', '.join(link.cluster.servers)} refused the cluster's streams: "
+            f"{_why(exc)}. Fix: enable JetStream on the servers; with one server, set "
+            "[cluster] replicas = 1"
+        ) from None

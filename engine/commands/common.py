@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,11 @@ def load_or_report(
         # A problem may quote a value, and a value may have come from ${VAR}.
         print(f"zoomrules: {redact(str(exc))}", file=sys.stderr)
         return None
+
+
+def config_args(args: argparse.Namespace) -> str:
+    """The `-c` options given, as they would be typed again (for hints in output)."""
+    return "".join(f" -c {shlex.quote(path)}" for path in getattr(args, "config", None) or [])
 
 
 def open_input(name: str) -> IO[bytes]:

@@ -10,6 +10,12 @@ up within about a second (it polls for re-queued jobs); otherwise this
 command runs them itself, right away, with the current rules, and reports
 how they ended. Either way they resume at the action that failed: actions
 of the rule that already succeeded are not repeated.
+
+With `[cluster]` in the rule files, every command works on the cluster's
+streams. `retry` then never runs jobs itself, even with no node alive (a
+cluster's jobs share its throttles and progress in NATS, and run on its
+nodes): it moves them to the retry queue, says how many nodes are alive to
+take them, and warns when none is (they wait there until a node starts).
 """
 
 from __future__ import annotations
@@ -25,20 +31,24 @@ import anyio
 import orjson
 
 from engine.commands.base import EXIT_FAILURE, EXIT_INVALID, EXIT_OK, Command
+from engine.commands.cluster import live_nodes
 from engine.commands.common import load_or_report
-from engine.commands.journal import add_state_dir_options, journal_engine
-from engine.config import EngineConfig
+from engine.commands.journal import (
+    JournalPlace,
+    add_state_dir_options,
+    journal_place,
+    local_time,
+    open_admin,
+)
+from engine.config import ClusterConfig, EngineConfig
 from engine.durations import parse_duration
 from engine.errors import JournalBusy, JournalError
-from engine.journal import DEAD, RETRY, JournalAdmin, open_journal, open_journal_admin
+from engine.journal import DEAD, RETRY, JournalAdmin, open_journal
 from engine.logs import shorten
+from engine.nats_link import look
 from engine.redact import redact, redact_value
 
 _LIST_LIMIT = 100_000
-
-
-def _when(ts: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
 async def cmd_list(admin: JournalAdmin, args: argparse.Namespace) -> int:
@@ -55,7 +65,7 @@ async def cmd_list(admin: JournalAdmin, args: argparse.Namespace) -> int:
     for row in rows:
         state = " (re-queued)" if row.state == RETRY else ""
         print(
-            f"{row.id:>6}  {_when(row.updated_at):19}  {shorten(row.rule, 20):20}  "
+            f"{row.id:>6}  {local_time(row.updated_at):19}  {shorten(row.rule, 20):20}  "
             f"{shorten(row.event.name, 28):28}  {row.next_action + 1:>6}  {row.attempts:>5}  "
             f"{shorten(redact(row.last_error or ''), 60)}{state}"
         )
@@ -75,7 +85,7 @@ async def cmd_show(admin: JournalAdmin, args: argparse.Namespace) -> int:
         return EXIT_OK
     for key, value in redact_value(row.as_dict()).items():
         if key in ("created_at", "updated_at", "received_at"):
-            value = f"{_when(value)} ({value:.3f})"
+            value = f"{local_time(value)} ({value:.3f})"
         elif key == "next_action":
             key, value = "failed_action", _failed_action(value)
         elif key == "errors":
@@ -154,8 +164,33 @@ async def _run_here(args: argparse.Namespace, engine: EngineConfig, ids: Sequenc
     return EXIT_OK if ok == len(rows) else EXIT_FAILURE
 
 
-async def _dlq(command: str, args: argparse.Namespace, engine: EngineConfig) -> int:
-    async with open_journal_admin(engine) as admin:
+async def _retry_in_cluster(
+    args: argparse.Namespace, cluster: ClusterConfig, engine: EngineConfig
+) -> int:
+    """A cluster's jobs run on its nodes: move them to its retry queue, and
+    say who is alive to take them."""
+    async with (
+        look(cluster, engine) as link,
+        open_admin(JournalPlace(engine, cluster), link) as admin,
+    ):
+        queued = await admin.requeue(await _selected(admin, args))
+        nodes = [str(record.get("node")) for record in await live_nodes(link)]
+    print(f"re-queued {queued} dead letter(s) to the retry queue of cluster {cluster.name!r}")
+    if not queued:
+        return EXIT_OK
+    if nodes:
+        print(f"{len(nodes)} live node(s) ({', '.join(nodes)}): one of them runs each job "
+              "within a second or so")  # fmt: skip
+    else:
+        print(f"zoomrules: warning: no node of cluster {cluster.name!r} is alive: nothing runs "
+              "these jobs until a node starts (`zoomrules run`)", file=sys.stderr)  # fmt: skip
+    return EXIT_OK
+
+
+async def _dlq(command: str, args: argparse.Namespace, place: JournalPlace) -> int:
+    if command == "retry" and place.cluster is not None:
+        return await _retry_in_cluster(args, place.cluster, place.engine)
+    async with open_admin(place) as admin:
         if command != "retry":
             return await _COMMANDS[command](admin, args)
         ids = await _selected(admin, args)
@@ -163,10 +198,10 @@ async def _dlq(command: str, args: argparse.Namespace, engine: EngineConfig) -> 
         if owner is not None:
             return await _queue_for_daemon(admin, ids, owner)
     try:
-        return await _run_here(args, engine, ids)
+        return await _run_here(args, place.engine, ids)
     except JournalBusy:
         # A daemon started meanwhile: leave the jobs to it.
-        async with open_journal_admin(engine) as admin:
+        async with open_admin(place) as admin:
             return await _queue_for_daemon(admin, ids, admin.owner() or "just started")
 
 
@@ -182,13 +217,13 @@ def handle(args: argparse.Namespace) -> int:
         print(f"zoomrules: dlq {command}: give job IDs or --all"
               f"{' or --older-than' if command == 'purge' else ''}", file=sys.stderr)  # fmt: skip
         return EXIT_INVALID
-    engine = journal_engine(args)
-    if engine is None:
-        return EXIT_FAILURE
+    place = journal_place(args)
+    if isinstance(place, int):
+        return place
     try:
-        return anyio.run(partial(_dlq, command, args, engine))
+        return anyio.run(partial(_dlq, command, args, place))
     except JournalError as exc:
-        print(f"zoomrules: {exc}", file=sys.stderr)
+        print(f"zoomrules: {redact(str(exc))}", file=sys.stderr)
         return EXIT_FAILURE
 
 

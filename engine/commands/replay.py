@@ -11,6 +11,11 @@ retry. Replay uses an existing journal only (it never creates one in
 while a daemon holds it, replay only reads (WAL lets it) and records
 nothing: the daemon's writer owns the file. `--dry-run` never writes.
 
+With `[cluster]`, the journal is the cluster's streams on NATS: failed jobs
+are kept in its dead letters (`dlq retry` hands them to its nodes), but
+duplicates are looked for within the file only (NATS cannot look an event
+id up without publishing it, which would make the nodes run it).
+
 On a terminal, a progress bar runs on standard error (rich, imported only
 here and only then); the engine's log lines are printed above it. At the
 end a summary (or, with `--json`, one JSON document: `summary_document`)
@@ -24,7 +29,6 @@ import io
 import logging
 import math
 import os
-import shlex
 import stat
 import sys
 import time
@@ -39,14 +43,14 @@ import anyio
 import anyio.lowlevel
 
 from engine.commands.base import EXIT_FAILURE, EXIT_INVALID, EXIT_OK, Command
-from engine.commands.common import iter_jsonl, load_or_report, open_input
+from engine.commands.common import config_args, iter_jsonl, load_or_report, open_input
 
 # The journal, the pipeline and what it runs (the HTTP client, the event
 # loop), and rich, load when a replay starts, not with every command's parser.
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from engine.config import EngineConfig
+    from engine.config import Config, EngineConfig
     from engine.dispatch import Job
     from engine.errors import ActionFailed
     from engine.events import Event
@@ -168,22 +172,37 @@ class ReplayDedup:
             )
 
 
+#: Why replay cannot look for duplicates among a cluster's events (a note of its summary).
+CLUSTER_DEDUP_NOTE = (
+    "duplicates looked for within this file only: a cluster's events stream cannot be "
+    "searched by event id, and replayed events are not added to it"
+)
+
+
 @asynccontextmanager
-async def open_dedup(engine: EngineConfig, *, dry_run: bool) -> AsyncIterator[ReplayDedup | None]:
-    """None with `journal = false`; else dedup against the existing journal, if any."""
+async def open_dedup(config: Config, *, dry_run: bool) -> AsyncIterator[ReplayDedup | None]:
+    """None with `journal = false`; else dedup against the existing journal,
+    if any. A cluster's (`[cluster]`) keeps replay's dead letters, but its
+    events cannot be looked up by id: duplicates within the file only."""
     from engine.errors import JournalError
     from engine.journal import open_journal_admin
+    from engine.redact import redact
 
+    engine, cluster = config.engine, config.cluster
     if not engine.journal:
         yield None
         return
+    options = {} if cluster is None else {"cluster": cluster}
     async with AsyncExitStack() as stack:
         try:
-            admin = await stack.enter_async_context(open_journal_admin(engine))
+            admin = await stack.enter_async_context(open_journal_admin(engine, **options))
         except JournalError as exc:
-            yield ReplayDedup(None, engine, record=False, unavailable=str(exc))
+            yield ReplayDedup(None, engine, record=False, unavailable=redact(str(exc)))
             return
-        yield ReplayDedup(admin, engine, record=not dry_run)
+        dedup = ReplayDedup(admin, engine, record=not dry_run and cluster is None)
+        if cluster is not None:
+            dedup.notes.append(CLUSTER_DEDUP_NOTE)
+        yield dedup
 
 
 class DeadLetters:
@@ -290,7 +309,7 @@ async def replay(
 
     stats = ReplayStats() if stats is None else stats
     started = time.monotonic()
-    async with open_dedup(loaded.config.engine, dry_run=dry_run) as dedup:
+    async with open_dedup(loaded.config, dry_run=dry_run) as dedup:
         dead = DeadLetters.for_run(dedup, dry_run=dry_run)
         async with (
             open_services(loaded.config) as services,
@@ -634,10 +653,6 @@ def progress_bar(stats: ReplayStats, name: str) -> _Bar | None:
 # -- the command ---------------------------------------------------------------------------
 
 
-def _config_args(args: argparse.Namespace) -> str:
-    return "".join(f" -c {shlex.quote(path)}" for path in args.config or [])
-
-
 def handle(args: argparse.Namespace) -> int:
     loaded = load_or_report(args)
     if loaded is None:
@@ -662,7 +677,7 @@ def handle(args: argparse.Namespace) -> int:
 
         print(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
     else:
-        for line in summary_lines(summary, _config_args(args)):
+        for line in summary_lines(summary, config_args(args)):
             print(line)
     status: int = summary["exit_status"]
     return status

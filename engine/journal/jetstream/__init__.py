@@ -16,17 +16,21 @@ from engine.config import ClusterConfig, EngineConfig
 from engine.errors import JournalError
 from engine.journal.jetstream.admin import JetStreamAdmin
 from engine.journal.jetstream.store import open_store
-from engine.nats_link import connect
+from engine.nats_link import NatsLink, look
 
 __all__ = ["open_admin", "open_store"]
 
 
 @asynccontextmanager
 async def open_admin(
-    engine: EngineConfig, *, cluster: ClusterConfig | None = None
+    engine: EngineConfig, *, cluster: ClusterConfig | None = None, link: NatsLink | None = None
 ) -> AsyncIterator[JetStreamAdmin]:
-    """The cluster's dead letters and statistics, on a connection of its own."""
+    """The cluster's dead letters and statistics, on `link` or a connection of
+    its own (a command's: see `engine.nats_link.look`)."""
+    if link is not None:
+        yield JetStreamAdmin(link)
+        return
     if cluster is None:
         raise JournalError("the jetstream journal needs a [cluster] section")
-    async with connect(cluster, engine) as link:
-        yield JetStreamAdmin(link)
+    async with look(cluster, engine) as own:
+        yield JetStreamAdmin(own)

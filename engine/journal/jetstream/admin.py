@@ -2,8 +2,10 @@
 
 Dead letters are the `<name>_DLQ` stream, one message per job on subject
 `<name>.dlq.<job id>`; re-queuing one moves it to `<name>_RETRY`, a work
-queue every node's feed takes from. There is always somebody to run them:
-the cluster (`owner` says so), so `zoomrules dlq retry` only re-queues.
+queue every node's feed takes from. Until a node takes it, a re-queued job
+is listed (state `retry`), shown and purged as the SQLite journal's are.
+Nothing here runs jobs: the live nodes do (`zoomrules dlq retry` only
+re-queues).
 """
 
 from __future__ import annotations
@@ -14,8 +16,14 @@ from typing import Any
 
 import orjson
 
+from engine.errors import JournalError
 from engine.events import Event
-from engine.journal.jetstream.documents import dead_letter, job_from_document, requeued
+from engine.journal.jetstream.documents import (
+    dead_letter,
+    event_from_message,
+    job_from_document,
+    requeued,
+)
 from engine.journal.store import DEAD, RETRY, JobRow
 from engine.nats_link import NatsLink
 
@@ -26,39 +34,62 @@ class JetStreamAdmin:
     def __init__(self, link: NatsLink) -> None:
         self.link = link
         self.names = link.names
+        self._last_own_job = 0
 
-    async def _dlq_messages(self, limit: int) -> list[Any]:
+    async def _messages(self, stream: str, limit: int) -> list[Any]:
+        """The first `limit` messages of `stream` (none if it does not exist)."""
         from nats.js.errors import NotFoundError
 
-        js, stream = self.link.js, self.names.dlq
         found: list[Any] = []
         seq = 1
         while len(found) < limit:
             try:
-                message = await js.get_msg(stream, seq=seq, next=True, direct=False)
+                # The next message from `seq` on, of any subject: deleted ones
+                # leave gaps (a plain get of a gap's sequence finds nothing).
+                message = await self.link.js.get_msg(
+                    stream, seq=seq, subject=">", next=True, direct=False
+                )
             except NotFoundError:
                 break
             found.append(message)
             seq = message.seq + 1
         return found
 
-    async def dead_letters(self, limit: int) -> list[JobRow]:
-        rows = [job_from_document(m.data) for m in await self._dlq_messages(limit)]
-        return sorted(rows, key=lambda row: row.id)
-
-    async def job(self, job_id: int) -> JobRow | None:
+    async def _stored(self, job_id: int) -> tuple[str, Any] | None:
+        """Where job `job_id` is kept, the dead letters or the retry queue, and its message."""
         from nats.js.errors import NotFoundError
 
-        try:
-            message = await self.link.js.get_last_msg(
-                self.names.dlq, self.names.dlq_subject(job_id)
-            )
-        except NotFoundError:
+        names = self.names
+        places = (
+            (names.dlq, names.dlq_subject(job_id)),
+            (names.retry, names.retry_subject(job_id)),
+        )
+        for stream, subject in places:
+            try:
+                return stream, await self.link.js.get_last_msg(stream, subject)
+            except NotFoundError:
+                continue
+        return None
+
+    async def dead_letters(self, limit: int) -> list[JobRow]:
+        dead = [job_from_document(m.data) for m in await self._messages(self.names.dlq, limit)]
+        waiting = [
+            job_from_document(m.data, state=RETRY)
+            for m in await self._messages(self.names.retry, limit)
+        ]
+        return sorted(dead + waiting, key=lambda row: row.id)[:limit]
+
+    async def job(self, job_id: int) -> JobRow | None:
+        stored = await self._stored(job_id)
+        if stored is None:
             return None
-        return job_from_document(message.data)
+        stream, message = stored
+        return job_from_document(message.data, state=RETRY if stream == self.names.retry else None)
 
     async def dead_before(self, cutoff: float) -> list[int]:
-        return [row.id for row in await self.dead_letters(1_000_000) if row.updated_at < cutoff]
+        messages = await self._messages(self.names.dlq, 1_000_000)
+        rows = [job_from_document(message.data) for message in messages]
+        return [row.id for row in rows if row.state == DEAD and row.updated_at < cutoff]
 
     async def requeue(self, ids: Sequence[int]) -> int:
         """Move dead letters to the retry queue, where any node takes them."""
@@ -73,49 +104,76 @@ class JetStreamAdmin:
                 continue
             if job_from_document(message.data).state != DEAD:
                 continue
+            # Published first: a failure between the two leaves the job in
+            # both places (it may run twice), never in neither.
             await js.publish(names.retry_subject(job_id), requeued(message.data))
-            await js.purge_stream(names.dlq, subject=names.dlq_subject(job_id))
-            moved += 1
+            # By sequence, not by subject: if a node already ran it and it
+            # failed again, that newer dead letter stays.
+            if await self._delete(names.dlq, message.seq):
+                moved += 1
         return moved
 
     async def purge(self, ids: Sequence[int]) -> int:
+        """Delete dead letters, and re-queued ones still in the retry queue (a
+        node that already took one finishes it)."""
+        removed = 0
+        for job_id in ids:
+            stored = await self._stored(job_id)
+            if stored is not None and await self._delete(stored[0], stored[1].seq):
+                removed += 1
+        return removed
+
+    async def _delete(self, stream: str, seq: int) -> bool:
+        from nats.js.errors import NotFoundError
+
+        try:
+            return bool(await self.link.js.delete_msg(stream, seq))
+        except NotFoundError:  # gone meanwhile (taken, or deleted by another command)
+            return False
+
+    async def stats(self) -> dict[str, Any]:
         from nats.js.errors import NotFoundError
 
         js, names = self.link.js, self.names
-        removed = 0
-        for job_id in ids:
-            try:
-                await js.get_last_msg(names.dlq, names.dlq_subject(job_id))
-            except NotFoundError:
-                continue
-            await js.purge_stream(names.dlq, subject=names.dlq_subject(job_id))
-            removed += 1
-        return removed
-
-    async def stats(self) -> dict[str, Any]:
-        js, names = self.link.js, self.names
-        events = await js.stream_info(names.events)
-        matchers = await js.consumer_info(names.events, names.matchers)
-        dlq = await js.stream_info(names.dlq)
-        retry = await js.stream_info(names.retry)
-        first = events.state.first_ts
+        try:
+            events = await js.stream_info(names.events)
+            matchers = await js.consumer_info(names.events, names.matchers)
+            dlq = await js.stream_info(names.dlq)
+            retry = await js.stream_info(names.retry)
+        except NotFoundError as exc:
+            raise JournalError(
+                f"cluster {names.prefix!r} is missing a stream or consumer ({exc}): "
+                "a node recreates them when it starts"
+            ) from None
         return {
             "backend": "jetstream",
             "cluster": names.prefix,
+            "server": self.link.connected_url,
             "events": events.state.messages,
             "events_unmatched": matchers.num_pending,
             "events_in_progress": matchers.num_ack_pending,
+            # NATS drops a duplicate on publish without counting it anywhere
+            # (each node logs the ones it sent).
             "duplicates_dropped": None,
-            "oldest_event_at": first.timestamp() if first is not None else None,
+            "oldest_event_at": await self._oldest_event_at(),
+            # Only these states are kept: jobs that ended well leave no trace,
+            # and pending ones are the events in progress.
             "jobs": {RETRY: retry.state.messages, DEAD: dlq.state.messages},
             "bytes": events.state.bytes + dlq.state.bytes + retry.state.bytes,
         }
+
+    async def _oldest_event_at(self) -> float | None:
+        """When the oldest event the stream still holds was received (None: it holds none)."""
+        first = await self._messages(self.names.events, 1)
+        if not first:
+            return None
+        return event_from_message(first[0].data, first[0].headers).received_at
 
     def owner(self) -> str | None:
         return f"the nodes of cluster {self.names.prefix}"
 
     async def seen_recently(self, event_id: str, now: float, window: float) -> bool:
-        return False  # replay does not de-duplicate against a cluster
+        return False  # NATS cannot look an id up without publishing it (see `replay`)
 
     async def record_seen(self, event: Event) -> bool:
         return False  # the cluster's stream holds only what its nodes received
@@ -130,8 +188,9 @@ class JetStreamAdmin:
         *,
         errors: int = 0,
     ) -> int | None:
-        # Not an event of the stream: an id of its own, from the clock.
-        job = time.time_ns() // 1000
+        # Not an event of the stream: an id of its own, from the clock (in
+        # microseconds, far above the ids of the stream's jobs), never twice.
+        job = self._last_own_job = max(time.time_ns() // 1000, self._last_own_job + 1)
         document = dead_letter(
             job, 0, event, rule, next_action, attempts, errors, error, time.time()
         )
