@@ -117,8 +117,13 @@ class Lease:
     def ttl(self) -> float:
         return self.leases.ttl
 
-    def _value(self, since: float) -> bytes:
-        return orjson.dumps({"node": self.leases.node, "since": since})
+    def _value(self, since: float, epoch: int = 0) -> bytes:
+        # The epoch (the revision that created the holding) is known only
+        # after the create: renewals carry it, for `cluster status`.
+        value: dict[str, Any] = {"node": self.leases.node, "since": since}
+        if epoch:
+            value["epoch"] = epoch
+        return orjson.dumps(value)
 
     async def acquire(self) -> Holding:
         """Wait until this node holds the lease (standing by meanwhile)."""
@@ -162,7 +167,9 @@ class Lease:
             try:
                 with anyio.fail_after(max(0.1, self._fence_at() - time.monotonic())):
                     self._revision = await self.leases.bucket.update(
-                        self.key, self._value(self.holding.since), last=self._revision
+                        self.key,
+                        self._value(self.holding.since, self.holding.epoch),
+                        last=self._revision,
                     )
             except KeyWrongLastSequenceError:
                 return "taken over by another node"
@@ -195,8 +202,12 @@ class Lease:
 
 
 async def holders(bucket: Any) -> dict[str, dict[str, Any]]:
-    """Every held lease: its key (`lease_key`) -> {"node", "since", "epoch"} (for `cluster status`)."""
-    return {
-        entry.key: {**orjson.loads(entry.value), "epoch": entry.revision}
-        for entry in await entries(bucket)
-    }
+    """Every held lease: its key (`lease_key`) -> {"node", "since", "epoch"}
+    (for `cluster status`). The epoch is the revision that created the
+    holding: it changes on a takeover, not on a renewal."""
+    found = {}
+    for entry in await entries(bucket):
+        value = orjson.loads(entry.value)
+        value.setdefault("epoch", entry.revision)  # not renewed yet: this is the creation
+        found[entry.key] = value
+    return found

@@ -43,9 +43,12 @@ from typing import Any
 import anyio
 import httpx
 import nats
+import nats.errors
+import nats.js.errors
 import pytest
 from anyio.abc import Process
 from nats.aio.client import Client
+from nats.js.api import StreamConfig
 
 log = logging.getLogger(__name__)
 
@@ -451,7 +454,28 @@ class NatsCluster:
             await node.wait_ready(max(0.1, timeout - (time.monotonic() - start)))
         remaining = max(0.1, timeout - (time.monotonic() - start))
         await wait_until(self._meta_ready, remaining, f"cluster {self.name} meta leader", 0.05)
+        remaining = max(0.1, timeout - (time.monotonic() - start))
+        await wait_until(self._places_replicas, remaining, f"cluster {self.name} placement", 0.1)
         return time.monotonic() - start
+
+    async def _places_replicas(self) -> bool:
+        """Whether a stream with a replica on every running node can be created now.
+
+        The meta leader can see every peer current a moment before it will
+        place replicas on them ("no suitable peers for placement, peer
+        offline"): a real stream, created and deleted, is the proof."""
+        running = self.running_nodes()
+        try:
+            async with await nats_connect([node.url for node in running]) as nc:
+                js = nc.jetstream(timeout=2)
+                config = StreamConfig(
+                    name="READY_PROBE", subjects=["ready.probe"], num_replicas=len(running)
+                )
+                await js.add_stream(config)
+                await js.delete_stream("READY_PROBE")
+        except (nats.errors.Error, nats.js.errors.Error, OSError):
+            return False
+        return True
 
     async def aclose(self) -> None:
         """Stop every node (SIGTERM, then SIGKILL) and release the processes."""

@@ -149,6 +149,7 @@ async def test_dead_letters_listed_shown_retried_by_a_node_and_purged(
             assert "cluster:  t (NATS at 127.0.0.1:" in out
             assert "events:   3 (0 not yet matched, 0 being worked on, oldest " in out
             assert "jobs:     0 retry, 0 dead" in out
+            assert "marks:    alive:zoom:default " in out  # when the holder was last connected
 
 
 async def test_purge_older_than_and_retry_of_an_unknown_id(

@@ -58,6 +58,10 @@ async def test_one_holder_the_other_takes_over_after_a_clean_release(
 
     found = await holders(a.bucket)
     assert found["default"]["node"] == "a" and found["default"]["epoch"] == held.epoch
+    # Renewals keep the epoch: it names the holding, not the last write.
+    with anyio.move_on_after(TTL * 0.8):
+        await first.keep()
+    assert (await holders(a.bucket))["default"]["epoch"] == held.epoch
 
     await first.release()
     assert a.held == set()

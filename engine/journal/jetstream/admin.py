@@ -25,7 +25,7 @@ from engine.journal.jetstream.documents import (
     requeued,
 )
 from engine.journal.store import DEAD, RETRY, JobRow
-from engine.nats_link import NatsLink
+from engine.nats_link import NatsLink, entries
 
 
 class JetStreamAdmin:
@@ -160,7 +160,17 @@ class JetStreamAdmin:
             # and pending ones are the events in progress.
             "jobs": {RETRY: retry.state.messages, DEAD: dlq.state.messages},
             "bytes": events.state.bytes + dlq.state.bytes + retry.state.bytes,
+            "marks": await self._marks(),
         }
+
+    async def _marks(self) -> dict[str, float]:
+        """Every mark, by name (each value names its own: keys cannot hold `:`)."""
+        found = {}
+        for entry in await entries(await self.link.bucket("marks")):
+            stored = orjson.loads(entry.value)
+            if isinstance(stored, dict):
+                found[str(stored["name"])] = float(stored["at"])
+        return found
 
     async def _oldest_event_at(self) -> float | None:
         """When the oldest event the stream still holds was received (None: it holds none)."""
@@ -202,11 +212,19 @@ class JetStreamAdmin:
 
         marks = await self.link.bucket("marks")
         try:
-            entry = await marks.get(name.replace(":", "_"))
+            entry = await marks.get(_mark_key(name))
         except KeyNotFoundError:
             return None
-        return float(orjson.loads(entry.value)) if entry.value else None
+        if not entry.value:
+            return None
+        stored = orjson.loads(entry.value)
+        return float(stored["at"] if isinstance(stored, dict) else stored)
 
     async def write_mark(self, name: str, value: float) -> None:
         marks = await self.link.bucket("marks")
-        await marks.put(name.replace(":", "_"), orjson.dumps(value))
+        await marks.put(_mark_key(name), orjson.dumps({"name": name, "at": value}))
+
+
+def _mark_key(name: str) -> str:
+    # KV keys allow letters, digits, `-_=/.`: `alive:zoom:default` -> `alive_zoom_default`.
+    return name.replace(":", "_")
