@@ -171,7 +171,11 @@ class SystemdNotifier:
         """READY=1 (see the module's docstring), then the status as it changes."""
         await _poll(lambda: not state.readiness().starting)
         with anyio.move_on_after(READY_WAIT):
-            await _poll(lambda: (now := state.readiness()).ready or now.stopping)
+            # Not ready without a source: none started yet, or every one
+            # ended (credentials refused: the daemon is about to exit).
+            await _poll(
+                lambda: (now := state.readiness()).ready and bool(state.sources) or now.stopping
+            )
         if self._stopping:
             return
         self._status = status = status_line(state)

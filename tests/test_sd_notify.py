@@ -25,7 +25,9 @@ from daemon_process import daemon_process, simulator_env
 from test_journal_support import meeting_events
 
 import engine.sd_notify
+from engine.commands.base import fatal_error
 from engine.daemon import Daemon
+from engine.errors import AuthError
 from engine.loader import load_rules
 from engine.sd_notify import SystemdNotifier
 from engine.simulator import Simulator
@@ -161,6 +163,22 @@ async def test_ready_after_a_while_when_zoom_refuses_with_the_reason_in_the_stat
         assert systemd.said("STOPPING", "1")
 
 
+async def test_a_fatal_error_still_tells_systemd_stopping(
+    tmp_path: Path,
+) -> None:
+    async with Simulator() as sim, fake_systemd(abstract_name()) as systemd:
+        sim.fail_oauth(count=1, status=401)
+        rules = write_rules(tmp_path, RULES)
+        env = simulator_env(sim, tmp_path / "state", NOTIFY_SOCKET=systemd.address)
+        daemon = Daemon([rules], load_rules([rules], env=env), env=env, handle_signals=False)
+        with pytest.raises(BaseException) as raised:  # noqa: B017 - what the CLI reads of it, below
+            await daemon.run()
+        # What the command line reads to exit with status 3 (credentials).
+        assert isinstance(fatal_error(raised.value), AuthError)
+        await systemd.wait_for(lambda: bool(systemd.said("STOPPING", "1")))
+        assert not systemd.said("READY")
+
+
 async def test_the_daemon_process_notifies_systemd(tmp_path: Path) -> None:
     async with Simulator() as sim, fake_systemd(abstract_name()) as systemd:
         rules = write_rules(tmp_path, RULES)
@@ -214,3 +232,18 @@ def test_a_socket_that_is_not_there_is_said_once(
     notifier.send("READY=1")
     notifier.send("STATUS=still")
     assert caplog.text.count("cannot notify systemd at NOTIFY_SOCKET=") == 1
+
+
+def test_the_shipped_unit_is_notify_with_a_watchdog() -> None:
+    unit = (Path(__file__).resolve().parents[1] / "contrib" / "zoomrules.service").read_text()
+    settings = {
+        key: value
+        for key, _, value in (line.partition("=") for line in unit.splitlines())
+        if not key.startswith("#")
+    }
+    assert settings["Type"] == "notify"
+    assert settings["NotifyAccess"] == "main"
+    assert settings["WatchdogSec"] == "30"
+    # What the unit had before stays: no restart on a bad configuration or credentials.
+    assert settings["RestartPreventExitStatus"] == "2 3"
+    assert settings["ExecReload"] == "/bin/kill -HUP $MAINPID"
