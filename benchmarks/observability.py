@@ -154,11 +154,11 @@ def report(
 ) -> str:
     lines = [
         f"{args.events} Zoom-sized frames from the simulator in its own process, 100 rules "
-        "(two per event name, one fires), no-op action, journal off (the workload of Listener "
-        f"below); {args.rounds} rounds, each a run of the daemon as it is and one of each "
+        "(two per event name, one fires), no-op action, journal off (the workload of the Listener "
+        f"section); {args.rounds} rounds, each a run of the daemon as it is and one of each "
         "variant back to back (order turning); medians, and of each round's ratio to the daemon "
         "as it is. The throughput ratio moves with whatever else the machine runs; CPU time "
-        "per event of the daemon's process much less so.",
+        "per event of the daemon's process less so.",
         "",
         "| daemon | events/s | CPU per event | throughput lost | CPU per event added |",
         "| --- | ---: | ---: | ---: | ---: |",
