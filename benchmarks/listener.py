@@ -30,7 +30,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -76,8 +76,9 @@ class Counter:
         return [ActionType("count", run)]
 
 
-def rules_file(directory: Path, names: list[str], journal: bool) -> Path:
-    """100 rules, two per event name: one that always fires, one that never does."""
+def rules_file(directory: Path, names: list[str], journal: bool, extra: str = "") -> Path:
+    """100 rules, two per event name: one that always fires, one that never does
+    (and `extra`, more of the rule file, e.g. an `[http]` section)."""
     parts = [
         "version = 1",
         '[zoom]\nclient_id = "${ZOOM_CLIENT_ID}"\nclient_secret = "${ZOOM_CLIENT_SECRET}"\nendpoint = "${ZOOM_WS_ENDPOINT}"',
@@ -93,6 +94,8 @@ def rules_file(directory: Path, names: list[str], journal: bool) -> Path:
             "when = \"payload.object.topic == 'never this topic'\"\n"
             '  [[rule.action]]\n  type = "count"'
         )
+    if extra:
+        parts.append(extra)
     path = directory / "rules.toml"
     path.write_text("\n\n".join(parts) + "\n")
     return path
@@ -195,27 +198,45 @@ def _run(count: int, start: float, cpu: float) -> Run:
 
 
 def _loaded(
-    directory: Path, names: list[str], env: dict[str, str], counter: Counter
+    directory: Path, names: list[str], env: dict[str, str], counter: Counter, extra: str = ""
 ) -> LoadedRules:
-    path = rules_file(directory, names, journal=False)
+    path = rules_file(directory, names, journal=False, extra=extra)
     return load_rules([path], env=env, extra_plugins=[counter])
 
 
-async def daemon_rate(zoom: RemoteZoom, names: list[str], connections: int) -> Run:
+#: A task run beside the daemon while the events flow (e.g. a scraper);
+#: started (`task_status.started()`) once it is under way, cancelled after.
+Beside = Callable[..., Awaitable[None]]
+
+
+async def daemon_rate(
+    zoom: RemoteZoom,
+    names: list[str],
+    connections: int,
+    *,
+    extra: str = "",
+    beside: Beside | None = None,
+) -> Run:
+    """The daemon's rate on the frames; `extra` is added to its rule file,
+    and `beside(daemon, task_status=...)` runs while the events flow."""
     counter = Counter()
     counter.target = zoom.hello["frames"]
     with tempfile.TemporaryDirectory() as tmp:
         env = zoom.env()
-        loaded = _loaded(Path(tmp), names, env, counter)
+        loaded = _loaded(Path(tmp), names, env, counter, extra)
         daemon = Daemon(loaded.config.files, loaded, env=env, handle_signals=False)
         async with anyio.create_task_group() as tg:
             tg.start_soon(daemon.run)
             await zoom.wait_connected(connections)
-            cpu, start = time.process_time(), time.perf_counter()
-            await zoom.request("send")
-            with anyio.fail_after(600):
-                await counter.reached.wait()
-            run = _run(counter.target, start, cpu)
+            async with anyio.create_task_group() as side:
+                if beside is not None:
+                    await side.start(beside, daemon)
+                cpu, start = time.process_time(), time.perf_counter()
+                await zoom.request("send")
+                with anyio.fail_after(600):
+                    await counter.reached.wait()
+                run = _run(counter.target, start, cpu)
+                side.cancel_scope.cancel()
             daemon.stop()
     return run
 

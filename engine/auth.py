@@ -25,7 +25,7 @@ from engine.errors import AuthError
 from engine.redact import Secret, redact, register_secret
 from engine.retry import Backoff, parse_retry_after
 
-__all__ = ["AuthError", "TokenManager"]
+__all__ = ["AuthError", "TokenManager", "TokenStats"]
 
 log = logging.getLogger("zoomrules.auth")
 
@@ -43,6 +43,16 @@ class _Token:
     lifetime: float
     refresh_at: float  # anyio clock (monotonic)
     expires_at: float
+
+
+@dataclass
+class TokenStats:
+    """What a `TokenManager` asked of Zoom's token endpoint (for metrics and tests)."""
+
+    #: Tokens obtained (the first one and every refresh).
+    obtained: int = 0
+    #: Token requests that failed (each retried, or refused for good).
+    failures: int = 0
 
 
 class _Transient(Exception):
@@ -87,6 +97,7 @@ class TokenManager:
         self._last_error: AuthError | None = None
         #: Number of HTTP requests sent to the token endpoint (for stats/tests).
         self.requests = 0
+        self.stats = TokenStats()
 
     def __repr__(self) -> str:
         account = f", account_id={self.account_id!r}" if self.account_id else ""
@@ -167,13 +178,20 @@ class TokenManager:
         backoff = Backoff(self._backoff_initial, self._backoff_cap)
         while True:
             try:
-                return await self._fetch_once()
+                token = await self._fetch_once()
             except _Transient as exc:
+                self.stats.failures += 1
                 delay = backoff.next()
                 if exc.retry_after is not None:
                     delay = max(delay, min(exc.retry_after, self._backoff_cap))
                 log.warning("token request failed (%s); retrying in %.2fs", exc, delay)
                 await anyio.sleep(delay)
+            except AuthError:
+                self.stats.failures += 1
+                raise
+            else:
+                self.stats.obtained += 1
+                return token
 
     # -- one request --------------------------------------------------------
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import signal
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -26,17 +27,19 @@ import anyio
 import anyio.lowlevel
 
 from engine.config import Config
-from engine.daemon_state import Readiness
+from engine.daemon_state import STARTING, STOPPING, Readiness
 from engine.dispatch import Dispatcher
 from engine.errors import AuthError, ConfigError, DaemonError
 from engine.health import routes as health_routes
 from engine.http_server import HttpServer
 from engine.journal.store import JournalStore
 from engine.loader import LoadedRules, load_rules
+from engine.metrics import routes as metrics_routes
 from engine.pipeline import Pipeline
 from engine.problems import Problem
 from engine.reload import needs_restart
 from engine.runtime import Runtime, open_services, refresh_services, running_engine
+from engine.sd_notify import SystemdNotifier
 from engine.services import Services
 from engine.source_set import SourceSet
 from engine.sources import ConnectionGaps, EventSource, build_sources, mark_interval
@@ -92,6 +95,9 @@ class Daemon:
         self.started_at = time.time()
         self.last_reload_at: float | None = None
         self.last_reload_ok = True
+        self.last_reload_success_at = self.started_at
+        #: Ready, status, watchdog, reloading and stopping, told to systemd.
+        self.systemd = SystemdNotifier.from_environment(os.environ if env is None else env)
         #: The HTTP server, when `[http]` is configured (set by `_run`).
         self.http: HttpServer | None = None
         self._serving = anyio.Event()
@@ -103,6 +109,7 @@ class Daemon:
     def stop(self) -> None:
         """Begin a graceful shutdown."""
         self._stop.set()
+        self.systemd.stopping()
 
     async def wait_ready(self) -> None:
         await self._ready.wait()
@@ -116,7 +123,10 @@ class Daemon:
     async def reload(self) -> bool:
         """Re-read the rule files; keep the old rules if the new ones are invalid."""
         self.last_reload_at = time.time()
-        self.last_reload_ok = ok = await self._reload()
+        with self.systemd.reloading():
+            self.last_reload_ok = ok = await self._reload()
+        if ok:
+            self.last_reload_success_at = self.last_reload_at
         return ok
 
     async def _reload(self) -> bool:
@@ -205,9 +215,9 @@ class Daemon:
         """Ready: running, the journal writing, every source delivering
         here or (in a cluster) on another node."""
         if self.runtime is None or not self._ready.is_set():
-            return Readiness(False, ("starting",))
+            return Readiness(False, (STARTING,))
         if self._stop.is_set():
-            return Readiness(False, ("stopping",))
+            return Readiness(False, (STOPPING,))
         reasons = []
         store = self.runtime.store
         if store is not None and not (journal := store.health()).ok:
@@ -222,10 +232,11 @@ class Daemon:
         if config.http is not None:
             # First: a port in use stops the daemon before it reads Zoom.
             self.http = HttpServer(config.http)
-            self.http.mount(health_routes(self))
+            self.http.mount([*health_routes(self), *metrics_routes(self)])
             self.http.listen()
         try:
-            await self._run_engine(config)
+            async with self.systemd.running(self):
+                await self._run_engine(config)
         finally:
             if self.http is not None:
                 self.http.close()

@@ -18,12 +18,26 @@ if TYPE_CHECKING:
     from engine.sources.base import EventSource
 
 
+#: The reason a daemon gives while it starts (rules loaded, the journal
+#: and the sources not running yet), and once a graceful stop began.
+STARTING = "starting"
+STOPPING = "stopping"
+
+
 @dataclass(frozen=True)
 class Readiness:
     """Whether the daemon does its job now, and if not, every reason why."""
 
     ready: bool
     reasons: tuple[str, ...] = ()
+
+    @property
+    def starting(self) -> bool:
+        return self.reasons == (STARTING,)
+
+    @property
+    def stopping(self) -> bool:
+        return self.reasons == (STOPPING,)
 
 
 class DaemonState(Protocol):
@@ -38,6 +52,9 @@ class DaemonState(Protocol):
     #: When the last reload was tried (epoch seconds), and whether it worked.
     last_reload_at: float | None
     last_reload_ok: bool
+    #: When the rules in use were loaded: at start, or by the last reload
+    #: that worked (epoch seconds).
+    last_reload_success_at: float
 
     @property
     def sources(self) -> list[EventSource]: ...

@@ -30,6 +30,7 @@ from engine.logs import LogLimiter, shorten
 from engine.retry import backoff_delay
 from engine.ruleset import CompiledAction, CompiledRule
 from engine.services import Services
+from engine.timings import Timings
 
 log = logging.getLogger("zoomrules.dispatch")
 
@@ -46,6 +47,19 @@ class Job:
     id: int | None = None
 
 
+@dataclass(slots=True)
+class ActionStats:
+    """What the actions of one type in one rule did (every attempt ends as
+    one of `ok`, `failed` or `retries`)."""
+
+    ok: int = 0
+    failed: int = 0
+    #: Failed attempts that were retried.
+    retries: int = 0
+    #: From each action's first attempt to its outcome (retries included).
+    durations: Timings = field(default_factory=Timings)
+
+
 @dataclass
 class DispatchStats:
     jobs_started: int = 0
@@ -56,6 +70,16 @@ class DispatchStats:
     retries: int = 0
     fired_by_rule: Counter[str] = field(default_factory=Counter)
     failed_by_rule: Counter[str] = field(default_factory=Counter)
+    #: Per (action type, rule name).
+    actions: dict[tuple[str, str], ActionStats] = field(default_factory=dict)
+
+    def action(self, action_type: str, rule: str) -> ActionStats:
+        """The statistics of `action_type` in `rule` (created at first use)."""
+        key = (action_type, rule)
+        found = self.actions.get(key)
+        if found is None:
+            found = self.actions[key] = ActionStats()
+        return found
 
 
 #: Called after each action attempt sequence ends:
@@ -77,12 +101,14 @@ class _Lane:
     for an action.)
     """
 
-    __slots__ = ("deadline", "scope")
+    __slots__ = ("deadline", "run", "scope")
 
     def __init__(self) -> None:
         #: Of the attempt in flight; only finite while it is awaited.
         self.deadline = math.inf
         self.scope = anyio.CancelScope()
+        #: The job it runs, if any (`Dispatcher.oldest_received_at`).
+        self.run: _Run | None = None
 
 
 class _Spent(Exception):
@@ -174,6 +200,13 @@ class Dispatcher:
         """Jobs queued or running."""
         return self._outstanding
 
+    def oldest_received_at(self) -> float | None:
+        """When the event of the oldest job queued or running was received
+        (epoch seconds); None without any. A job waiting to retry is running."""
+        jobs = [job.event.received_at for job in self._queue]
+        jobs.extend(lane.run.job.event.received_at for lane in self._lanes if lane.run is not None)
+        return min(jobs, default=None)
+
     async def submit(self, job: Job) -> None:
         """Queue `job`; waits while `max_concurrency` jobs are queued or running."""
         if not self._started:
@@ -207,7 +240,7 @@ class Dispatcher:
             raise RuntimeError("Dispatcher.run() is not running")
         lane = _Lane()
         self._lanes.add(lane)
-        run = self._begin(job)
+        run = lane.run = self._begin(job)
         try:
             while True:
                 lane.scope = anyio.CancelScope()
@@ -237,11 +270,11 @@ class Dispatcher:
                             if run is None:
                                 while not queue:
                                     await self._sleep()
-                                run = self._begin(queue.popleft())
+                                run = lane.run = self._begin(queue.popleft())
                                 if queue and not self._woken and self._sleepers:
                                     self._wake_one()
                             await self._advance(run, lane)
-                            run = None
+                            run = lane.run = None
                             self._job_finished()
                 except _Spent:
                     continue
@@ -401,6 +434,7 @@ class Dispatcher:
             backoff_delay(run.attempt, self.backoff, self.backoff_cap),
         )
         self.stats.retries += 1
+        self.stats.action(action.spec.type, job.rule.name).retries += 1
         # One line per failed attempt; the same failure over and over (a
         # target down for everyone) is summarised with counts.
         self._logs.log(
@@ -425,19 +459,23 @@ class Dispatcher:
         run.index += 1
         run.attempt = 0
         run.state = {}
+        took = self._clock() - run.action_started
+        stats = self.stats.action(action.spec.type, job.rule.name)
+        stats.durations.observe(took)
         if error is None:
             self.stats.actions_ok += 1
+            stats.ok += 1
             if self._info:
                 log.info(
                     "rule %r action %d (%s) ok in %.0fms (%d attempt(s))",
-                    job.rule.name, index + 1, action.spec.type,
-                    (self._clock() - run.action_started) * 1000, attempts,
+                    job.rule.name, index + 1, action.spec.type, took * 1000, attempts,
                     extra={"rule": job.rule.name, "action_index": index + 1,
                            "action": action.spec.type, "event_id": job.event.id},
                 )  # fmt: skip
             return
         run.ok = False
         self.stats.actions_failed += 1
+        stats.failed += 1
         self.stats.failed_by_rule[job.rule.name] += 1
         dead = ""
         if job.id is not None and not action.spec.continue_on_error:
@@ -447,7 +485,7 @@ class Dispatcher:
             ("failed", job.rule.name, index, str(error)[:200]),
             "rule %r action %d (%s) failed on %s %s after %d attempt(s) in %.1fs: %s%s",
             job.rule.name, index + 1, action.spec.type, job.event.name, job.event.id,
-            error.attempts, self._clock() - run.action_started, shorten(str(error), 300), dead,
+            error.attempts, took, shorten(str(error), 300), dead,
             extra={
                 "rule": job.rule.name, "action_index": index + 1, "action": action.spec.type,
                 "event": job.event.name, "event_id": job.event.id, "job_id": job.id,

@@ -34,8 +34,10 @@ the duplicate window itself.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+
+from engine.timings import Timings
 
 if TYPE_CHECKING:
     from engine.events import Event
@@ -143,6 +145,12 @@ class JournalCounters:
     #: Events read but never made durable: the journal stopped while its
     #: storage refused writes (the daemon then exits with a failure).
     unwritten: int = 0
+    #: Jobs that became dead letters (an action failed for good, or the
+    #: job could not be run).
+    dead_letters: int = 0
+    #: How long each write took, from the batch handed to the storage
+    #: (SQLite's writer, NATS) to its commit (or the storage's refusal).
+    write_seconds: Timings = field(default_factory=Timings)
 
 
 @dataclass(frozen=True)
@@ -227,6 +235,11 @@ class JournalStore(JournalAdmin, Protocol):
 
     def health(self) -> StoreHealth:
         """Whether writes succeed right now (a full disk makes this false)."""
+        ...
+
+    def disk_bytes(self) -> int | None:
+        """What the journal takes on this host's disk, in bytes; None where
+        it is kept elsewhere (a cluster's streams: NATS reports their size)."""
         ...
 
     # -- the event sources' side -----------------------------------------------

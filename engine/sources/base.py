@@ -10,6 +10,7 @@ it (the journal, behind this interface).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -17,12 +18,36 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from engine.events import Event
 
-__all__ = ["EventSink", "EventSource", "Marks", "SourceHealth"]
+__all__ = [
+    "EVENT_NAMES_KEPT",
+    "OTHER_EVENTS",
+    "EventSink",
+    "EventSource",
+    "Marks",
+    "SourceHealth",
+    "count_event",
+]
+
+#: How many distinct event names a source counts apart. Names come from
+#: outside (Zoom, whoever posts to a webhook): past this many, the rest are
+#: counted together as `OTHER_EVENTS`, so a flood of made-up names cannot
+#: grow a source's counters without bound. Zoom's catalogue has a few
+#: hundred names.
+EVENT_NAMES_KEPT = 1000
+OTHER_EVENTS = "other"
 
 #: Where a source hands each event: returns once the event is accepted
 #: (journaled, or matched and queued); waits while the engine is full, which
 #: is the backpressure a source passes on (e.g. by not reading its socket).
 EventSink = Callable[["Event"], Awaitable[object]]
+
+
+def count_event(counts: Counter[str], name: str) -> None:
+    """Count an event of `name` in a source's `events_by_name` (bounded, see `EVENT_NAMES_KEPT`)."""
+    if name in counts or len(counts) < EVENT_NAMES_KEPT:
+        counts[name] += 1
+    else:
+        counts[OTHER_EVENTS] += 1
 
 
 class Marks(Protocol):
@@ -68,7 +93,12 @@ class EventSource(Protocol):
 
     @property
     def stats(self) -> Any:
-        """Counters of this source (a dataclass of its own kind), for stats and metrics."""
+        """Counters of this source (a dataclass of its own kind), for stats and metrics.
+
+        `/metrics` (`engine.metrics`) reads two fields when the dataclass has
+        them: `events_by_name` (a Counter, kept with `count_event`) and
+        `malformed` (a Counter of rejected input by a reason of the source's
+        own, a fixed set)."""
         ...
 
     #: What it was built from (comparable): after a reload, a source of the

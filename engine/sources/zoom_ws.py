@@ -34,7 +34,7 @@ from engine.logs import LogLimiter, shorten
 from engine.redact import redact, redact_url
 from engine.retry import Backoff
 from engine.services import TokenProvider
-from engine.sources.base import EventSink, SourceHealth
+from engine.sources.base import EventSink, SourceHealth, count_event
 from engine.sources.gaps import ConnectionGaps, gap_event
 
 __all__ = ["ListenerStats", "ZoomListener"]
@@ -59,10 +59,13 @@ class ListenerStats:
     dead_connections: int = 0  # no frame for two heartbeat intervals
     kicks: int = 0  # server closed shortly after a successful connect
     events: int = 0
+    #: Events by name (`count_event`: a bounded number of names).
+    events_by_name: Counter[str] = field(default_factory=Counter)
     handler_errors: int = 0
     malformed: Counter[str] = field(default_factory=Counter)
     heartbeats_sent: int = 0
     heartbeats_acked: int = 0
+    last_heartbeat_at: float | None = None  # time.time() of the last answer
     last_connected_at: float | None = None  # time.time()
     last_disconnected_at: float | None = None
     last_event_at: float | None = None
@@ -424,6 +427,7 @@ class ZoomListener:
             return self._message(frame, message)
         if module == "heartbeat":
             self.stats.heartbeats_acked += 1
+            self.stats.last_heartbeat_at = time.time()
             session.heard_back = True
             return True
         if module == "build_connection":
@@ -442,8 +446,10 @@ class ZoomListener:
                 event = Event.from_body(content, source=self.name)
         except InvalidEvent as exc:
             return self._malformed("not_event", message, str(exc))
-        self.stats.events += 1
-        self.stats.last_event_at = event.received_at
+        stats = self.stats
+        stats.events += 1
+        count_event(stats.events_by_name, event.name)
+        stats.last_event_at = event.received_at
         return event
 
     def _handler_failed(self, event: Event) -> None:

@@ -172,6 +172,9 @@ class JetStreamJournal(JetStreamAdmin):
             )
         return StoreHealth(True, "publishing")
 
+    def disk_bytes(self) -> None:
+        return None  # the cluster's streams are NATS's: its own metrics tell their size
+
     # -- intake ---------------------------------------------------------------------------
 
     async def append(self, event: Event) -> None:
@@ -265,6 +268,7 @@ class JetStreamJournal(JetStreamAdmin):
         """Publish `batch`; how many of its first events NATS confirmed."""
         js, subject = self.link.js, self.names.events_subject
         futures = []
+        started = time.perf_counter()
         try:
             for event in batch:
                 data, headers = event_message(event)
@@ -285,6 +289,7 @@ class JetStreamJournal(JetStreamAdmin):
             else:
                 self.counters.appended += 1
         self.counters.commits += 1
+        self.counters.write_seconds.observe(time.perf_counter() - started)
         return confirmed
 
     def _outage(self, exc: BaseException) -> None:
@@ -494,6 +499,7 @@ class JetStreamJournal(JetStreamAdmin):
             job, seq, event, info.rule, index, attempts, info.errors, error, info.created_at
         )
         await self.link.js.publish(self.names.dlq_subject(job), document)
+        self.counters.dead_letters += 1
         await self._ended(job, info)
 
     async def _ended(self, job: int, info: _Job) -> None:

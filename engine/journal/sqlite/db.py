@@ -638,9 +638,7 @@ class JournalDB:
             "SELECT COUNT(*), COALESCE(SUM(matched = 0), 0), COALESCE(SUM(duplicates), 0), "
             "MIN(received_at) FROM events"
         ).fetchone()
-        sizes = {
-            suffix or "db": _size(Path(f"{self.path}{suffix}")) for suffix in ("", "-wal", "-shm")
-        }
+        sizes = self.file_sizes()
         return {
             "path": str(self.path),
             "schema_version": SCHEMA_VERSION,
@@ -652,6 +650,12 @@ class JournalDB:
             "marks": self.marks(),
             "bytes": sum(sizes.values()),
             "files": sizes,
+        }
+
+    def file_sizes(self) -> dict[str, int]:
+        """Bytes of the database's files: `db`, its `-wal` and `-shm`."""
+        return {
+            suffix or "db": _size(Path(f"{self.path}{suffix}")) for suffix in ("", "-wal", "-shm")
         }
 
 

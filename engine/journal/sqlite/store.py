@@ -91,7 +91,9 @@ class _Segment:
     segments commit in queue order.
     """
 
-    __slots__ = ("bytes", "carried", "events", "finished", "job_counts", "jobs", "rows", "size")
+    __slots__ = (
+        "bytes", "carried", "events", "finished", "job_counts", "jobs", "rows", "sent_at", "size",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self.events: list[Event] = []
@@ -108,6 +110,8 @@ class _Segment:
         self.rows: list[EventRow] = []
         #: The size of their JSON bodies.
         self.bytes = 0
+        #: When it was handed to the writer (time.perf_counter).
+        self.sent_at = 0.0
 
 
 class _HotRun:
@@ -450,10 +454,12 @@ class SqliteJournal:
         """Run a call and finish it; False when the storage refused it (not finished)."""
         # If a writer process was lost, what it had in flight goes first.
         await self._wait_answered()
+        started = time.perf_counter()
         results = await anyio.to_thread.run_sync(
             apply_batch, self.db, [(op.kind, op.arg)], self.config.dedup_window,
             limiter=self._limiter,
         )  # fmt: skip
+        self.counters.write_seconds.observe(time.perf_counter() - started)
         ((op.result, op.error),) = results
         if op.error is not None and storage_failure(op.error):
             # Nothing wrong with the call: the storage cannot take writes.
@@ -476,6 +482,7 @@ class SqliteJournal:
         return True
 
     async def _write_in_thread(self, segment: _Segment) -> None:
+        segment.sent_at = time.perf_counter()
         answer = await anyio.to_thread.run_sync(
             apply_segment, self.db, segment.rows, segment.jobs, segment.finished,
             self.config.dedup_window, limiter=self._limiter,
@@ -495,6 +502,7 @@ class SqliteJournal:
             return
         self._in_flight.append(segment)
         self._sent.set()
+        segment.sent_at = time.perf_counter()
         # If it is gone, `_receive_answers` finds out too and rewrites what is in flight.
         with contextlib.suppress(JournalWriterLost):
             await self._process.send(
@@ -605,6 +613,9 @@ class SqliteJournal:
             f"{self.held_events()} event(s) held{stopped}",
         )
 
+    def disk_bytes(self) -> int:
+        return sum(self.db.file_sizes().values())
+
     def _answered_event(self) -> anyio.Event:
         if self._answered.is_set():
             self._answered = anyio.Event()
@@ -661,6 +672,7 @@ class SqliteJournal:
         written again, with everything after it (`_recover`).
         """
         stored, errors, ids = answer
+        self.counters.write_seconds.observe(time.perf_counter() - segment.sent_at)
         if stored is None:
             self._refused.append(segment)
             self._refuse(errors[0][1] if errors else "refused")
@@ -944,6 +956,8 @@ class SqliteJournal:
         coroutine less per action."""
         if self._closed or self._queued >= self._queue_size:
             return False
+        if error is not None and not continue_on_error:
+            self.counters.dead_letters += 1
         # `_segment()` and `_added()`, inlined: this runs for every action.
         segment = self._open
         if segment is None or segment.size >= self.max_batch:
@@ -962,6 +976,7 @@ class SqliteJournal:
     async def mark_dead(self, job_id: int, error: str) -> None:
         now = time.time()
         await self._put_call(_Op(OP_CALL, lambda db: db.mark_dead(job_id, error, now)))
+        self.counters.dead_letters += 1
 
     # -- the consumer's cursor -----------------------------------------------------
 
