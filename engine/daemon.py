@@ -219,6 +219,8 @@ class Daemon:
         if self._stop.is_set():
             return Readiness(False, (STOPPING,))
         reasons = []
+        if not self.sources:
+            reasons.append("no event source is running")
         store = self.runtime.store
         if store is not None and not (journal := store.health()).ok:
             reasons.append(f"journal: {journal.detail}")

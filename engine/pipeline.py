@@ -58,7 +58,6 @@ class SharedThrottles(Protocol):
 @dataclass
 class PipelineStats:
     events: int = 0
-    events_by_name: Counter[str] = field(default_factory=Counter)
     throttled: Counter[str] = field(default_factory=Counter)
     throttle_key_errors: Counter[str] = field(default_factory=Counter)
 
@@ -108,7 +107,6 @@ class Pipeline:
         there is none yet (`choose` does not)."""
         rules = self.rules
         self.stats.events += 1
-        self.stats.events_by_name[event.name] += 1
         return self._throttled(rules, event, rules.matcher.match_event(event))
 
     async def choose(self, event: Event) -> list[CompiledRule]:
@@ -119,7 +117,6 @@ class Pipeline:
         exact but slower, while `compile_plans` compiles it."""
         rules = self.rules
         self.stats.events += 1
-        self.stats.events_by_name[event.name] += 1
         matcher = rules.matcher
         found = matcher.matching(event)
         if found.__class__ is not list:
