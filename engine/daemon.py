@@ -40,6 +40,7 @@ from engine.runtime import Runtime, open_services, refresh_services, running_eng
 from engine.services import Services
 from engine.source_set import SourceSet
 from engine.sources import ConnectionGaps, EventSource, build_sources, mark_interval
+from engine.status_page import routes as status_routes
 
 log = logging.getLogger("zoomrules.daemon")
 
@@ -223,6 +224,7 @@ class Daemon:
             # First: a port in use stops the daemon before it reads Zoom.
             self.http = HttpServer(config.http)
             self.http.mount(health_routes(self))
+            self.http.mount(status_routes(self))
             self.http.listen()
         try:
             await self._run_engine(config)
@@ -237,6 +239,8 @@ class Daemon:
             running_engine(self.loaded, services, journal=journal) as runtime,
         ):
             self.runtime = runtime
+            if config.http is not None and config.http.recent_events:
+                runtime.pipeline.keep_recent(config.http.recent_events)  # the status page's
             async with anyio.create_task_group() as tg:
                 if self.handle_signals:
                     tg.start_soon(self._signals)

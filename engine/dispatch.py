@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -56,6 +57,8 @@ class DispatchStats:
     retries: int = 0
     fired_by_rule: Counter[str] = field(default_factory=Counter)
     failed_by_rule: Counter[str] = field(default_factory=Counter)
+    #: Rule name -> when it last fired (epoch seconds: its last job submitted).
+    last_fired: dict[str, float] = field(default_factory=dict)
 
 
 #: Called after each action attempt sequence ends:
@@ -185,6 +188,7 @@ class Dispatcher:
         self._outstanding += 1
         self.stats.jobs_started += 1
         self.stats.fired_by_rule[job.rule.name] += 1
+        self.stats.last_fired[job.rule.name] = time.time()
         self._queue.append(job)
         if not self._woken and self._sleepers:
             self._wake_one()
