@@ -64,6 +64,8 @@ class DispatchStats:
 #: Called after each action attempt sequence ends:
 #: (job, action index, error or None, attempts).
 ActionObserver = Callable[[Job, int, "ActionFailed | None", int], Awaitable[None]]
+#: The same, called without waiting (for bookkeeping that must cost next to nothing).
+ActionRecorder = Callable[[Job, int, "ActionFailed | None", int], None]
 
 
 class _Lane:
@@ -125,6 +127,9 @@ class Dispatcher:
         self.backoff = backoff
         self.backoff_cap = backoff_cap
         self.observer = observer
+        #: Told of each action's end too, synchronously (the status page's
+        #: `engine.recent.RecentEvents.record`).
+        self.recorder: ActionRecorder | None = None
         self.stats = DispatchStats()
         self.max_concurrency = max_concurrency
         # A fixed pool of workers pulls jobs from a short queue: cheaper than
@@ -429,6 +434,8 @@ class Dispatcher:
         run.index += 1
         run.attempt = 0
         run.state = {}
+        if self.recorder is not None:
+            self.recorder(job, index, error, attempts)
         if error is None:
             self.stats.actions_ok += 1
             if self._info:

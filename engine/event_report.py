@@ -24,8 +24,8 @@ from engine.explain import TRACED_REASONS, condition_trace
 from engine.loader import LoadedRules
 from engine.logs import shorten
 from engine.matcher import Decision
-from engine.recent import ActionResult, Seen
-from engine.redact import is_secret_field, mask_fields, mask_text
+from engine.recent import Outcomes, Seen
+from engine.redact import MASK, is_secret_field, mask_fields, mask_text
 from engine.ruleset import CompiledRule
 from engine.trace import Tracer, trace_lines
 
@@ -36,8 +36,8 @@ __all__ = ["ActionReport", "EventReport", "RuleReport", "explain_seen"]
 #: fire then, but its condition holds now (it reads the time, or state).
 Verdict = Literal["fired", "throttled", "condition", "error", "stopped", "disabled", "rechecked"]
 #: An action of a fired rule: ok, failed for good, not finished yet, not
-#: run (an action before it failed), or run before this process had the
-#: job (a resumed job, or one taken over from another node).
+#: run (an action before it failed), or run before this node had the job
+#: (taken over half-done from another node of the cluster).
 ActionState = Literal["ok", "failed", "pending", "not run", "ran before"]
 
 #: Longest text shown for a value taken from an event.
@@ -89,7 +89,7 @@ class _Explainer:
             found = self._tracers[id(rules)] = (rules, Tracer(rules.registry.functions))
         return found[1]
 
-    def event(self, seen: Seen, outcomes: Mapping[tuple[str, int], ActionResult]) -> EventReport:
+    def event(self, seen: Seen, outcomes: Outcomes) -> EventReport:
         event, rules = seen.event, seen.rules
         root = event.root()
         matcher = rules.matcher
@@ -123,25 +123,20 @@ class _Explainer:
                 "(it depends on the time or on something that changed)",
             )  # fmt: skip
         assert decision.reason is not None and decision.reason != "event"
-        lines: tuple[str, ...] = ()
+        traced = None
         if decision.reason in TRACED_REASONS:
             traced = condition_trace(rules, rule, root, self.tracer(rules))
-            if traced is not None:
-                lines = tuple(trace_lines(_masked_trace(traced)))
-        return RuleReport(rule.name, decision.reason, _detail(decision, bool(lines)), lines)
+        lines = tuple(trace_lines(_masked_trace(traced))) if traced is not None else ()
+        return RuleReport(rule.name, decision.reason, _detail(decision, traced), lines)
 
 
-def explain_seen(
-    entries: list[tuple[Seen, dict[tuple[str, int], ActionResult]]],
-) -> list[EventReport]:
+def explain_seen(entries: list[tuple[Seen, Outcomes]]) -> list[EventReport]:
     """Reports of `RecentEvents.snapshot()`'s entries, in the same order."""
     explainer = _Explainer()
     return [explainer.event(seen, outcomes) for seen, outcomes in entries]
 
 
-def _actions(
-    rule: CompiledRule, outcomes: Mapping[tuple[str, int], ActionResult]
-) -> tuple[ActionReport, ...]:
+def _actions(rule: CompiledRule, outcomes: Outcomes) -> tuple[ActionReport, ...]:
     reports: list[ActionReport] = []
     stopped = False
     last_known = max((i for name, i in outcomes if name == rule.name), default=-1)
@@ -176,12 +171,18 @@ def _throttle(rule: CompiledRule) -> str:
     )
 
 
-def _detail(decision: Decision, traced: bool) -> str:
-    """The decision's reason as text; a false condition's value is left to
-    its trace (the detail's copy of it would not be masked by field name)."""
+def _detail(decision: Decision, traced: dict[str, Any] | None) -> str:
+    """The decision's reason as text. A false condition's value is left to
+    its trace (the detail's copy of it would not be masked by field name);
+    the whole condition is said above a trace of its `&&` / `||` parts."""
     if decision.reason == "condition":
+        if traced is None:
+            return "its condition is false"
         when = " ".join((decision.rule.spec.when or "").split())
-        return f"when = {mask_text(when)}: false" if traced else "its condition is false"
+        return f"when = {mask_text(when)}" if "parts" in traced else ""
+    if decision.reason == "error" and is_secret_field(decision.rule.spec.when or ""):
+        # JMESPath's errors quote the value they could not use.
+        return "its condition failed (not shown: it reads a field named like a credential)"
     return mask_text(decision.detail)
 
 
@@ -189,11 +190,13 @@ def _masked_trace(node: dict[str, Any]) -> dict[str, Any]:
     """A trace (engine.trace) whose values and errors are fit to show: the
     values of expressions reading a field named like a credential masked whole."""
     expr = str(node.get("expr", ""))
+    secret = is_secret_field(expr)
     out: dict[str, Any] = {**node, "expr": mask_text(expr)}
     if "value" in node:
-        out["value"] = mask_fields(node["value"], is_secret_field(expr))
+        out["value"] = mask_fields(node["value"], secret)
     if "error" in node:
-        out["error"] = mask_text(str(node["error"]))
+        # JMESPath's errors quote the value they could not use.
+        out["error"] = MASK if secret else mask_text(str(node["error"]))
     for key in ("operands", "parts"):
         if key in node:
             out[key] = [_masked_trace(child) for child in node[key]]

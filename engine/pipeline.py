@@ -109,7 +109,7 @@ class Pipeline:
         their actions' outcomes (see engine.recent); returns where."""
         if self.recent is None:
             self.recent = RecentEvents(size)
-            self.dispatcher.observer = self.recent.observer(self.dispatcher.observer)
+            self.dispatcher.recorder = self.recent.record
         return self.recent
 
     def select(self, event: Event) -> list[CompiledRule]:

@@ -8,8 +8,11 @@ does not change what an entry is explained against), the rules that
 matched and those that fired once throttled; and, as the dispatcher
 reports them, how each fired rule's actions ended. Why the other
 candidates did not fire (a false condition and its operands, an error,
-`stop`) is worked out only when someone looks (`engine.status`), by
+`stop`) is worked out only when someone looks (`engine.event_report`), by
 evaluating those rules again against the stored event.
+
+What each event costs here is one tuple in a deque, and each action one
+small record: about 1% of the daemon's time per event (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -18,13 +21,13 @@ from collections import deque
 from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
-    from engine.dispatch import ActionObserver, Job
+    from engine.dispatch import Job
     from engine.errors import ActionFailed
     from engine.events import Event
     from engine.loader import LoadedRules
     from engine.ruleset import CompiledRule
 
-__all__ = ["ActionResult", "RecentEvents", "Seen"]
+__all__ = ["ActionResult", "Outcomes", "RecentEvents", "Seen"]
 
 
 class ActionResult(NamedTuple):
@@ -37,44 +40,39 @@ class ActionResult(NamedTuple):
     job_id: int | None
 
 
-class Seen:
+#: An event's action outcomes: (rule name, action index) -> how it ended.
+Outcomes = dict[tuple[str, int], ActionResult]
+
+
+class Seen(NamedTuple):
     """One event as the pipeline matched it."""
 
-    __slots__ = ("event", "rules", "matched", "fired", "outcomes")
-
-    def __init__(
-        self,
-        event: Event,
-        rules: LoadedRules,
-        matched: list[CompiledRule],
-        fired: list[CompiledRule],
-    ) -> None:
-        self.event = event
-        self.rules = rules
-        #: The rules whose condition held, in file order (honouring `stop`).
-        self.matched = matched
-        #: Of those, the ones not throttled: each became a job.
-        self.fired = fired
-        #: (rule name, action index) -> how it ended; None until an action ends.
-        self.outcomes: dict[tuple[str, int], ActionResult] | None = None
+    event: Event
+    rules: LoadedRules
+    #: The rules whose condition held, in file order (honouring `stop`).
+    matched: list[CompiledRule]
+    #: Of those, the ones not throttled: each became a job.
+    fired: list[CompiledRule]
 
 
 class RecentEvents:
-    """The last `size` events matched, oldest first, with their actions' outcomes.
+    """The last `size` events matched, with their actions' outcomes.
 
-    `add` is called by the pipeline for every event; `observer` wraps the
-    dispatcher's observer to record outcomes of the jobs of events still
-    kept. Both run on the event loop; readers take a `snapshot`.
+    The pipeline calls `add` for every event, the dispatcher `record` after
+    every action; both run on the event loop. Readers take a `snapshot`.
     """
 
     def __init__(self, size: int) -> None:
         if size < 1:
             raise ValueError("RecentEvents needs room for at least one event")
         self.size = size
-        self._entries: deque[Seen] = deque()
-        #: id(event) -> its entry, for the outcomes of its jobs. An entry
-        #: holds its event, so no other live event can have that id.
-        self._by_event: dict[int, Seen] = {}
+        #: (event, rules, matched, fired), oldest first: a plain tuple is
+        #: the cheapest record to make per event.
+        self._entries: deque[tuple[Event, LoadedRules, list[CompiledRule], list[CompiledRule]]]
+        self._entries = deque(maxlen=size)
+        #: id(event) -> the event and its outcomes. Holding the event keeps
+        #: its id from being given to another while it is here.
+        self._outcomes: dict[int, tuple[Event, Outcomes]] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -87,35 +85,31 @@ class RecentEvents:
         fired: list[CompiledRule],
     ) -> None:
         """Record an event just matched (the oldest kept goes when full)."""
-        entries, by_event = self._entries, self._by_event
-        if len(entries) >= self.size:
-            old = entries.popleft()
-            key = id(old.event)
-            if by_event.get(key) is old:
-                del by_event[key]
-        seen = Seen(event, rules, matched, fired)
-        entries.append(seen)
-        by_event[id(event)] = seen
+        self._entries.append((event, rules, matched, fired))
 
-    def observer(self, inner: ActionObserver | None) -> ActionObserver:
-        """An observer for the dispatcher that records each action's outcome
-        into its event's entry (if still kept), then calls `inner`."""
-        by_event = self._by_event
+    def record(self, job: Job, index: int, error: ActionFailed | None, attempts: int) -> None:
+        """Record how action `index` of `job` ended (the dispatcher's `recorder`)."""
+        outcomes = self._outcomes
+        found = outcomes.get(id(job.event))
+        if found is None:
+            if len(outcomes) >= 2 * self.size:
+                self._forget()
+                outcomes = self._outcomes
+            found = outcomes[id(job.event)] = (job.event, {})
+        message = None if error is None else str(error)
+        found[1][job.rule.name, index] = ActionResult(message, attempts, job.id)
 
-        async def observe(job: Job, index: int, error: ActionFailed | None, attempts: int) -> None:
-            seen = by_event.get(id(job.event))
-            if seen is not None:
-                outcomes = seen.outcomes
-                if outcomes is None:
-                    outcomes = seen.outcomes = {}
-                message = None if error is None else str(error)
-                outcomes[job.rule.name, index] = ActionResult(message, attempts, job.id)
-            if inner is not None:
-                await inner(job, index, error, attempts)
+    def _forget(self) -> None:
+        """Drop the outcomes of events no longer kept (now and then: at most
+        `size` are kept, so this runs once per `size` new events at most)."""
+        kept = {id(entry[0]) for entry in self._entries}
+        self._outcomes = {key: found for key, found in self._outcomes.items() if key in kept}
 
-        return observe
-
-    def snapshot(self) -> list[tuple[Seen, dict[tuple[str, int], ActionResult]]]:
+    def snapshot(self) -> list[tuple[Seen, Outcomes]]:
         """The entries, newest first, each with a copy of its outcomes so far
         (safe to read in a worker thread while the daemon goes on)."""
-        return [(seen, dict(seen.outcomes or {})) for seen in reversed(self._entries)]
+        out = []
+        for entry in reversed(self._entries):
+            found = self._outcomes.get(id(entry[0]))
+            out.append((Seen(*entry), dict(found[1]) if found is not None else {}))
+        return out

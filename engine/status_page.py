@@ -240,7 +240,8 @@ def _event(event: EventReport, now: float, open_: bool) -> str:
         f"{_ago(event.received_at, now)} <b>{_e(event.name)}</b>"
         + (f" “{_e(event.topic)}”" if event.topic else "")
         + f' <span class="muted">from {_e(event.source)}, id <code>{_e(event.event_id[:16])}</code>'
-        + f" — {fired} of {len(event.rules)} rule(s) fired</span>"
+        + (f" — {fired} of {len(event.rules)} rule(s) fired" if event.rules else "")
+        + "</span>"
     )
     rows = [_row(f"<code>{_e(rule.rule)}</code>", *_decision(rule)) for rule in event.rules]
     table = _table(

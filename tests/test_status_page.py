@@ -89,6 +89,14 @@ when = "payload.object.password == 'letmein'"
   path = "LOG"
 
 [[rule]]
+name = "password-number"
+on = ["meeting.started"]
+when = "abs(payload.object.password) > `3`"
+  [[rule.action]]
+  type = "log"
+  path = "LOG"
+
+[[rule]]
 name = "once-per-meeting"
 on = ["meeting.started"]
 throttle = { key = "payload.object.id", limit = 1, per = "1h" }
@@ -245,6 +253,9 @@ async def test_the_page_shows_subscriptions_rules_jobs_and_each_events_decisions
         # The second event of the meeting is throttled for once-per-meeting.
         assert "at most 1 per 3600s for each payload.object.id; this window was full" in first
         assert "skipped: disabled" in first
+        # A condition that failed on a credential: JMESPath's error would quote it.
+        assert "skipped: condition failed" in first
+        assert "its condition failed (not shown: it reads a field named like a credential)" in first
         # Action outcomes: retried and failed (its dead letter), not run after it, ok.
         assert "failed after 2 attempt(s)</span> (dead letter" in first
         assert '2. <code>log</code>: <span class="not-run">not run</span>' in first
@@ -437,20 +448,34 @@ def _event(topic: str, **fields: Any) -> Event:
 async def test_the_ring_keeps_the_last_events_and_their_outcomes(tmp_path: Path) -> None:
     pipeline = await _pipeline(tmp_path)
     recent = pipeline.keep_recent(3)
-    assert pipeline.keep_recent(10) is recent  # once: the observer is wrapped once
+    assert pipeline.keep_recent(10) is recent  # one ring, whoever asks
     events = [_event(f"meeting {index}", id=index) for index in range(5)]
     fired = [pipeline.select(event) for event in events]
     assert len(recent) == 3
     assert [seen.event for seen, _ in recent.snapshot()] == events[:1:-1]  # newest first
 
-    observe = pipeline.dispatcher.observer
-    assert observe is not None
+    record = pipeline.dispatcher.recorder
+    assert record is not None
     rule = fired[4][0]
-    await observe(Job(events[4], rule, id=41), 0, ActionFailed("down", 3), 3)
-    # An event no longer kept: its outcome goes nowhere, and nothing fails.
-    await observe(Job(events[0], fired[0][0], id=1), 0, None, 1)
+    record(Job(events[4], rule, id=41), 0, ActionFailed("down", 3), 3)
+    # An event no longer kept: its outcome is not shown, and nothing fails.
+    record(Job(events[0], fired[0][0], id=1), 0, None, 1)
     outcomes = [outcome for _, outcome in recent.snapshot()]
     assert outcomes == [{(rule.name, 0): ActionResult("down", 3, 41)}, {}, {}]
+
+
+async def test_the_outcomes_kept_stay_bounded(tmp_path: Path) -> None:
+    pipeline = await _pipeline(tmp_path)
+    recent = pipeline.keep_recent(2)
+    record = pipeline.dispatcher.recorder
+    assert record is not None
+    for index in range(100):
+        event = _event("x", id=index)
+        for rule in pipeline.select(event):
+            record(Job(event, rule, id=index), 0, None, 1)
+    assert [len(outcomes) for _, outcomes in recent.snapshot()] == [2, 2]  # no-condition, once
+    # Outcomes of events no longer kept are dropped as new ones come.
+    assert len(recent._outcomes) <= 2 * recent.size
 
 
 async def test_each_candidate_rule_is_explained(tmp_path: Path) -> None:
@@ -459,10 +484,10 @@ async def test_each_candidate_rule_is_explained(tmp_path: Path) -> None:
     first, second = _event("Board", id=1), _event("Board", id=1, duration=30)
     pipeline.select(first)
     pipeline.select(second)
-    observe = pipeline.dispatcher.observer
-    assert observe is not None
+    record = pipeline.dispatcher.recorder
+    assert record is not None
     no_condition = pipeline.rules.rules[0]
-    await observe(Job(second, no_condition, id=7), 0, ActionFailed("boom", 2), 2)
+    record(Job(second, no_condition, id=7), 0, ActionFailed("boom", 2), 2)
 
     newest, older = explain_seen(recent.snapshot())
     assert newest.topic == "Board" and newest.name == "meeting.started"
