@@ -48,6 +48,8 @@ class Role:
 class SubscriptionStatus:
     name: str
     up: bool
+    #: Run by another node of the cluster, or by none yet (this node stands by).
+    standby: bool
     #: "connected", why not, or which node holds it.
     state: str
     #: When it last came up (if up) or went down.
@@ -165,6 +167,7 @@ def _subscription(source: EventSource) -> SubscriptionStatus:
     return SubscriptionStatus(
         name=source.name,
         up=health.up,
+        standby=health.standby,
         state=shorten(mask_text(health.detail), 200),
         since=health.since,
         events=getattr(stats, "events", None),

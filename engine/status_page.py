@@ -134,12 +134,12 @@ def _subscriptions(subscriptions: Iterable[SubscriptionStatus], now: float) -> s
     rows = [
         _row(
             f"<code>{_e(sub.name)}</code>",
-            f'<span class="{"ok" if sub.up else "bad"}">{_e(sub.state)}</span>',
+            f'<span class="{_state_css(sub)}">{_e(sub.state)}</span>',
             _ago(sub.since, now),
             _ago(sub.last_event_at, now),
             _number(sub.events),
             _number(sub.reconnects),
-            _e(sub.last_close_reason or "—"),
+            _e(sub.last_close_reason) if sub.last_close_reason else _NONE,
             _until(sub.token_expires_at, now),
         )
         for sub in subscriptions
@@ -162,6 +162,10 @@ def _subscriptions(subscriptions: Iterable[SubscriptionStatus], now: float) -> s
             empty="no subscription",
         ),  # fmt: skip
     )
+
+
+def _state_css(sub: SubscriptionStatus) -> str:
+    return "ok" if sub.up else "muted" if sub.standby else "bad"
 
 
 def _rules(rules: Iterable[RuleStatus], now: float) -> str:

@@ -39,6 +39,7 @@ from engine.plugin import ActionContext, ActionError, ActionType, Param, hookimp
 from engine.recent import ActionResult
 from engine.services import Services
 from engine.simulator import Simulator
+from engine.sources.base import SourceHealth
 from engine.status_page import routes
 
 pytestmark = pytest.mark.anyio
@@ -373,6 +374,41 @@ async def test_the_page_answers_while_the_journal_is_slow(tmp_path: Path) -> Non
         assert time.monotonic() - began < 5
         assert "the journal did not answer within 0.5s" in section(response.text, "jobs")
         assert "no-condition" in section(response.text, "rules")
+
+
+@dataclass
+class Source:
+    """A source as the page sees it: a name, counters, health."""
+
+    name: str
+    state: SourceHealth
+    stats: object = None
+    settings: object = None
+
+    def health(self) -> SourceHealth:
+        return self.state
+
+
+async def test_a_cluster_nodes_role_and_its_standby_subscriptions(tmp_path: Path) -> None:
+    cluster = '[cluster]\nservers = ["nats://127.0.0.1:4222"]\nname = "prod"\nnode = "node-2"\n'
+    loaded = load_rules(
+        [write_rules(tmp_path, cluster + PIPELINE_RULES.replace("version = 1", ""))], env={}
+    )
+    sources = [
+        Source("zoom:a", SourceHealth(True, time.time() - 90, "connected")),
+        Source("zoom:b", SourceHealth(False, None, "standby: another node holds it", True, True)),
+    ]
+    state = State(loaded, SlowJournal(delay=0), sources=sources)
+    app = Starlette(routes=routes(state))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://x") as client:
+        html = (await client.get("/")).text
+    header = html[: html.index("</header>")]
+    assert "cluster <b>prod</b>, node <b>node-2</b>: runs zoom:a; stands by for zoom:b" in header
+    subscriptions = section(html, "subscriptions")
+    assert '<span class="ok">connected</span>' in subscriptions
+    assert '<span class="muted">standby: another node holds it</span>' in subscriptions
+    # A source without a listener's counters: shown as not known.
+    assert subscriptions.count('<span class="muted">—</span>') == 2 * 5 + 1
 
 
 async def test_refresh_is_offered_and_bounded(tmp_path: Path) -> None:
