@@ -309,7 +309,8 @@ async def traces_cost(
             flush=True,
         )
     median = statistics.median
-    ratio = median(k.rate / o.rate for k, o in zip(kept, off, strict=True))
+    ratios = [k.rate / o.rate for k, o in zip(kept, off, strict=True)]
+    ratio = median(ratios)
     without, with_ = await _recording_cpu(zoom, frames, names)
     daemon_cpu = median(o.cpu for o in off)
     rows = (
@@ -317,7 +318,8 @@ async def traces_cost(
         f"(`recent_events = 50` / `0`; {rounds} rounds) "
         f"| {median(k.rate for k in kept):,.0f} / {median(o.rate for o in off):,.0f} "
         f"| {median(k.cpu for k in kept):.1f} / {daemon_cpu:.1f} µs |\n"
-        "| its throughput cost (1 - median of the rounds' ratios) "
+        "| its throughput cost (1 - median of the rounds' ratios; the rounds: "
+        f"{min(ratios):.0%} to {max(ratios):.0%} of the rate without) "
         f"| {1 - ratio:.1%} | |\n"
         "| match + dispatch of the same events, traces kept / not kept (chunks alternating) "
         f"| | {with_:.2f} / {without:.2f} µs |\n"

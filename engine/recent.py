@@ -55,6 +55,13 @@ class Seen(NamedTuple):
     fired: list[CompiledRule]
 
 
+#: `Outcomes` as `record` keeps them: (error, attempts, job id) tuples.
+_Recorded = dict[tuple[str, int], tuple[str | None, int, int | None]]
+#: Outcomes of this many times `size` events are held before those of
+#: events no longer kept are dropped.
+_FORGET_AFTER = 4
+
+
 class RecentEvents:
     """The last `size` events matched, with their actions' outcomes.
 
@@ -70,9 +77,10 @@ class RecentEvents:
         #: the cheapest record to make per event.
         self._entries: deque[tuple[Event, LoadedRules, list[CompiledRule], list[CompiledRule]]]
         self._entries = deque(maxlen=size)
-        #: id(event) -> the event and its outcomes. Holding the event keeps
-        #: its id from being given to another while it is here.
-        self._outcomes: dict[int, tuple[Event, Outcomes]] = {}
+        #: id(event) -> the event and its outcomes, as plain tuples (made
+        #: `ActionResult`s by `snapshot`). Holding the event keeps its id
+        #: from being given to another while it is here.
+        self._outcomes: dict[int, tuple[Event, _Recorded]] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -92,16 +100,16 @@ class RecentEvents:
         outcomes = self._outcomes
         found = outcomes.get(id(job.event))
         if found is None:
-            if len(outcomes) >= 2 * self.size:
+            if len(outcomes) >= _FORGET_AFTER * self.size:
                 self._forget()
                 outcomes = self._outcomes
             found = outcomes[id(job.event)] = (job.event, {})
-        message = None if error is None else str(error)
-        found[1][job.rule.name, index] = ActionResult(message, attempts, job.id)
+        found[1][job.rule.name, index] = (None if error is None else str(error), attempts, job.id)
 
     def _forget(self) -> None:
         """Drop the outcomes of events no longer kept (now and then: at most
-        `size` are kept, so this runs once per `size` new events at most)."""
+        `size` are kept, so this runs once per `(_FORGET_AFTER - 1) * size`
+        new events at most)."""
         kept = {id(entry[0]) for entry in self._entries}
         self._outcomes = {key: found for key, found in self._outcomes.items() if key in kept}
 
@@ -111,5 +119,6 @@ class RecentEvents:
         out = []
         for entry in reversed(self._entries):
             found = self._outcomes.get(id(entry[0]))
-            out.append((Seen(*entry), dict(found[1]) if found is not None else {}))
+            results = found[1].items() if found is not None else ()
+            out.append((Seen(*entry), {key: ActionResult(*value) for key, value in results}))
         return out

@@ -130,7 +130,7 @@ async def gather(state: DaemonState, journal_timeout: float = JOURNAL_TIMEOUT) -
         version=__version__,
         now=time.time(),
         started_at=state.started_at,
-        readiness=state.readiness(),
+        readiness=_readiness(state.readiness()),
         reloads=state.reloads,
         failed_reloads=state.failed_reloads,
         last_reload_at=state.last_reload_at,
@@ -143,6 +143,11 @@ async def gather(state: DaemonState, journal_timeout: float = JOURNAL_TIMEOUT) -
         recent_size=recent.size if recent is not None else 0,
         events=tuple(events),
     )
+
+
+def _readiness(readiness: Readiness) -> Readiness:
+    # Its reasons quote close reasons and journal errors.
+    return Readiness(readiness.ready, tuple(mask_text(why) for why in readiness.reasons))
 
 
 def _role(state: DaemonState, sources: list[EventSource]) -> Role:
