@@ -11,11 +11,14 @@
 2. Where the daemon's CPU goes per event: CPU time of this process per
    event in both runs, and each stage of the daemon's path (frame decode,
    event decode and id, match, dispatch) run alone over the same frames.
-3. The reconnect gap: the server drops the connection (TCP reset); time
+3. What the status page's traces cost (`traces_cost`): the daemon serving
+   HTTP with the last 50 events' decisions and outcomes kept, against none
+   kept, in rounds of their own.
+4. The reconnect gap: the server drops the connection (TCP reset); time
    until the daemon's next connection is accepted (`build_connection`
    success). Median and max over 50 drops.
 
-    python benchmarks/listener.py [--events 50000] [--rounds 5] [--drops 50]
+    python benchmarks/listener.py [--events 50000] [--rounds 5] [--trace-rounds 7] [--drops 50]
 
 The simulator runs in a process of its own (`benchmarks/zoom_process.py`),
 as Zoom is remote: the daemon and the bare client each have this process's
@@ -83,6 +86,7 @@ def rules_file(directory: Path, names: list[str], journal: bool, extra: str = ""
         "version = 1",
         '[zoom]\nclient_id = "${ZOOM_CLIENT_ID}"\nclient_secret = "${ZOOM_CLIENT_SECRET}"\nendpoint = "${ZOOM_WS_ENDPOINT}"',
         f'[engine]\nstate_dir = "{directory}"\nmax_concurrency = 256\njournal = {str(journal).lower()}',
+        extra,
     ]
     for index, name in enumerate(names):
         parts.append(
@@ -94,8 +98,6 @@ def rules_file(directory: Path, names: list[str], journal: bool, extra: str = ""
             "when = \"payload.object.topic == 'never this topic'\"\n"
             '  [[rule.action]]\n  type = "count"'
         )
-    if extra:
-        parts.append(extra)
     path = directory / "rules.toml"
     path.write_text("\n\n".join(parts) + "\n")
     return path
@@ -297,6 +299,95 @@ def _add(totals: dict[str, float], stage: str, since: float) -> float:
     return now
 
 
+async def traces_cost(
+    zoom: RemoteZoom, frames: list[bytes], names: list[str], connections: int, rounds: int
+) -> tuple[str, int]:
+    """What keeping the status page's traces costs, two ways.
+
+    End to end: the daemon's rate with `[http] recent_events = 50` (the
+    default: every event's decisions and its actions' outcomes kept in the
+    ring) against `= 0` (none kept), both serving HTTP and nobody reading
+    the page; rounds of the two runs back to back, order alternating.
+    On a machine shared with other work, that ratio moves by more than the
+    cost; so also the CPU time of matching and dispatching the same events
+    with the ring and without, chunk by chunk alternating (`_recording_cpu`),
+    against the daemon's whole CPU time per event. Returns the report's rows
+    and the connections made so far."""
+    kept: list[Run] = []
+    off: list[Run] = []
+    for round_ in range(rounds):
+        for recent in (50, 0)[:: -1 if round_ % 2 else 1]:
+            connections += 1
+            http = f'[http]\nlisten = "127.0.0.1:0"\nrecent_events = {recent}'
+            run = await daemon_rate(zoom, names, connections, extra=http)
+            (kept if recent else off).append(run)
+        print(
+            f"traces round {round_ + 1}: kept {kept[-1].rate:,.0f}/s, "
+            f"not kept {off[-1].rate:,.0f}/s, {kept[-1].rate / off[-1].rate:.1%}",
+            flush=True,
+        )
+    median = statistics.median
+    ratios = [k.rate / o.rate for k, o in zip(kept, off, strict=True)]
+    ratio = median(ratios)
+    without, with_ = await _recording_cpu(zoom, frames, names)
+    daemon_cpu = median(o.cpu for o in off)
+    rows = (
+        "| daemon with `[http]`: the status page's traces kept / not kept "
+        f"(`recent_events = 50` / `0`; {rounds} rounds) "
+        f"| {median(k.rate for k in kept):,.0f} / {median(o.rate for o in off):,.0f} "
+        f"| {median(k.cpu for k in kept):.1f} / {daemon_cpu:.1f} µs |\n"
+        "| its throughput cost (1 - median of the rounds' ratios; the rounds: "
+        f"{min(ratios):.0%} to {max(ratios):.0%} of the rate without) "
+        f"| {1 - ratio:.1%} | |\n"
+        "| match + dispatch of the same events, traces kept / not kept (chunks alternating) "
+        f"| | {with_:.2f} / {without:.2f} µs |\n"
+        "| traces' CPU cost: that difference / the daemon's CPU per event (target: under 5%) "
+        f"| {(with_ - without) / daemon_cpu:.1%} | |"
+    )
+    return rows, connections
+
+
+async def _recording_cpu(
+    zoom: RemoteZoom, frames: list[bytes], names: list[str]
+) -> tuple[float, float]:
+    """CPU µs per event of matching and dispatching (as `stage_costs`'
+    match and dispatch stages) without the ring and with it: each chunk of
+    256 events run both ways, in alternating order, so that both see the
+    machine as it is at that moment. The ring is the daemon's
+    (`Pipeline.keep_recent`), switched off and on between chunks."""
+    counter = Counter()
+    totals = {False: 0.0, True: 0.0}
+    with tempfile.TemporaryDirectory() as tmp:
+        loaded = _loaded(Path(tmp), names, zoom.env(), counter)
+    events = [Event.from_json(orjson.loads(frame)["content"], source="bench") for frame in frames]
+    for event in events:
+        event.id  # noqa: B018 - computed once, outside what is measured
+    async with (
+        open_services(loaded.config) as services,
+        running_engine(loaded, services) as runtime,
+    ):
+        pipeline = runtime.pipeline
+        dispatcher = pipeline.dispatcher
+        recent = pipeline.keep_recent(50)
+        with fewer_gc_passes():
+            for index, start in enumerate(range(0, len(events), 256)):
+                chunk = events[start : start + 256]
+                for on in (True, False) if index % 2 else (False, True):
+                    pipeline.recent = recent if on else None
+                    dispatcher.recorder = recent.record if on else None
+                    clock = time.process_time()
+                    fired = [pipeline.select(event) for event in chunk]
+                    counter.target += sum(map(len, fired))
+                    for event, rules in zip(chunk, fired, strict=True):
+                        for rule in rules:
+                            await dispatcher.submit(Job(event, rule))
+                    if counter.count < counter.target:
+                        await counter.reached.wait()
+                    totals[on] += time.process_time() - clock
+                    counter.reached = anyio.Event()
+    return totals[False] / len(events) * 1e6, totals[True] / len(events) * 1e6
+
+
 async def reconnect_gaps(zoom: RemoteZoom, drops: int, connections: int) -> list[float]:
     """Drop the connection `drops` times; time until the next accepted connection.
 
@@ -361,8 +452,9 @@ async def main_async(args: argparse.Namespace) -> str:
                 f"daemon {d.rate:,.0f}/s ({d.cpu:.1f} µs CPU), {d.rate / b.rate:.0%}",
                 flush=True,
             )
+        traces, connections = await traces_cost(zoom, frames, names, connections, args.trace_rounds)
         gaps = await reconnect_gaps(zoom, args.drops, connections + 1)
-    return report(args, bare, decoding, daemon, stages, gaps)
+    return report(args, bare, decoding, daemon, stages, gaps, traces)
 
 
 def report(
@@ -372,6 +464,7 @@ def report(
     daemon: list[Run],
     stages: list[dict[str, float]],
     gaps: list[float],
+    traces: str,
 ) -> str:
     def median(values: Iterable[float]) -> float:
         return statistics.median(list(values))
@@ -399,6 +492,7 @@ def report(
         f"| {daemon_cpu:.1f} µs |",
         f"| ratio decoding client / bare (median of the rounds) | {decode_ratio:.0%} | |",
         f"| ratio daemon / bare (median of the rounds) | {ratio:.0%} | |",
+        traces,
         "",
         f"Rounds (bare / daemon events/s): {rounds}.",
         "",
@@ -427,6 +521,9 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--drops", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--trace-rounds", type=int, default=7, help="rounds of the status page's traces cost"
+    )
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     report = anyio.run(main_async, args)

@@ -147,12 +147,19 @@ def _plain_setting(path: tuple[Any, ...]) -> bool:
     return path[0] == "cluster" and len(path) > 1 and path[1] in _PLAIN_CLUSTER_KEYS
 
 
+#: Most events the status page may keep: each is explained again whenever
+#: the page is shown.
+MAX_RECENT_EVENTS = 1000
+
+
 @dataclass(frozen=True)
 class HttpConfig:
     """`[http]`: the daemon's HTTP server (metrics, health, status page, webhooks)."""
 
     host: str = "127.0.0.1"
     port: int = 9464
+    #: How many of the last events the status page explains (0: none kept).
+    recent_events: int = 50
 
 
 @dataclass(frozen=True)
@@ -648,8 +655,13 @@ class _Builder:
             self.problem(ctx, None, f"[http] is already defined in {self.http_file}")
             return
         self.http_file = ctx.file
-        self.unknown_keys(data, ("listen",), ctx)
-        listen = _Getter(self, data, ctx).string("listen", "127.0.0.1:9464") or ""
+        self.unknown_keys(data, ("listen", "recent_events"), ctx)
+        get = _Getter(self, data, ctx)
+        listen = get.string("listen", "127.0.0.1:9464") or ""
+        recent = get.integer("recent_events", HttpConfig.recent_events, minimum=0)
+        if recent > MAX_RECENT_EVENTS:
+            self.problem(ctx, "recent_events", f"must be at most {MAX_RECENT_EVENTS}, got {recent}")
+            recent = HttpConfig.recent_events
         address = _host_port(listen)
         if address is None:
             self.problem(
@@ -657,7 +669,7 @@ class _Builder:
                 f'must be "host:port" (e.g. "127.0.0.1:9464", "[::1]:9464"), got {listen!r}',
             )  # fmt: skip
             return
-        self.http = HttpConfig(*address)
+        self.http = HttpConfig(*address, recent_events=recent)
 
     def check_cluster(self, data: dict[str, Any], ctx: _Ctx) -> None:
         if self.cluster_file is not None:

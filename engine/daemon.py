@@ -43,6 +43,7 @@ from engine.sd_notify import SystemdNotifier
 from engine.services import Services
 from engine.source_set import SourceSet
 from engine.sources import ConnectionGaps, EventSource, build_sources, mark_interval
+from engine.status_page import routes as status_routes
 
 log = logging.getLogger("zoomrules.daemon")
 
@@ -235,6 +236,7 @@ class Daemon:
             # First: a port in use stops the daemon before it reads Zoom.
             self.http = HttpServer(config.http)
             self.http.mount([*health_routes(self), *metrics_routes(self)])
+            self.http.mount(status_routes(self))
             self.http.listen()
         try:
             async with self.systemd.running(self):
@@ -250,6 +252,8 @@ class Daemon:
             running_engine(self.loaded, services, journal=journal) as runtime,
         ):
             self.runtime = runtime
+            if config.http is not None and config.http.recent_events:
+                runtime.pipeline.keep_recent(config.http.recent_events)  # the status page's
             async with anyio.create_task_group() as tg:
                 if self.handle_signals:
                     tg.start_soon(self._signals)

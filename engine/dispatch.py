@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -72,6 +73,8 @@ class DispatchStats:
     failed_by_rule: Counter[str] = field(default_factory=Counter)
     #: Per (action type, rule name).
     actions: dict[tuple[str, str], ActionStats] = field(default_factory=dict)
+    #: Rule name -> when it last fired (epoch seconds: its last job submitted).
+    last_fired: dict[str, float] = field(default_factory=dict)
 
     def action(self, action_type: str, rule: str) -> ActionStats:
         """The statistics of `action_type` in `rule` (created at first use)."""
@@ -85,6 +88,8 @@ class DispatchStats:
 #: Called after each action attempt sequence ends:
 #: (job, action index, error or None, attempts).
 ActionObserver = Callable[[Job, int, "ActionFailed | None", int], Awaitable[None]]
+#: The same, called without waiting (for bookkeeping that must cost next to nothing).
+ActionRecorder = Callable[[Job, int, "ActionFailed | None", int], None]
 
 
 class _Lane:
@@ -148,6 +153,9 @@ class Dispatcher:
         self.backoff = backoff
         self.backoff_cap = backoff_cap
         self.observer = observer
+        #: Told of each action's end too, synchronously (the status page's
+        #: `engine.recent.RecentEvents.record`).
+        self.recorder: ActionRecorder | None = None
         self.stats = DispatchStats()
         self.max_concurrency = max_concurrency
         # A fixed pool of workers pulls jobs from a short queue: cheaper than
@@ -218,6 +226,7 @@ class Dispatcher:
         self._outstanding += 1
         self.stats.jobs_started += 1
         self.stats.fired_by_rule[job.rule.name] += 1
+        self.stats.last_fired[job.rule.name] = time.time()
         self._queue.append(job)
         if not self._woken and self._sleepers:
             self._wake_one()
@@ -462,6 +471,8 @@ class Dispatcher:
         took = self._clock() - run.action_started
         stats = self.stats.action(action.spec.type, job.rule.name)
         stats.durations.observe(took)
+        if self.recorder is not None:
+            self.recorder(job, index, error, attempts)
         if error is None:
             self.stats.actions_ok += 1
             stats.ok += 1

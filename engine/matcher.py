@@ -324,8 +324,11 @@ class Matcher:
         #: and, for glob rules, by their patterns.
         self._exact: dict[str, list[int]] = {}
         globs: dict[tuple[str, ...], list[int]] = {}
+        #: Positions of the disabled rules (only explaining looks at them).
+        self._disabled: list[int] = []
         for position, rule in enumerate(self.rules):
             if not rule.spec.enabled:
+                self._disabled.append(position)
                 continue
             patterns = tuple(p for p in rule.spec.on if is_glob(p))
             if patterns:
@@ -357,6 +360,17 @@ class Matcher:
         if entry is None:
             entry = self._admit(event_name)
         return entry.rules
+
+    def rules_on(self, event_name: str) -> list[CompiledRule]:
+        """Every rule whose `on` matches `event_name`, disabled ones included,
+        in file order, leaving the candidates' cache as it is (for
+        explaining an event without disturbing the matching of the next)."""
+        positions = [*self._positions(event_name)]
+        for position in self._disabled:
+            if any(fnmatch.fnmatchcase(event_name, p) for p in self.rules[position].spec.on):
+                positions.append(position)
+        positions.sort(key=self._order.__getitem__)
+        return [self.rules[position] for position in positions]
 
     def _admit(self, event_name: str) -> _Candidates:
         key = self._positions(event_name)
@@ -692,11 +706,15 @@ class Matcher:
 
     # -- explaining -------------------------------------------------------------
 
-    def explain(self, event_name: str, root: Any) -> list[Decision]:
-        """Every rule with the reason it fires or not (no side effects, no counters)."""
+    def explain(
+        self, event_name: str, root: Any, rules: Sequence[CompiledRule] | None = None
+    ) -> list[Decision]:
+        """Every rule (or only `rules`, in file order: at least the event's
+        candidates, for `stop` to be right) with the reason it fires or not
+        (no side effects, no counters)."""
         decisions = []
         stopped_by: str | None = None
-        for rule in self.rules:
+        for rule in self.rules if rules is None else rules:
             decision = self._decide(rule, event_name, root)
             if decision.fired and stopped_by is not None:
                 decision = Decision(

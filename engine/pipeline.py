@@ -32,6 +32,7 @@ from engine.expr.templates import to_text
 from engine.loader import LoadedRules
 from engine.logs import LogLimiter, shorten
 from engine.matcher import LARGE_PLAN_SOURCE, PLAN_SOURCE_LIMIT, UncompiledPart
+from engine.recent import RecentEvents
 from engine.ruleset import CompiledRule
 from engine.throttle import Throttle
 
@@ -81,6 +82,8 @@ class Pipeline:
         #: In a cluster, `choose` throttles in windows every node shares.
         self.shared_throttles = shared_throttles
         self.stats = PipelineStats()
+        #: The last events matched, when kept (`keep_recent`: the status page).
+        self.recent: RecentEvents | None = None
         #: Per-event lines that a flood could repeat are rate-limited.
         self._logs = LogLimiter(log)
         #: When `choose` must next let the event loop run (time.perf_counter).
@@ -100,6 +103,14 @@ class Pipeline:
                 rules.throttles[name] = throttle
         self.rules = rules
 
+    def keep_recent(self, size: int) -> RecentEvents:
+        """Keep the last `size` events matched, with the rules each fired and
+        their actions' outcomes (see engine.recent); returns where."""
+        if self.recent is None:
+            self.recent = RecentEvents(size)
+            self.dispatcher.recorder = self.recent.record
+        return self.recent
+
     def select(self, event: Event) -> list[CompiledRule]:
         """The rules that fire for `event` after throttling.
 
@@ -107,7 +118,11 @@ class Pipeline:
         there is none yet (`choose` does not)."""
         rules = self.rules
         self.stats.events += 1
-        return self._throttled(rules, event, rules.matcher.match_event(event))
+        found = rules.matcher.match_event(event)
+        fired = self._throttled(rules, event, found)
+        if self.recent is not None:
+            self.recent.add(event, rules, found, fired)
+        return fired
 
     async def choose(self, event: Event) -> list[CompiledRule]:
         """`select`, letting the event loop run at least every `MATCH_SLICE`
@@ -129,8 +144,12 @@ class Pipeline:
         if time.perf_counter() > self._deadline:
             await self._pause()
         if self.shared_throttles is not None and found and rules.throttles:
-            return await self._shared_throttled(rules, event, found, self.shared_throttles)
-        return self._throttled(rules, event, found)
+            fired = await self._shared_throttled(rules, event, found, self.shared_throttles)
+        else:
+            fired = self._throttled(rules, event, found)
+        if self.recent is not None:
+            self.recent.add(event, rules, found, fired)
+        return fired
 
     async def _pause(self) -> None:
         # A task whose sleep is over, or whose socket has data, is woken in

@@ -31,6 +31,9 @@ __all__ = [
     "MASK",
     "RedactingFilter",
     "Secret",
+    "is_secret_field",
+    "mask_fields",
+    "mask_text",
     "redact",
     "mask_urls",
     "redact_url",
@@ -212,6 +215,45 @@ def redact_value(value: Any) -> Any:
     return value
 
 
+def mask_text(text: str) -> str:
+    """`text` as a log line shows it: registered secrets and recognisable
+    credentials masked, every URL cut to what `mask_urls` shows."""
+    return mask_urls(redact(text))
+
+
+#: Names of event fields that hold credentials: Zoom's `password`,
+#: `h323_password`, `passcode`, `download_token`, `plainToken`, ... (matched
+#: anywhere in the name, case-insensitively).
+_SECRET_FIELD = re.compile(
+    r"pass(?:word|wd|code)|pwd|secret|token|authori[sz]ation|credential|signature"
+    r"|api_?key|private_?key",
+    re.IGNORECASE,
+)
+
+
+def is_secret_field(name: str) -> bool:
+    """Whether a field (or an expression reading one) is named like a credential."""
+    return _SECRET_FIELD.search(name) is not None
+
+
+def mask_fields(value: Any, secret: bool = False) -> Any:
+    """Event data (JSON values) fit to show: the strings and numbers of
+    fields named like credentials (`is_secret_field`), or all of them if
+    `secret`, replaced by the mask; every other string through `mask_text`."""
+    if isinstance(value, str):
+        return MASK if secret else mask_text(value)
+    if isinstance(value, dict):
+        return {
+            key: mask_fields(item, secret or is_secret_field(str(key)))
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [mask_fields(item, secret) for item in value]
+    if secret and isinstance(value, int | float) and not isinstance(value, bool):
+        return MASK
+    return value
+
+
 def redact_url(url: object) -> str:
     """`url` as it may appear in logs and errors: scheme, host and port only.
 
@@ -250,12 +292,12 @@ class RedactingFilter(logging.Filter):
             message = record.getMessage()
         except Exception:  # a broken format string must not hide the record
             message = f"{record.msg!r} % {record.args!r}"
-        record.msg = mask_urls(redact(message))
+        record.msg = mask_text(message)
         record.args = None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
-            record.exc_text = mask_urls(redact(record.exc_text))
+            record.exc_text = mask_text(record.exc_text)
         if record.stack_info:
             record.stack_info = redact(record.stack_info)
         return True

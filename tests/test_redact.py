@@ -19,6 +19,8 @@ from engine.logs import configure_logging
 from engine.redact import (
     RedactingFilter,
     Secret,
+    is_secret_field,
+    mask_fields,
     redact,
     redact_url,
     register_secret,
@@ -93,6 +95,43 @@ def test_secret_never_shows_itself() -> None:
     assert secret.reveal() == "s3cr3t-value-000"
     assert secret == "s3cr3t-value-000" and secret == Secret("s3cr3t-value-000")
     assert redact("leaked s3cr3t-value-000") == "leaked ***"
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["password", "h323_password", "pstn_password", "encrypted_password", "passcode",
+     "recording_play_passcode", "download_token", "plainToken", "client_secret",
+     "Authorization", "api_key", "payload.object.password"],
+)  # fmt: skip
+def test_fields_named_like_credentials(name: str) -> None:
+    assert is_secret_field(name)
+
+
+@pytest.mark.parametrize("name", ["topic", "join_url", "host_email", "uuid", "duration"])
+def test_fields_not_named_like_credentials(name: str) -> None:
+    assert not is_secret_field(name)
+
+
+def test_mask_fields_masks_credentials_by_name_and_urls_everywhere() -> None:
+    register_secret("registered-in-event-77")
+    event = {
+        "topic": "sync with registered-in-event-77",
+        "password": "123456",
+        "settings": {"passcode": 987654, "waiting_room": True, "alternative_hosts": []},
+        "join_url": "https://zoom.us/j/123?pwd=abcdef",
+        "recording_files": [{"download_token": ["a-token"], "file_size": 42}],
+    }
+    assert mask_fields(event) == {
+        "topic": "sync with ***",
+        "password": "***",
+        "settings": {"passcode": "***", "waiting_room": True, "alternative_hosts": []},
+        "join_url": "https://zoom.us/…",
+        "recording_files": [{"download_token": ["***"], "file_size": 42}],
+    }
+    # A value read by an expression named like a credential: masked whole,
+    # except for what cannot be one (booleans, null).
+    assert mask_fields("abc", secret=True) == "***"
+    assert mask_fields([1, True, None], secret=True) == ["***", True, None]
 
 
 def _record(msg: str, *args: object) -> logging.LogRecord:

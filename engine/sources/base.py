@@ -83,6 +83,9 @@ class SourceHealth:
     #: Not delivering here because another node of the cluster does (it holds
     #: the subscription's lease): healthy for the cluster.
     elsewhere: bool = False
+    #: Not run by this node (a cluster's node without the lease): it stands
+    #: by, whether or not another node runs it (`elsewhere`).
+    standby: bool = False
 
 
 class EventSource(Protocol):

@@ -45,9 +45,15 @@ class LeasedSource:
             return self.inner.health()
         if self.lease.elsewhere:
             return SourceHealth(
-                False, self._standby_since, "standby: another node holds it", elsewhere=True
+                False,
+                self._standby_since,
+                "standby: another node holds it",
+                elsewhere=True,
+                standby=True,
             )
-        return SourceHealth(False, self._standby_since, "standby: no node holds it yet")
+        return SourceHealth(
+            False, self._standby_since, "standby: no node holds it yet", standby=True
+        )
 
     async def wait_up(self) -> None:
         await self.inner.wait_up()

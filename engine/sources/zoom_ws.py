@@ -70,6 +70,11 @@ class ListenerStats:
     last_disconnected_at: float | None = None
     last_event_at: float | None = None
     last_close_code: int | None = None
+    #: Why the last connection ended (or the last attempt failed).
+    last_close_reason: str | None = None
+    #: When the token of the current (or next) connection expires, epoch
+    #: seconds, if the token provider says (`TokenManager` does).
+    token_expires_at: float | None = None
     connected: bool = False
     gaps: int = 0  # zoomrules.connection_gap events emitted
 
@@ -175,6 +180,7 @@ class ZoomListener:
             await self.gaps.load(self.name)
         while True:
             session = _Session(token=await self.tokens.token())
+            self.stats.token_expires_at = _expiry(self.tokens)
             await self._connect_once(session)
             if session.refresh_token:
                 # Outside the connection's task group, so AuthError reaches
@@ -197,7 +203,7 @@ class ZoomListener:
             # start again from the shortest delay.
             self._backoff.reset()
         self._track_kicks(session, lived)
-        self._last_reason = session.reason or "unknown"
+        self._last_reason = self.stats.last_close_reason = session.reason or "unknown"
         if session.built_at is None:
             self._failures += 1
             self._last_failure = self._last_reason
@@ -516,6 +522,13 @@ class ZoomListener:
                 shorten(message),
             )
         return True
+
+
+def _expiry(tokens: TokenProvider) -> float | None:
+    """When the provider's current token expires (epoch seconds), if it says:
+    `expires_in` is not part of `TokenProvider` (plugins' fakes need not have it)."""
+    expires_in = getattr(tokens, "expires_in", None)
+    return time.time() + expires_in if isinstance(expires_in, int | float) else None
 
 
 async def _no_sink(event: Event) -> None:
