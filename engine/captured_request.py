@@ -121,35 +121,22 @@ class SignatureCheck:
         return {"signature": self.verdict, "webhook": self.webhook, "detail": self.detail}
 
 
-def check_signature(
-    capture: CapturedRequest, webhooks: Sequence[WebhookConfig], *, now: float | None = None
-) -> SignatureCheck:
+def check_signature(capture: CapturedRequest, webhooks: Sequence[WebhookConfig]) -> SignatureCheck:
     """Whether one of `webhooks`' secret tokens signed `capture`'s body, and
-    whether its timestamp would still be accepted `now`."""
-    signature = capture.headers.get(SIGNATURE_HEADER)
-    timestamp = capture.headers.get(TIMESTAMP_HEADER)
-    missing = [
-        h for h, v in ((SIGNATURE_HEADER, signature), (TIMESTAMP_HEADER, timestamp)) if not v
-    ]
-    if missing:
-        return SignatureCheck(
-            "invalid", None, f"the request has no {' and no '.join(missing)} header"
-        )
-    assert signature is not None and timestamp is not None
-    sent = parse_timestamp(timestamp)
-    if sent is None:
-        return SignatureCheck(
-            "invalid", None, f"{TIMESTAMP_HEADER} {timestamp!r} is not a number of seconds"
-        )
+    whether its timestamp would still be accepted now."""
+    wrong = _header_problem(capture.headers)
+    if wrong is not None:
+        return SignatureCheck("invalid", None, wrong)
     known = [hook for hook in webhooks if not _PLACEHOLDER.fullmatch(hook.secret_token)]
     if not known:
         why = (
             "no webhook is configured" if not webhooks else "the secret token's variable is not set"
         )
         return SignatureCheck("unchecked", None, f"signature not checked: {why}")
+    timestamp, signature = capture.headers[TIMESTAMP_HEADER], capture.headers[SIGNATURE_HEADER]
     for hook in known:
         if signature_matches(hook.secret_token, timestamp, capture.body, signature):
-            return SignatureCheck("valid", hook.name, _age(hook, sent, now))
+            return SignatureCheck("valid", hook.name, _signed_by(hook, timestamp))
     return SignatureCheck(
         "invalid", None,
         "signed with none of the configured secret tokens, or the body was changed since "
@@ -157,10 +144,22 @@ def check_signature(
     )  # fmt: skip
 
 
-def _age(hook: WebhookConfig, sent: int, now: float | None) -> str:
+def _header_problem(headers: dict[str, str]) -> str | None:
+    """Why the signature headers cannot be checked; None if they can."""
+    missing = [name for name in (SIGNATURE_HEADER, TIMESTAMP_HEADER) if not headers.get(name)]
+    if missing:
+        return f"the request has no {' and no '.join(missing)} header"
+    if parse_timestamp(headers[TIMESTAMP_HEADER]) is None:
+        return f"{TIMESTAMP_HEADER} {headers[TIMESTAMP_HEADER]!r} is not a number of seconds"
+    return None
+
+
+def _signed_by(hook: WebhookConfig, timestamp: str) -> str:
+    """Who signed it and when; whether the endpoint would take it now."""
+    sent = int(timestamp)
     when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(sent))
-    age = (time.time() if now is None else now) - sent
-    stale = f"; the endpoint would now refuse it as a replay (max_age {hook.max_age:g}s)"
-    return f"signed with the secret token of webhook '{hook.name}' at {when}" + (
-        stale if abs(age) > hook.max_age else ""
+    stale = abs(time.time() - sent) > hook.max_age
+    replay = f"; the endpoint would now refuse it as a replay (max_age {hook.max_age:g}s)"
+    return (
+        f"signed with the secret token of webhook '{hook.name}' at {when}{replay if stale else ''}"
     )

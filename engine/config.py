@@ -591,12 +591,11 @@ class _Builder:
         """`[zoom.webhook]` (one endpoint) or `[[zoom.webhook]]` (several)."""
         if isinstance(raw, dict):
             where = _Ctx(ctx.file, ctx.smap, "[zoom.webhook]", ("zoom", "webhook"))
-            tables = [(raw, where, "default")]
+            tables = [(raw, where, _given_name(raw, "default"))]
         elif isinstance(raw, list) and raw and all(isinstance(t, dict) for t in raw):
             tables = []
             for index, table in enumerate(raw):
-                given = table.get("name")
-                name = given if isinstance(given, str) else f"webhook-{index + 1}"
+                name = _given_name(table, f"webhook-{index + 1}")
                 where = _Ctx(
                     ctx.file, ctx.smap, f"[[zoom.webhook]] '{name}'", ("zoom", "webhook", index)
                 )
@@ -627,6 +626,7 @@ class _Builder:
         known = ("name", "path", "secret_token", "max_body", "max_age")
         self.unknown_keys(data, known, ctx)
         get = _Getter(self, data, ctx)
+        get.string("name", name)  # a name that is not a string is reported
         named = _WEBHOOK_NAME.fullmatch(name) is not None
         if not named:
             self.problem(
@@ -657,8 +657,7 @@ class _Builder:
         out: list[Subscription] = []
         seen: set[str] = set()
         for index, raw in enumerate(raw_subs):
-            given = raw.get("name")
-            name = given if isinstance(given, str) else f"subscription-{index + 1}"
+            name = _given_name(raw, f"subscription-{index + 1}")
             sub_ctx = _Ctx(
                 ctx.file,
                 ctx.smap,
@@ -1059,6 +1058,12 @@ def zoom_from_environment(env: Mapping[str, str]) -> tuple[ZoomConfig | None, li
     )
     api = (env.get("ZOOM_API_BASE_URL") or DEFAULT_API_BASE_URL).rstrip("/")
     return ZoomConfig(subscriptions=(subscription,), api_base_url=api), []
+
+
+def _given_name(table: Mapping[str, Any], default: str) -> str:
+    """A table's `name` if it is a string, else `default`."""
+    name = table.get("name")
+    return name if isinstance(name, str) else default
 
 
 def _webhook_path_problem(path: str) -> str | None:

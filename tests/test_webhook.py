@@ -436,6 +436,20 @@ async def test_the_route_is_served_while_the_source_runs() -> None:
         tg.cancel_scope.cancel()
 
 
+async def test_without_an_http_server_the_webhook_says_it_is_not_served(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A reload that adds a webhook and [http] to a daemon started without
+    [http]: the server starts only at the next start."""
+    source = WebhookSource(WebhookConfig("default", PATH, SECRET), None)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(source.run, _closed)
+        await poll_until(lambda: "not served" in caplog.text, 10)
+        health = source.health()
+        assert not health.up and "[http] takes effect at the next start" in health.detail
+        tg.cancel_scope.cancel()
+
+
 # --------------------------------------------------------------------------
 # event ids: one occurrence, one id, by either way
 
@@ -772,6 +786,10 @@ def test_a_webhook_s_settings_and_their_defaults(tmp_path: Path) -> None:
     assert config.zoom.subscriptions == ()
     assert config.zoom.webhooks == (WebhookConfig("default", PATH, SECRET, 1 << 20, 300.0),)
     assert SECRET not in repr(config.zoom.webhooks)
+    named, _ = _read(
+        tmp_path, WEBHOOK_ALONE.replace("[zoom.webhook]", '[zoom.webhook]\nname = "main"')
+    )
+    assert [hook.name for hook in named.zoom.webhooks] == ["main"]
     assert redact(f"token {SECRET}") != f"token {SECRET}", "the secret is masked in logs"
 
     config, problems = _read(

@@ -187,6 +187,8 @@ class EventFeed:
         """How the webhook answered `body`, and whether it took it."""
         try:
             delivery = await webhook.deliver(body)
+        except httpx.TimeoutException:
+            return f"no answer within {webhook.timeout:g}s (Zoom would deliver it again)", False
         except httpx.HTTPError as exc:
             return f"not reached: {shorten(str(exc) or type(exc).__name__, 120)}", False
         text = delivery.response.text.strip()

@@ -35,7 +35,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
@@ -121,7 +121,6 @@ class WebhookSource:
         host: RouteHost | None,
         *,
         intake: IntakeCheck | None = None,
-        clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         #: The source's name, which its events carry (`zoomrules.source`).
@@ -133,7 +132,6 @@ class WebhookSource:
         #: added by a reload: it takes effect at the next start).
         self.host = host
         self.intake = intake
-        self._clock = clock
         self._sink: EventSink | None = None
         self._routes: list[BaseRoute] = [Route(config.path, self._handle, methods=["POST"])]
         self._logs = LogLimiter(log)
@@ -160,24 +158,25 @@ class WebhookSource:
     async def run(self, sink: EventSink) -> None:
         """Serve the route until cancelled, handing verified events to `sink`."""
         self._sink = sink
-        if self.host is None:
+        host = self.host
+        if host is None:
             self._down_because = (
                 "not served: the daemon runs no HTTP server ([http] takes effect at the next start)"
             )
             log.error("webhook[%s]: %s", self.config.name, self._down_because)
             await anyio.sleep_forever()
-        assert self.host is not None
-        self.host.mount(self._routes)
+            return
+        host.mount(self._routes)
         self.stats.mounted = True
-        self._since = self._clock()
+        self._since = time.time()
         self._up.set()
         log.info("webhook[%s]: serving POST %s", self.config.name, self.config.path)
         try:
             await anyio.sleep_forever()
         finally:
-            self.host.unmount(self._routes)
+            host.unmount(self._routes)
             self.stats.mounted = False
-            self._since = self._clock()
+            self._since = time.time()
             self._down_because = "stopped"
             self._up = anyio.Event()
 
@@ -238,7 +237,7 @@ class WebhookSource:
             return _Refusal(
                 400, "bad_timestamp", f"{TIMESTAMP_HEADER} is not a number of seconds since 1970"
             )
-        age = self._clock() - sent
+        age = time.time() - sent
         limit = self.config.max_age
         if age > limit:
             return _Refusal(401, "stale", f"signed {age:.0f}s ago (max_age {limit:g}s): a replay?")
