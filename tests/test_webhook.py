@@ -181,7 +181,7 @@ async def test_a_body_is_verified_as_received_byte_for_byte(
     assert event.body["payload"]["object"][key] == value
     assert event.source == "webhook:default"
     assert here.source.stats.events == 1
-    assert here.source.stats.rejected["bad_signature"] == len(reencoded)
+    assert here.source.stats.malformed["bad_signature"] == len(reencoded)
 
 
 def _one_byte_changed(zoom: WebhookSender, body: bytes) -> Awaitable[httpx.Response]:
@@ -279,7 +279,7 @@ async def test_every_unverified_or_malformed_request_is_refused_with_its_status(
         # The endpoint still takes what Zoom sends.
         assert (await here.zoom.deliver(body)).status == 200
     stats = here.source.stats
-    assert stats.rejected == {reason: 1}
+    assert stats.malformed == {reason: 1}
     assert [event.raw for event in here.received] == [body]
 
 
@@ -317,7 +317,7 @@ async def test_a_lying_content_length_gets_no_event_in() -> None:
         assert answer.startswith(b"HTTP/1.1 401 ")
         assert b"HTTP/1.1 200" not in answer
     assert here.received == []
-    assert here.source.stats.rejected == {"too_large": 1, "bad_signature": 1}
+    assert here.source.stats.malformed == {"too_large": 1, "bad_signature": 1}
 
 
 async def test_only_post_is_answered() -> None:
@@ -370,7 +370,7 @@ async def test_refusals_are_counted_each_and_logged_a_few_times(
         for _ in range(30):
             assert (await here.zoom.deliver(body, secret="another-secret")).status == 401
     refused = [r for r in caplog.records if "refused a request" in r.getMessage()]
-    assert here.source.stats.rejected["bad_signature"] == 30
+    assert here.source.stats.malformed["bad_signature"] == 30
     assert 1 <= len(refused) <= 5, "rate-limited"
     assert "401" in refused[0].getMessage() and "does not match" in refused[0].getMessage()
     assert SECRET not in caplog.text
@@ -750,14 +750,26 @@ async def test_a_reload_moves_the_route_and_changes_the_secret(tmp_path: Path) -
         assert run.fired == 2
 
 
-async def test_a_daemon_of_webhooks_alone_runs_and_is_ready(tmp_path: Path) -> None:
+async def test_a_daemon_of_webhooks_alone_runs_is_ready_and_shows_in_metrics(
+    tmp_path: Path,
+) -> None:
     rules = daemon_rules(tmp_path, websocket=False)
     async with Simulator() as sim, running(tmp_path, sim, rules, websocket=False) as run:
         assert [source.name for source in run.daemon.sources] == ["webhook:default"]
         assert (await run.http.get("/-/ready")).status_code == 200
         assert (await run.zoom.deliver(started())).accepted
+        assert (await run.zoom.deliver(started(), age=3600)).status == 401
         await _settled(run, 1)
         assert run.fired == 1
+        metrics = (await run.http.get("/metrics")).text.splitlines()
+    assert 'zoomrules_source_up{source="webhook:default"} 1.0' in metrics
+    assert (
+        'zoomrules_events_received_total{event="meeting.started",source="webhook:default"} 1.0'
+        in metrics
+    )
+    assert (
+        'zoomrules_events_malformed_total{reason="stale",source="webhook:default"} 1.0' in metrics
+    )
     assert sim.connections == [], "no WebSocket without an endpoint"
 
 

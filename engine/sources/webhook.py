@@ -7,7 +7,8 @@ routes. Every request is checked before anything else happens to it
 (`engine.webhook_signature`): the signature over the exact bytes received,
 compared in constant time, and the timestamp's age; an unverified request
 is never answered 200 and its body never decoded. Each refusal is counted
-by reason in `stats.rejected` and logged (rate-limited: a flood costs a few
+by reason in `stats.malformed` (what `/metrics` shows as
+`zoomrules_events_malformed`) and logged (rate-limited: a flood costs a few
 lines a minute).
 
 A verified event is handed to the sink (the journal) and answered 200
@@ -48,7 +49,7 @@ from engine.config import WebhookConfig
 from engine.errors import InvalidEvent
 from engine.events import Event
 from engine.logs import LogLimiter, shorten
-from engine.sources.base import EventSink, IntakeCheck, SourceHealth
+from engine.sources.base import EventSink, IntakeCheck, SourceHealth, count_event
 from engine.webhook_signature import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
@@ -86,10 +87,12 @@ class WebhookStats:
     requests: int = 0
     #: Events handed to the journal (answered 200).
     events: int = 0
+    #: Those events by name (`count_event`: a bounded number of names).
+    events_by_name: Counter[str] = field(default_factory=Counter)
     #: `endpoint.url_validation` requests answered.
     validations: int = 0
     #: Requests refused with a 4xx, by reason (`too_large`, `bad_signature`, ...).
-    rejected: Counter[str] = field(default_factory=Counter)
+    malformed: Counter[str] = field(default_factory=Counter)
     #: Verified events answered 503: the journal could not take them.
     unavailable: int = 0
     #: Requests answered 500 (a bug downstream).
@@ -99,8 +102,8 @@ class WebhookStats:
     mounted: bool = False
 
     @property
-    def rejected_total(self) -> int:
-        return sum(self.rejected.values())
+    def malformed_total(self) -> int:
+        return sum(self.malformed.values())
 
 
 class _Refusal(NamedTuple):
@@ -253,13 +256,13 @@ class WebhookSource:
         )
 
     def _refuse(self, request: Request, refusal: _Refusal) -> Response:
-        self.stats.rejected[refusal.reason] += 1
+        self.stats.malformed[refusal.reason] += 1
         client = request.client.host if request.client is not None else "?"
         self._logs.log(
             logging.WARNING, refusal.reason,
             "webhook[%s]: refused a request from %s with %d: %s (%d %s so far)",
             self.config.name, client, refusal.status, refusal.detail,
-            self.stats.rejected[refusal.reason], refusal.reason,
+            self.stats.malformed[refusal.reason], refusal.reason,
         )  # fmt: skip
         # After a 413 the rest of the body is not wanted: closing the
         # connection spares reading (and discarding) it.
@@ -304,8 +307,10 @@ class WebhookSource:
             return PlainTextResponse("internal error\n", status_code=500)
         if waited.cancelled_caught:
             return self._unavailable(f"the journal's queue stayed full for {ACCEPT_WAIT:g}s")
-        self.stats.events += 1
-        self.stats.last_event_at = event.received_at
+        stats = self.stats
+        stats.events += 1
+        count_event(stats.events_by_name, event.name)
+        stats.last_event_at = event.received_at
         return PlainTextResponse("accepted\n")
 
     def _unavailable(self, why: str) -> Response:
