@@ -107,17 +107,22 @@ def events(count: int, rules: int) -> list[dict[str, Any]]:
     return out
 
 
+def simulator_env(sim: Simulator) -> dict[str, str]:
+    """What the rules file's `[zoom]` reads from the environment, pointing at `sim`."""
+    return {
+        "ZOOM_CLIENT_ID": sim.client_id,
+        "ZOOM_CLIENT_SECRET": sim.client_secret,
+        "ZOOM_WS_ENDPOINT": sim.ws_endpoint,
+        "ZOOM_OAUTH_URL": sim.oauth_url,
+    }
+
+
 async def run_once(journal: bool, count: int, rules: int) -> float:
     """Events per second for one daemon run."""
     with tempfile.TemporaryDirectory(prefix="zoomrules-bench-") as tmp:
         directory = Path(tmp)
         async with Simulator() as sim:
-            env = {
-                "ZOOM_CLIENT_ID": sim.client_id,
-                "ZOOM_CLIENT_SECRET": sim.client_secret,
-                "ZOOM_WS_ENDPOINT": sim.ws_endpoint,
-                "ZOOM_OAUTH_URL": sim.oauth_url,
-            }
+            env = simulator_env(sim)
             path = rules_file(directory, rules, journal)
             loaded = load_rules([path], env=env, extra_plugins=[NoopPlugin()])
             daemon = Daemon([path], loaded, env=env, handle_signals=False)

@@ -37,6 +37,10 @@ DEFAULT_STATE_DIR = "/var/lib/zoomrules"
 COMMON_ACTION_KEYS = ("type", "timeout", "retries", "continue_on_error")
 
 _CLUSTER_NAME = re.compile(r"[A-Za-z0-9_-]+")
+_WEBHOOK_NAME = re.compile(r"[A-Za-z0-9._-]+")
+#: A URL path of the characters RFC 3986 allows unescaped (no `%`, `?`,
+#: `#`, and no `{}`, which Starlette would read as parameters).
+_URL_PATH = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@/-]*")
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\$")
 
@@ -53,8 +57,31 @@ class Subscription:
     oauth_url: str
 
 
+#: How long Zoom keeps retrying a webhook delivery it got no 200/204 for:
+#: three retries, 5, 20 and 60 minutes apart (each after the one before).
+#: A retry within `[engine] dedup_window` of the first delivery is dropped.
+ZOOM_WEBHOOK_RETRY_SPAN = (5 + 20 + 60) * 60.0
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    """One `[zoom.webhook]` endpoint: where Zoom POSTs events, and the
+    secret token it signs them with."""
+
+    name: str
+    #: The URL path served on the daemon's HTTP server (`[http] listen`).
+    path: str
+    secret_token: str = field(repr=False)
+    #: Largest request body read; a larger one is refused unread (413).
+    max_body: int = 1 << 20
+    #: A request whose `x-zm-request-timestamp` is further than this from
+    #: now (past or future, seconds) is refused: a replayed request.
+    max_age: float = 300.0
+
+
 @dataclass(frozen=True)
 class ZoomConfig:
+    #: The WebSocket subscriptions; none when only webhooks deliver.
     subscriptions: tuple[Subscription, ...]
     api_base_url: str = DEFAULT_API_BASE_URL
     heartbeat_interval: float = 30.0
@@ -63,10 +90,13 @@ class ZoomConfig:
     #: A subscription without a connection for at least this long (seconds)
     #: emits `zoomrules.connection_gap` once it is back; None: never.
     gap_threshold: float | None = 10.0
+    #: Webhook endpoints (`[zoom.webhook]`), served by the daemon's HTTP server.
+    webhooks: tuple[WebhookConfig, ...] = ()
 
     @property
     def default(self) -> Subscription:
-        """The subscription whose credentials the Zoom API actions use."""
+        """The subscription whose credentials the Zoom API actions use
+        (check `subscriptions` first: webhooks alone have none)."""
         return self.subscriptions[0]
 
 
@@ -139,11 +169,17 @@ def _host_port(text: str) -> tuple[str, int] | None:
     return host, int(port)
 
 
+#: `[zoom.webhook]` settings that are not secrets (the secret token is).
+_PLAIN_WEBHOOK_KEYS = frozenset({"name", "path", "max_body", "max_age"})
+
+
 def _plain_setting(path: tuple[Any, ...]) -> bool:
     if not path:
         return False
     if path[0] in ("engine", "http"):
         return True
+    if path[:2] == ("zoom", "webhook"):
+        return path[-1] in _PLAIN_WEBHOOK_KEYS
     return path[0] == "cluster" and len(path) > 1 and path[1] in _PLAIN_CLUSTER_KEYS
 
 
@@ -338,6 +374,8 @@ class _Builder:
         self.cluster_file: Path | None = None
         self.http: HttpConfig | None = None
         self.http_file: Path | None = None
+        #: Where the first webhook is written (for problems found with the other sections).
+        self.webhook_ctx: _Ctx | None = None
         self.engine: EngineConfig | None = None
         self.engine_file: Path | None = None
         self.engine_ctx: _Ctx | None = None
@@ -351,11 +389,22 @@ class _Builder:
     # -- reporting -----------------------------------------------------------
 
     def problem(self, ctx: _Ctx, key: str | int | None, message: str) -> None:
+        found = self._problem(ctx, key, message)
+        if found is not None:
+            self.problems.append(found)
+
+    def warn(self, ctx: _Ctx, key: str | int | None, message: str) -> None:
+        """A problem that does not stop the files from being used (`check --strict` fails)."""
+        found = self._problem(ctx, key, message)
+        if found is not None:
+            self.warnings.append(found)
+
+    def _problem(self, ctx: _Ctx, key: str | int | None, message: str) -> Problem | None:
         path = ctx.path + ((key,) if key is not None else ())
         if (ctx.file, path) in self.env_failed:
-            return  # the missing environment variable was already reported
+            return None  # the missing environment variable was already reported
         shown = None if key is None else f"{ctx.key_prefix}{key}"
-        self.problems.append(Problem(ctx.file, ctx.smap.line_of(path), ctx.where, shown, message))
+        return Problem(ctx.file, ctx.smap.line_of(path), ctx.where, shown, message)
 
     # -- files ---------------------------------------------------------------
 
@@ -501,7 +550,7 @@ class _Builder:
         known = (
             "client_id", "client_secret", "endpoint", "account_id", "oauth_url",
             "api_base_url", "heartbeat_interval", "max_frame_size", "api_rate", "gap_threshold",
-            "subscription",
+            "subscription", "webhook",
         )  # fmt: skip
         self.unknown_keys(data, known, ctx)
         get = _Getter(self, data, ctx)
@@ -512,13 +561,22 @@ class _Builder:
             "account_id": get.string("account_id", None) or None,
             "oauth_url": oauth_url,
         }
+        webhooks = self.webhooks(data["webhook"], ctx) if "webhook" in data else []
         subscriptions: list[Subscription] = []
         raw_subs = data.get("subscription")
         if raw_subs is None:
             endpoint = self.env.get("ZOOM_WS_ENDPOINT") or get.string("endpoint", None)
-            sub = self.subscription("default", endpoint, defaults, ctx, top_level=True)
-            if sub:
-                subscriptions.append(sub)
+            if endpoint or "webhook" not in data:
+                sub = self.subscription("default", endpoint, defaults, ctx, top_level=True)
+                if sub:
+                    subscriptions.append(sub)
+            elif defaults["client_id"] or defaults["client_secret"]:
+                self.warn(
+                    ctx, "client_id",
+                    "is not used: with webhooks alone (no endpoint) the daemon fetches no Zoom "
+                    "token, so zoom_api actions cannot call Zoom; add the WebSocket endpoint "
+                    "for them",
+                )  # fmt: skip
         elif not isinstance(raw_subs, list) or not all(isinstance(s, dict) for s in raw_subs):
             self.problem(ctx, "subscription", "write subscriptions as [[zoom.subscription]] tables")
         else:
@@ -533,7 +591,72 @@ class _Builder:
             max_frame_size=get.convert("max_frame_size", 1 << 20, parse_size),
             api_rate=get.convert("api_rate", None, parse_rate),
             gap_threshold=get.convert("gap_threshold", 10.0, parse_gap_threshold),
+            webhooks=tuple(webhooks),
         )
+
+    def webhooks(self, raw: Any, ctx: _Ctx) -> list[WebhookConfig]:
+        """`[zoom.webhook]` (one endpoint) or `[[zoom.webhook]]` (several)."""
+        if isinstance(raw, dict):
+            where = _Ctx(ctx.file, ctx.smap, "[zoom.webhook]", ("zoom", "webhook"))
+            tables = [(raw, where, _given_name(raw, "default"))]
+        elif isinstance(raw, list) and raw and all(isinstance(t, dict) for t in raw):
+            tables = []
+            for index, table in enumerate(raw):
+                name = _given_name(table, f"webhook-{index + 1}")
+                where = _Ctx(
+                    ctx.file, ctx.smap, f"[[zoom.webhook]] '{name}'", ("zoom", "webhook", index)
+                )
+                tables.append((table, where, name))
+        else:
+            self.problem(
+                ctx, "webhook",
+                "write one endpoint as a [zoom.webhook] table, several as [[zoom.webhook]] tables",
+            )  # fmt: skip
+            return []
+        self.webhook_ctx = tables[0][1]
+        out: list[WebhookConfig] = []
+        for table, where, name in tables:
+            hook = self.webhook(table, where, name, several=len(tables) > 1)
+            if hook is None:
+                continue
+            for other in out:
+                if other.name == hook.name:
+                    self.problem(where, "name", f"duplicate webhook name '{hook.name}'")
+                elif other.path == hook.path:
+                    self.problem(where, "path", f"{hook.path} is already webhook '{other.name}'")
+            out.append(hook)
+        return out
+
+    def webhook(
+        self, data: dict[str, Any], ctx: _Ctx, name: str, *, several: bool
+    ) -> WebhookConfig | None:
+        known = ("name", "path", "secret_token", "max_body", "max_age")
+        self.unknown_keys(data, known, ctx)
+        get = _Getter(self, data, ctx)
+        get.string("name", name)  # a name that is not a string is reported
+        named = _WEBHOOK_NAME.fullmatch(name) is not None
+        if not named:
+            self.problem(
+                ctx, "name", "must be letters, digits, '.', '-' and '_' (the source is webhook:NAME)"
+            )  # fmt: skip
+        path = get.string("path", f"/zoom/webhook/{name}" if several else "/zoom/webhook")
+        wrong = _webhook_path_problem(path)
+        if wrong is not None and (named or "path" in data):  # not the bad name's again
+            self.problem(ctx, "path", wrong)
+        secret = get.string("secret_token", None)
+        if not secret:
+            self.problem(
+                ctx, "secret_token",
+                "is required: the Secret Token of the app's event subscriptions (the app's "
+                'Features page), normally "${ZOOM_WEBHOOK_SECRET_TOKEN}"',
+            )  # fmt: skip
+        elif (ctx.file, ctx.path + ("secret_token",)) not in self.placeholder_paths:
+            register_secret(secret)  # from the file or the environment: never logged
+        max_body = get.convert("max_body", WebhookConfig.max_body, parse_size)
+        max_age = get.duration("max_age", WebhookConfig.max_age, minimum=1.0)
+        if not secret or wrong is not None:
+            return None
+        return WebhookConfig(name, path, secret, max_body=max_body, max_age=max_age)
 
     def subscriptions(
         self, raw_subs: list[dict[str, Any]], defaults: dict[str, Any], ctx: _Ctx
@@ -541,8 +664,7 @@ class _Builder:
         out: list[Subscription] = []
         seen: set[str] = set()
         for index, raw in enumerate(raw_subs):
-            given = raw.get("name")
-            name = given if isinstance(given, str) else f"subscription-{index + 1}"
+            name = _given_name(raw, f"subscription-{index + 1}")
             sub_ctx = _Ctx(
                 ctx.file,
                 ctx.smap,
@@ -863,6 +985,33 @@ class _Builder:
                 ctx, "journal",
                 "cannot be false with [cluster]: the cluster's streams are its journal",
             )  # fmt: skip
+        if self.webhook_ctx is not None:
+            self.check_webhooks_together()
+
+    def check_webhooks_together(self) -> None:
+        """A webhook needs the HTTP server, and the journal to make its 200 mean
+        "stored" and to drop Zoom's retries."""
+        where = self.webhook_ctx
+        assert where is not None
+        if self.http is None:
+            self.problem(
+                where, None,
+                "needs the daemon's HTTP server, which Zoom's requests reach (through a reverse "
+                'proxy): add [http] listen = "127.0.0.1:9464"',
+            )  # fmt: skip
+        engine, ctx = self.engine or EngineConfig(), self.engine_ctx
+        if not engine.journal:
+            self.warn(
+                ctx or where, "journal" if ctx else None,
+                "is false while a webhook is configured: its 200 then does not mean the event is "
+                "stored, and duplicates (Zoom's retries, the same event by WebSocket) fire again",
+            )  # fmt: skip
+        elif engine.dedup_window < ZOOM_WEBHOOK_RETRY_SPAN and ctx is not None:
+            self.warn(
+                ctx, "dedup_window",
+                f"is shorter than Zoom's webhook retries ({ZOOM_WEBHOOK_RETRY_SPAN / 60:.0f} "
+                "minutes after the first delivery): a retry after it fires rules again",
+            )  # fmt: skip
 
     def finish(self, files: tuple[Path, ...]) -> Config:
         engine = self.engine or EngineConfig()
@@ -921,6 +1070,24 @@ def zoom_from_environment(env: Mapping[str, str]) -> tuple[ZoomConfig | None, li
     )
     api = (env.get("ZOOM_API_BASE_URL") or DEFAULT_API_BASE_URL).rstrip("/")
     return ZoomConfig(subscriptions=(subscription,), api_base_url=api), []
+
+
+def _given_name(table: Mapping[str, Any], default: str) -> str:
+    """A table's `name` if it is a string, else `default`."""
+    name = table.get("name")
+    return name if isinstance(name, str) else default
+
+
+def _webhook_path_problem(path: str) -> str | None:
+    """Why `path` cannot be a webhook's URL path; None if it can."""
+    if not _URL_PATH.fullmatch(path):
+        return (
+            f'must be a URL path such as "/zoom/webhook": starting with /, without spaces, '
+            f"%, ?, # or braces, got {path!r}"
+        )
+    if path == "/-" or path.startswith("/-/"):
+        return "must not be under /-/, where the daemon serves its own pages (health checks)"
+    return None
 
 
 def _may_hold_dollar(text: str) -> bool:
@@ -1085,6 +1252,7 @@ __all__ = [
     "RuleSpec",
     "Subscription",
     "ThrottleSpec",
+    "WebhookConfig",
     "ZoomConfig",
     "expand_paths",
     "load_config",

@@ -178,14 +178,14 @@ class Daemon:
 
     async def run(self) -> None:
         config = self.loaded.config
-        if config.zoom is None or not config.zoom.subscriptions:
+        if config.zoom is None or not (config.zoom.subscriptions or config.zoom.webhooks):
             raise ConfigError(
                 [
                     Problem(
                         None, None, "[zoom]", None,
                         "no subscription to listen to: add a [zoom] section with endpoint, "
                         "client_id and client_secret (or set ZOOM_WS_ENDPOINT, ZOOM_CLIENT_ID "
-                        "and ZOOM_CLIENT_SECRET)",
+                        "and ZOOM_CLIENT_SECRET), or a [zoom.webhook]",
                     )
                 ]
             )  # fmt: skip
@@ -296,10 +296,11 @@ class Daemon:
 
     def _build_sources(self, config: Config) -> list[EventSource]:
         assert self._services is not None and self.runtime is not None
-        cluster = self.runtime.cluster
+        cluster, store = self.runtime.cluster, self.runtime.store
         return build_sources(
-            config, self._services, gaps=self.gaps, leases=cluster.leases if cluster else None
-        )
+            config, self._services, gaps=self.gaps, leases=cluster.leases if cluster else None,
+            http=self.http, intake=store.health if store is not None else None,
+        )  # fmt: skip
 
     async def _announce(self, count: int) -> None:
         await anyio.lowlevel.checkpoint()  # once the sources have started

@@ -63,13 +63,18 @@ class HttpServer:
         port in use stops the daemon with one clear line."""
         family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
         try:
-            self._sock = socket.create_server((self.config.host, self.config.port), family=family)
+            sock = socket.create_server((self.config.host, self.config.port), family=family)
         except OSError as exc:
             why = os.strerror(exc.errno) if exc.errno else str(exc)
             raise DaemonError(
                 f"[http] listen: cannot listen on {self.config.host}:{self.config.port}: "
                 f"{why}. Fix: choose another port, or stop what uses it"
             ) from None
+        # asyncio turns Nagle's algorithm off (TCP_NODELAY) on accepted
+        # connections only when the listening socket says it is TCP, and
+        # create_server leaves its protocol 0: every answer then waited for
+        # the client's delayed ACK (40 ms each on Linux) before its body went.
+        self._sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, sock.detach())
         self.port = self._sock.getsockname()[1]
 
     def close(self) -> None:

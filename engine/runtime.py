@@ -63,7 +63,8 @@ def refresh_services(services: Services, config: Config) -> None:
     credentials if those changed."""
     from engine.auth import TokenManager
 
-    old = services.config.zoom.default if services.config.zoom else None
+    zoom = services.config.zoom
+    old = zoom.default if zoom and zoom.subscriptions else None  # webhooks alone have none
     new = config.zoom.default if config.zoom and config.zoom.subscriptions else None
     services.config = config
     if new is None:

@@ -1,4 +1,4 @@
-"""The daemon's HTTP server: `/-/healthy`, `/-/ready`, and a port already in use."""
+"""The daemon's HTTP server: `/-/healthy`, `/-/ready`, a port already in use, and no Nagle delay."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ import httpx
 import pytest
 from daemon_process import simulator_env
 
+from engine.config import HttpConfig
 from engine.daemon import Daemon
 from engine.errors import DaemonError
+from engine.http_server import HttpServer
 from engine.loader import load_rules
 from engine.simulator import Simulator
 
@@ -99,3 +101,15 @@ async def test_a_port_in_use_stops_the_daemon_with_one_clear_error(tmp_path: Pat
             daemon = Daemon([rules], load_rules([rules], env=env), env=env, handle_signals=False)
             with pytest.raises(DaemonError, match=f"cannot listen on 127.0.0.1:{port}"):
                 await daemon.run()
+
+
+def test_answers_do_not_wait_for_nagle_s_algorithm() -> None:
+    """asyncio turns TCP_NODELAY on for accepted connections only when the
+    listening socket says it is TCP; without it, every answer of the server
+    waited ~40 ms for the client's delayed ACK (benchmarks/webhook.py)."""
+    server = HttpServer(HttpConfig("127.0.0.1", 0))
+    server.listen()
+    try:
+        assert server._sock is not None and server._sock.proto == socket.IPPROTO_TCP
+    finally:
+        server.close()

@@ -176,6 +176,38 @@ async def test_run_pointed_at_simulate_fires_rules_on_events_sent_on_demand(
     assert "4 event(s) sent: 3 delivered, 1 dropped (no client connected)" in summary
 
 
+async def test_simulate_sends_by_webhook_too_and_the_rule_fires_once(tmp_path: Path) -> None:
+    fired = tmp_path / "fired.jsonl"
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]  # free now; the daemon binds it below
+    webhook = f"""
+[zoom.webhook]
+secret_token = "${{{{ZOOM_WEBHOOK_SECRET_TOKEN}}}}"
+[http]
+listen = "127.0.0.1:{port}"
+"""
+    rules = write_rules(
+        tmp_path, USER_RULES.replace("[[rule]]", webhook + "[[rule]]").format(log=fired)
+    )
+    async with simulate("--webhook", f"http://127.0.0.1:{port}/zoom/webhook") as (sim, env):
+        assert set(env) == SIM_KEYS | {"ZOOM_WEBHOOK_SECRET_TOKEN"}
+        async with (
+            daemon_process(["run", "-c", str(rules)], clean_env(**env)) as run,
+            httpx.AsyncClient(timeout=TIMEOUT) as http,
+        ):
+            await sim.wait_for(lambda: has_line(sim, "client connected"), TIMEOUT)
+            answer = await http.post(f"{control_url(env)}/send/meeting.started")
+            assert answer.status_code == 200, answer.text
+            [sent] = answer.json()["sent"]
+            assert sent["webhook"] == "200 accepted"
+            await poll_until(lambda: len(records(fired)) >= 1, TIMEOUT)
+            assert await run.stop() == 0
+        assert await sim.stop() == 0
+    assert len(records(fired)) == 1, "sent both ways, fired once"
+    assert has_line(sim, "WebSocket delivered, webhook 200 accepted")
+    assert "duplicate of event" in run.output()
+
+
 async def test_simulate_sends_on_a_schedule_and_loops(tmp_path: Path) -> None:
     fired = tmp_path / "fired.jsonl"
     rules = write_rules(tmp_path, USER_RULES.format(log=fired))
@@ -266,6 +298,8 @@ def test_simulate_reads_events_from_stdin_and_names_it(tmp_path: Path) -> None:
          "got 'bogus'"),
         (["simulate", "--loop"], "--loop repeats the schedule: give --every too"),
         (["simulate", "--port", "65535"], "argument --port: expected 0 (any free ports)"),
+        (["simulate", "--webhook", "127.0.0.1:9464"],
+         "argument --webhook: expected an http:// or https:// URL"),
     ],
 )  # fmt: skip
 def test_bad_options_exit_2_with_a_clear_message(args: list[str], message: str) -> None:

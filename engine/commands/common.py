@@ -40,13 +40,17 @@ def open_input(name: str) -> IO[bytes]:
     return Path(name).open("rb")
 
 
-def read_event_file(name: str, source: str) -> Event:
-    """One event from a JSON file or '-' (raises InvalidEvent with the file name)."""
+def read_input(name: str) -> bytes:
+    """The bytes of a file or of '-' (stdin); raises InvalidEvent with the file name."""
     try:
         with open_input(name) as handle:
-            data = handle.read()
+            return handle.read()
     except OSError as exc:
         raise InvalidEvent(f"{name}: cannot read: {exc.strerror}") from None
+
+
+def event_from(data: bytes, name: str, source: str) -> Event:
+    """One event from JSON text read from `name` (raises InvalidEvent with the name)."""
     try:
         return Event.from_json(data, source=source)
     except InvalidEvent as exc:

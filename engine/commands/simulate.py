@@ -1,7 +1,7 @@
 """`zoomrules simulate`: a local Zoom to try one's own rules against, with `zoomrules run`.
 
     zoomrules simulate [--port 9590] [--events FILE.jsonl | -] [--every 2s [--loop]]
-                       [--env-file PATH]
+                       [--env-file PATH] [--webhook [URL]]
 
 Runs the simulator (OAuth endpoint, event WebSocket, REST API stand-in) on
 127.0.0.1 until Ctrl-C or SIGTERM, and prints the environment that points
@@ -9,6 +9,9 @@ Runs the simulator (OAuth endpoint, event WebSocket, REST API stand-in) on
 `--events`: one every `--every`, and whenever asked — Enter or `send NAME`
 on its terminal, or `POST /_sim/next`, `/_sim/send/NAME`, `/_sim/send` (an
 event body) and `/_sim/send-all` on its HTTP port from anywhere else.
+With `--webhook`, each event is also POSTed to the daemon's webhook
+endpoint, signed as Zoom signs (the secret token is in the environment
+printed), as for an app subscribed both ways.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import anyio
 
@@ -48,6 +52,10 @@ CLIENT_ID = "simulate-client-id"
 CLIENT_SECRET = "simulate-client-secret"
 ACCOUNT_ID = "simulate-account"
 SUBSCRIPTION_ID = "simulate-subscription"
+WEBHOOK_SECRET_TOKEN = "simulate-webhook-secret-token"
+#: Where `--webhook` POSTs without a URL: a `[zoom.webhook]` of default path
+#: on the daemon's default `[http] listen`.
+DEFAULT_WEBHOOK_URL = "http://127.0.0.1:9464/zoom/webhook"
 
 TERMINAL_HELP = (
     "Enter: send the next event · send NAME: the next event of that name · all: every "
@@ -82,6 +90,15 @@ def _port(text: str) -> int:
     return port
 
 
+def _url(text: str) -> str:
+    url = urlsplit(text)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise argparse.ArgumentTypeError(
+            f"expected an http:// or https:// URL such as {DEFAULT_WEBHOOK_URL}, got {text!r}"
+        )
+    return text
+
+
 def read_events(name: str | None) -> tuple[list[dict[str, Any]], list[str]]:
     """The events to send: the built-in scenario (None), a file, or '-' for stdin."""
     from engine.simulator import builtin_events, parse_events
@@ -99,9 +116,9 @@ def read_events(name: str | None) -> tuple[list[dict[str, Any]], list[str]]:
     return events, errors
 
 
-def environment(sim: Simulator, state_dir: str) -> dict[str, str]:
+def environment(sim: Simulator, state_dir: str, *, webhook: bool = False) -> dict[str, str]:
     """What `zoomrules run` needs in its environment to use `sim` instead of Zoom."""
-    return {
+    env = {
         "ZOOM_CLIENT_ID": sim.client_id,
         "ZOOM_CLIENT_SECRET": sim.client_secret,
         "ZOOM_ACCOUNT_ID": ACCOUNT_ID,
@@ -110,6 +127,9 @@ def environment(sim: Simulator, state_dir: str) -> dict[str, str]:
         "ZOOM_API_BASE_URL": sim.api_base_url,
         "ZOOMRULES_STATE_DIR": state_dir,
     }
+    if webhook:
+        env["ZOOM_WEBHOOK_SECRET_TOKEN"] = WEBHOOK_SECRET_TOKEN
+    return env
 
 
 def write_env_file(path: Path, env: Mapping[str, str]) -> None:
@@ -132,6 +152,7 @@ class Options:
     env_file: Path | None
     source: str  # what the events are, for people
     terminal: bool  # read commands from the terminal
+    webhook: str | None = None  # also POST each event here
 
 
 def _say(text: str = "") -> None:
@@ -147,7 +168,7 @@ def _print_sent(sent: Sent) -> None:
 
 
 async def simulate(options: Options, events: list[dict[str, Any]]) -> int:
-    from engine.simulator import EventFeed, Simulator
+    from engine.simulator import EventFeed, Simulator, WebhookSender
 
     ws_port = options.port + 1 if options.port else 0
     sim = Simulator(
@@ -157,7 +178,12 @@ async def simulate(options: Options, events: list[dict[str, Any]]) -> int:
         http_port=options.port,
         ws_port=ws_port,
     )
-    feed = EventFeed(sim, events, on_sent=_print_sent)
+    webhook = (
+        WebhookSender(options.webhook, WEBHOOK_SECRET_TOKEN)
+        if options.webhook is not None
+        else None
+    )
+    feed = EventFeed(sim, events, on_sent=_print_sent, webhook=webhook)
     sim.add_routes(feed.routes())
     # For the daemon's journal: your [engine] state_dir may be a production
     # journal, or /var/lib/zoomrules, which you cannot write to.
@@ -175,7 +201,10 @@ async def simulate(options: Options, events: list[dict[str, Any]]) -> int:
                     file=sys.stderr,
                 )
                 return EXIT_FAILURE
-            status = await _serve(sim, feed, options, environment(sim, state_dir))
+            if webhook is not None:
+                await stack.enter_async_context(webhook)
+            env = environment(sim, state_dir, webhook=webhook is not None)
+            status = await _serve(sim, feed, options, env)
     finally:
         left = _remove_if_empty(state_dir)
     if status == EXIT_OK:
@@ -227,6 +256,11 @@ def _introduce(sim: Simulator, feed: EventFeed, options: Options, env: Mapping[s
         _say(f"(or, from the file written: set -a; . {shown}; set +a)")
     _say("then: zoomrules run -c rules.toml")
     _say()
+    if options.webhook is not None:
+        _say(f"Each event also goes to the webhook {options.webhook}: your rules need")
+        _say('  [zoom.webhook] secret_token = "${ZOOM_WEBHOOK_SECRET_TOKEN}"')
+        _say("  and an [http] listen that serves that URL (the journal keeps each event once).")
+        _say()
     _say(f"Events: {options.source}, {len(feed.events)} event(s): {', '.join(feed.names())}")
     if options.every is not None:
         how = "over and over" if options.loop else "once through"
@@ -339,7 +373,8 @@ async def terminal_command(feed: EventFeed, line: str) -> bool:
 
 
 def _summary(sim: Simulator, feed: EventFeed, state_dir: str | None) -> None:
-    dropped = f", {feed.dropped} dropped (no client connected)" if feed.dropped else ""
+    nobody = "no client connected" + (", no webhook took it" if feed.webhook else "")
+    dropped = f", {feed.dropped} dropped ({nobody})" if feed.dropped else ""
     _say(
         f"zoomrules simulate: stopped. {feed.sent} event(s) sent: {feed.delivered} delivered"
         f"{dropped}; {sim.accepted_connections} client connection(s), "
@@ -371,6 +406,7 @@ def handle(args: argparse.Namespace) -> int:
         loop=args.loop,
         env_file=args.env_file,
         source=source,
+        webhook=args.webhook,
         terminal=(
             args.events != "-"
             and sys.stdin is not None
@@ -406,6 +442,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--loop",
         action="store_true",
         help="with --every: start again from the first event after the last",
+    )
+    parser.add_argument(
+        "--webhook",
+        nargs="?",
+        type=_url,
+        const=DEFAULT_WEBHOOK_URL,
+        metavar="URL",
+        help="also POST each event to this webhook endpoint, signed as Zoom signs "
+        f"(default URL {DEFAULT_WEBHOOK_URL}); the secret token is in the environment printed",
     )
     parser.add_argument(
         "--env-file",

@@ -1,6 +1,11 @@
 """`zoomrules test`: which rules would fire for one event, with rendered actions;
 or, with `--cases`, the rule unit tests of `*.cases.toml` files (engine.cases).
 
+The event is a JSON file (a WebSocket event's content, or a webhook's body:
+the same object), or a webhook request as captured with its headers
+(`engine.captured_request`), whose signature is then checked against the
+configured webhooks' secret tokens.
+
 No side effects: no action runs, no throttle or counter changes.
 """
 
@@ -13,19 +18,26 @@ from typing import Any
 
 import orjson
 
+from engine.captured_request import SignatureCheck, check_signature, parse_capture
 from engine.cases import expand_case_paths, read_cases, run_cases, value_diff
 from engine.commands.base import EXIT_FAILURE, EXIT_INVALID, EXIT_OK, Command
-from engine.commands.common import load_or_report, read_event_file
+from engine.commands.common import event_from, load_or_report, read_input
 from engine.errors import InvalidEvent
 from engine.events import Event
 from engine.explain import evaluate
 from engine.loader import LoadedRules
 from engine.redact import redact, redact_value
 from engine.trace import trace_lines
+from engine.webhook_signature import URL_VALIDATION
 
 
 def _print_text(result: dict[str, Any], event: Event) -> None:
     print(f"event {result['event']} (id {event.id})")
+    if "webhook" in result:
+        webhook = result["webhook"]
+        print(f"webhook signature {webhook['signature']}: {webhook['detail']}")
+    if event.name == URL_VALIDATION:
+        print("a URL validation: the webhook endpoint answers it; no rule ever sees it")
     if not result["fired"]:
         print("no rule fires")
     for item in result["fired"]:
@@ -63,11 +75,13 @@ def handle(args: argparse.Namespace) -> int:
     if args.cases is not None:
         return _handle_cases(args, loaded)
     try:
-        event = read_event_file(args.event, source="test")
+        event, signature = _read_event(args.event, loaded)
     except InvalidEvent as exc:
         print(f"zoomrules: {exc}", file=sys.stderr)
         return EXIT_INVALID
     result = evaluate(loaded, event)
+    if signature is not None:
+        result["webhook"] = signature.as_dict()
     if not args.show_secrets:
         # Values from ${VAR}, credentials in URLs and headers: `test` output
         # lands in terminals and CI logs.
@@ -77,6 +91,17 @@ def handle(args: argparse.Namespace) -> int:
     else:
         _print_text(result, event)
     return EXIT_OK
+
+
+def _read_event(name: str, loaded: LoadedRules) -> tuple[Event, SignatureCheck | None]:
+    """The event of a JSON file, or of a captured webhook request with its signature checked."""
+    data = read_input(name)
+    capture = parse_capture(data, name)
+    if capture is None:
+        return event_from(data, name, "test"), None
+    zoom = loaded.config.zoom
+    signature = check_signature(capture, zoom.webhooks if zoom is not None else ())
+    return event_from(capture.body, f"{name} (its body)", "test"), signature
 
 
 # --------------------------------------------------------------------------
@@ -164,7 +189,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "event",
         metavar="EVENT.json",
         nargs="?",
-        help="a Zoom event object as JSON, or - for stdin",
+        help="a Zoom event object as JSON (a webhook's body), a webhook request as "
+        "captured with its headers (its signature is checked), or - for stdin",
     )
     parser.add_argument(
         "--cases",

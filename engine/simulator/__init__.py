@@ -11,18 +11,24 @@ API::
 
 `EventFeed` (in `feed`) plays a list of events through it: in order, by
 name, on a schedule, or when asked over its HTTP control endpoint.
+`WebhookSender` (in `webhook`) is Zoom's other way of delivering: it POSTs
+events to a webhook endpoint, signed as Zoom signs them.
 """
 
 from engine.simulator.feed import EventFeed, Sent, builtin_events, parse_events
 from engine.simulator.server import ApiCall, SimConnection, SimResponse, Simulator
+from engine.simulator.webhook import Delivery, UrlValidation, WebhookSender
 
 __all__ = [
     "ApiCall",
+    "Delivery",
     "EventFeed",
     "Sent",
     "SimConnection",
     "SimResponse",
     "Simulator",
+    "UrlValidation",
+    "WebhookSender",
     "builtin_events",
     "parse_events",
 ]

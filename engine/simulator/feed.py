@@ -6,7 +6,10 @@ endpoint (`/_sim/...`) that lets another process ask for them.
 and the control endpoint; everything goes through `send`, which stamps
 `event_ts` with the time of sending (as Zoom does: a resent event is a new
 event, not a redelivery the journal would drop) and counts what reached a
-connected client and what was dropped because none was connected.
+connected client and what was dropped because none was connected. Given a
+`WebhookSender`, the feed also POSTs each event to a webhook endpoint, as a
+Zoom app subscribed both ways does: the same occurrence twice, which the
+daemon's journal keeps once.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from importlib import resources
 from typing import Any
 
 import anyio
+import httpx
 import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -27,7 +31,9 @@ from starlette.routing import BaseRoute, Route
 
 from engine.errors import InvalidEvent
 from engine.events import Event
+from engine.logs import shorten
 from engine.simulator.server import Simulator
+from engine.simulator.webhook import WebhookSender
 
 __all__ = ["EventFeed", "Sent", "builtin_events", "parse_events"]
 
@@ -87,19 +93,33 @@ class Sent:
     """One event the feed sent."""
 
     name: str
-    delivered: bool  # False: no client was connected, the event is dropped
+    #: False: neither a WebSocket client nor the webhook took it (dropped).
+    delivered: bool
     via: str  # who asked: "schedule", "terminal", "http"
     index: int | None  # its position in the feed's events (0-based); None if from elsewhere
     total: int  # how many events the feed holds
+    #: With a webhook: how it answered ("200", "401 <why>", "not reached: <why>").
+    webhook: str | None = None
+    #: With a webhook: whether a WebSocket client got the event too.
+    websocket: bool = False
 
     def describe(self) -> str:
         where = f" [{self.index + 1}/{self.total}]" if self.index is not None else ""
+        if self.webhook is not None:
+            ws = "delivered" if self.websocket else "no client"
+            head = "sent   " if self.delivered else "DROPPED"
+            return (
+                f"{head} {self.name}{where} via {self.via}: WebSocket {ws}, webhook {self.webhook}"
+            )
         if self.delivered:
             return f"sent    {self.name}{where} via {self.via}"
         return f"DROPPED {self.name}{where} via {self.via}: no client connected"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"event": self.name, "delivered": self.delivered, "index": self.index}
+        out: dict[str, Any] = {"event": self.name, "delivered": self.delivered, "index": self.index}
+        if self.webhook is not None:
+            out["webhook"] = self.webhook
+        return out
 
 
 class EventFeed:
@@ -112,8 +132,11 @@ class EventFeed:
         *,
         stamp: bool = True,
         on_sent: Callable[[Sent], None] | None = None,
+        webhook: WebhookSender | None = None,
     ) -> None:
         self.sim = sim
+        #: Where each event is POSTed too, if anywhere.
+        self.webhook = webhook
         self.events = list(events)
         self.stamp = stamp
         self.on_sent = on_sent
@@ -139,17 +162,38 @@ class EventFeed:
         return {**body, "event_ts": now}
 
     async def send(self, body: dict[str, Any], *, via: str, index: int | None = None) -> Sent:
-        """Send one event object to the connected client (dropped if there is none)."""
-        delivered = await self.sim.send_event(self._stamped(body)) == 1
+        """Send one event object to the connected client (dropped if there is
+        none), and to the webhook if there is one."""
+        stamped = self._stamped(body)
+        websocket = await self.sim.send_event(stamped) == 1
+        name = str(body.get("event"))
+        if self.webhook is None:
+            sent = Sent(name, websocket, via, index, len(self.events))
+        else:
+            answer, accepted = await self._post(self.webhook, stamped)
+            delivered = websocket or accepted
+            sent = Sent(name, delivered, via, index, len(self.events), answer, websocket)
         self.sent += 1
-        if delivered:
+        if sent.delivered:
             self.delivered += 1
         else:
             self.dropped += 1
-        sent = Sent(str(body.get("event")), delivered, via, index, len(self.events))
         if self.on_sent is not None:
             self.on_sent(sent)
         return sent
+
+    @staticmethod
+    async def _post(webhook: WebhookSender, body: dict[str, Any]) -> tuple[str, bool]:
+        """How the webhook answered `body`, and whether it took it."""
+        try:
+            delivery = await webhook.deliver(body)
+        except httpx.TimeoutException:
+            return f"no answer within {webhook.timeout:g}s (Zoom would deliver it again)", False
+        except httpx.HTTPError as exc:
+            return f"not reached: {shorten(str(exc) or type(exc).__name__, 120)}", False
+        text = delivery.response.text.strip()
+        answer = f"{delivery.status} {shorten(text, 120)}" if text else str(delivery.status)
+        return answer, delivery.accepted
 
     async def send_next(self, *, via: str) -> Sent:
         """The next event in order; after the last, the first again."""

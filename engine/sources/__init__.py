@@ -2,10 +2,12 @@
 
 `base` defines the interface (`EventSource`, `EventSink`, `SourceHealth`,
 `Marks`); `zoom_ws` is Zoom's event WebSocket, one source per subscription;
+`webhook` is an endpoint Zoom POSTs events to, one per `[zoom.webhook]`;
 `gaps` turns the times a source had no connection into events.
 `build_sources` makes the daemon's sources from its configuration: the one
 place that knows which kinds exist. In a cluster each Zoom subscription is
-run only by the node holding its lease (`leased.LeasedSource`).
+run only by the node holding its lease (`leased.LeasedSource`); every node
+serves the webhooks (the cluster's journal keeps each event once).
 """
 
 from __future__ import annotations
@@ -14,17 +16,20 @@ from engine.auth import TokenManager
 from engine.config import Config, Subscription
 from engine.leases import Leases
 from engine.services import Services, TokenProvider
-from engine.sources.base import EventSink, EventSource, Marks, SourceHealth
+from engine.sources.base import EventSink, EventSource, IntakeCheck, Marks, SourceHealth
 from engine.sources.gaps import ConnectionGaps, MemoryMarks, mark_interval
 from engine.sources.leased import LeasedSource
+from engine.sources.webhook import RouteHost, WebhookSource
 from engine.sources.zoom_ws import ZoomListener
 
 __all__ = [
     "ConnectionGaps",
     "EventSink",
     "EventSource",
+    "IntakeCheck",
     "Marks",
     "MemoryMarks",
+    "RouteHost",
     "SourceHealth",
     "build_sources",
     "mark_interval",
@@ -41,18 +46,33 @@ def build_sources(
     *,
     gaps: ConnectionGaps | None = None,
     leases: Leases | None = None,
+    http: RouteHost | None = None,
+    intake: IntakeCheck | None = None,
 ) -> list[EventSource]:
-    """One source per configured subscription (none without `[zoom]`).
+    """One source per configured subscription, then one per webhook (none
+    without `[zoom]`).
 
     Subscriptions with the same credentials share one token: the services'
     own (the one actions use) for the default subscription's credentials.
     With `gaps`, each reports its connections there and emits the gap
     events it gets back. With `leases` (a cluster), each runs only while
-    this node holds its lease.
+    this node holds its lease. Webhooks serve their routes on `http` and
+    answer 503 while `intake` says the journal cannot take events.
     """
     zoom = config.zoom
     if zoom is None:
         return []
+    sources = _listeners(config, services, gaps, leases)
+    sources.extend(WebhookSource(hook, http, intake=intake) for hook in zoom.webhooks)
+    return sources
+
+
+def _listeners(
+    config: Config, services: Services, gaps: ConnectionGaps | None, leases: Leases | None
+) -> list[EventSource]:
+    """One `ZoomListener` per subscription."""
+    zoom = config.zoom
+    assert zoom is not None
     tokens: dict[tuple[str, str, str, str | None], TokenProvider] = {}
     if services.tokens is not None and zoom.subscriptions:
         tokens[_credentials(zoom.default)] = services.tokens

@@ -23,6 +23,8 @@ __all__ = [
     "OTHER_EVENTS",
     "EventSink",
     "EventSource",
+    "IntakeCheck",
+    "IntakeHealth",
     "Marks",
     "SourceHealth",
     "count_event",
@@ -48,6 +50,23 @@ def count_event(counts: Counter[str], name: str) -> None:
         counts[name] += 1
     else:
         counts[OTHER_EVENTS] += 1
+
+
+class IntakeHealth(Protocol):
+    """Whether the engine takes events right now, and why not if not
+    (`JournalStore.health()` gives one: the journal writes, or it cannot)."""
+
+    @property
+    def ok(self) -> bool: ...
+
+    @property
+    def detail(self) -> str: ...
+
+
+#: Asks the engine's intake (the journal) whether it takes events now: a
+#: source that can tell its sender to come back later (a webhook: 503, and
+#: Zoom retries) does so rather than hold events nothing can store.
+IntakeCheck = Callable[[], IntakeHealth]
 
 
 class Marks(Protocol):
