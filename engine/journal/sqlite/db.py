@@ -31,21 +31,29 @@ from engine.journal.sqlite.rows import (
 )
 from engine.journal.sqlite.schema import SCHEMA_VERSION, migrate
 from engine.journal.store import (
+    CLOSED,
     DEAD,
     JOB_STATES,
+    OPENED,
     PENDING,
     RETRY,
+    THROTTLED,
     ActionOutcome,
+    CorrelationRow,
+    EngineState,
     JobRow,
+    StateChange,
     StoredEvent,
+    ThrottleRow,
 )
 
 T = TypeVar("T")
 
 _JOB_COLUMNS = (
     "j.id, j.event_seq, j.rule, j.state, j.next_action, j.attempts, j.errors, j.last_error, "
-    "j.created_at, j.updated_at, e.event_id, e.name, e.source, e.received_at, e.body"
+    "j.created_at, j.updated_at, j.context, e.event_id, e.name, e.source, e.received_at, e.body"
 )
+_CORRELATION_COLUMNS = "rule, key, definition, form, seq, deadline, gap, events"
 
 
 #: Rows per multi-row statement (at most 8 parameters a row, well under
@@ -104,8 +112,9 @@ _UNMATCHED = """
 
 _INSERT_JOB = (
     "INSERT OR IGNORE INTO jobs (id, event_seq, rule, state, next_action, attempts, errors, "
-    "last_error, created_at, updated_at) VALUES "
+    "last_error, created_at, updated_at, context, firing_key) VALUES "
 )
+_JOB_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 
 def _apply_outcome(row: list[Any], outcome: OutcomeRow) -> None:
@@ -422,12 +431,17 @@ class JournalDB:
 
     # -- jobs -----------------------------------------------------------------
 
-    def record_jobs(self, firings: Sequence[tuple[int, Sequence[str]]], now: float) -> list[int]:
+    def record_jobs(
+        self,
+        firings: Sequence[tuple[int, Sequence[Any]]],
+        now: float,
+        state: Sequence[StateChange] = (),
+    ) -> list[int]:
         """Mark events matched and add their jobs as pending, numbered after
-        the newest job; returns the job ids in order. (The daemon numbers its
-        jobs itself, see `Journal.queue_jobs`.)"""
+        the newest job, and apply `state`; returns the job ids in order. (The
+        daemon numbers its jobs itself, see `SqliteJournal.add_jobs`.)"""
         first_id = self.max_job_id() + 1
-        self.record_jobs_and_outcomes([(firings, now, first_id)], ())
+        self.record_jobs_and_outcomes([(firings, now, first_id, state)], ())
         return list(range(first_id, first_id + sum(len(rules) for _, rules in firings)))
 
     def record_jobs_and_outcomes(
@@ -448,13 +462,17 @@ class JournalDB:
         """
         seqs: list[int] = []
         rows: dict[int, list[Any]] = {}
-        for firings, now, first_id in batches:
+        for firings, now, first_id, _ in batches:
             job_id = first_id
             for seq, rules in firings:
                 seqs.append(seq)
                 for rule in rules:
-                    # The columns of _INSERT_JOB, in order.
-                    rows[job_id] = [job_id, seq, rule, "pending", 0, 0, 0, None, now, now]
+                    # The columns of _INSERT_JOB, in order; a keyed job (a
+                    # temporal rule's firing) brings its key and context.
+                    name, key, context = (rule, None, None) if rule.__class__ is str else rule
+                    rows[job_id] = [
+                        job_id, seq, name, "pending", 0, 0, 0, None, now, now, context, key
+                    ]  # fmt: skip
                     job_id += 1
         later: list[OutcomeRow] = []
         for outcome in outcomes:
@@ -466,11 +484,97 @@ class JournalDB:
         self._mark_matched(seqs)
         for chunk in _chunks(list(rows.values())):
             self.conn.execute(
-                _INSERT_JOB + _values(len(chunk), "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+                _INSERT_JOB + _values(len(chunk), _JOB_ROW),
                 [value for row in chunk for value in row],
             )
         if later:
             self.outcomes_finished(later)
+        for _, now, _, state in batches:
+            if state:
+                self.apply_state(state, now)
+
+    # -- the engine's state between events --------------------------------------
+
+    def apply_state(self, changes: Sequence[StateChange], now: float) -> None:
+        """Apply `StateChange`s in order (see engine.journal.store)."""
+        conn = self.conn
+        for change in changes:
+            kind = change[0]
+            if kind == OPENED:
+                conn.execute(
+                    f"INSERT INTO correlations ({_CORRELATION_COLUMNS}, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(rule, key) DO UPDATE SET "
+                    "definition = excluded.definition, form = excluded.form, seq = excluded.seq, "
+                    "deadline = excluded.deadline, gap = excluded.gap, events = excluded.events, "
+                    "updated_at = excluded.updated_at",
+                    (*change[1:9], now),
+                )
+            elif kind == CLOSED:
+                conn.execute(
+                    "DELETE FROM correlations WHERE rule = ? AND key = ?", (change[1], change[2])
+                )
+            elif kind == THROTTLED:
+                _, rule, key, expires_at, hits = change
+                if hits == b"[]":
+                    conn.execute(
+                        "DELETE FROM throttle_windows WHERE rule = ? AND key = ?", (rule, key)
+                    )
+                else:
+                    conn.execute(
+                        "INSERT OR REPLACE INTO throttle_windows (rule, key, hits, expires_at) "
+                        "VALUES (?, ?, ?, ?)",
+                        (rule, key, hits, expires_at),
+                    )
+            else:
+                raise ValueError(f"unknown state change {kind!r}")
+
+    def load_state(self, now: float) -> EngineState:
+        """Every open correlation, and every throttle window not expired at `now`."""
+        correlations = [
+            CorrelationRow(rule, key, definition, form, seq, deadline, bool(gap), bytes(events))
+            # Oldest change first: a rule's correlations come back in the
+            # order they were opened (its oldest is dropped first at its limit).
+            for rule, key, definition, form, seq, deadline, gap, events in self.conn.execute(
+                f"SELECT {_CORRELATION_COLUMNS} FROM correlations ORDER BY updated_at"
+            )
+        ]
+        throttles = [
+            ThrottleRow(rule, key, tuple(orjson.loads(hits)))
+            for rule, key, hits in self.conn.execute(
+                "SELECT rule, key, hits FROM throttle_windows WHERE expires_at > ?", (now,)
+            )
+        ]
+        return EngineState(correlations, throttles)
+
+    def correlations(self, rule: str | None = None, limit: int = 1000) -> list[CorrelationRow]:
+        where, args = ("WHERE rule = ?", (rule,)) if rule is not None else ("", ())
+        return [
+            CorrelationRow(r, key, definition, form, seq, deadline, bool(gap), bytes(events))
+            for r, key, definition, form, seq, deadline, gap, events in self.conn.execute(
+                f"SELECT {_CORRELATION_COLUMNS} FROM correlations {where} "
+                "ORDER BY deadline LIMIT ?",
+                (*args, limit),
+            )
+        ]
+
+    def cancel_correlations(self, items: Sequence[tuple[str, str]], *, at_once: bool) -> int:
+        """Delete the correlations (`at_once`: no daemon runs) or mark them
+        for the daemon to close; how many there were."""
+        sql = (
+            "DELETE FROM correlations WHERE rule = ? AND key = ?"
+            if at_once
+            else "UPDATE correlations SET cancelled = 1 WHERE rule = ? AND key = ?"
+        )
+        return sum(self.conn.execute(sql, item).rowcount for item in items)
+
+    def claim_cancelled(self) -> list[tuple[str, str]]:
+        """Correlations marked cancelled; unmarked (the caller closes them)."""
+        found = self.conn.execute(
+            "SELECT rule, key FROM correlations WHERE cancelled = 1"
+        ).fetchall()
+        if found:
+            self.conn.execute("UPDATE correlations SET cancelled = 0 WHERE cancelled = 1")
+        return [(rule, key) for rule, key in found]
 
     def _mark_matched(self, seqs: Sequence[int]) -> None:
         for chunk in _chunks(seqs):
@@ -620,15 +724,22 @@ class JournalDB:
             "AND updated_at < ? LIMIT ?)",
             (cutoff, chunk),
         ).rowcount
-        # Events stay while a job still needs them (pending, dead letters) and
-        # for the dedup window, whichever is longer.
+        # Events stay while a job still needs them (pending, dead letters) or
+        # an open correlation may fire on them, and for the dedup window,
+        # whichever is longer.
         events = conn.execute(
             "DELETE FROM events WHERE seq IN (SELECT seq FROM events e WHERE matched = 1 "
             "AND received_at < ? AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.event_seq = e.seq) "
-            "LIMIT ?)",
+            "AND NOT EXISTS (SELECT 1 FROM correlations c WHERE c.seq = e.seq) LIMIT ?)",
             (now - max(retention, keep_events), chunk),
         ).rowcount
-        return jobs + events
+        # Throttle windows whose last firing is older than their `per`.
+        windows = conn.execute(
+            "DELETE FROM throttle_windows WHERE (rule, key) IN (SELECT rule, key "
+            "FROM throttle_windows WHERE expires_at < ? LIMIT ?)",
+            (now, chunk),
+        ).rowcount
+        return jobs + events + windows
 
     def stats(self) -> dict[str, Any]:
         conn = self.conn
@@ -641,9 +752,11 @@ class JournalDB:
         sizes = {
             suffix or "db": _size(Path(f"{self.path}{suffix}")) for suffix in ("", "-wal", "-shm")
         }
+        (correlations,) = conn.execute("SELECT COUNT(*) FROM correlations").fetchone()
         return {
             "path": str(self.path),
             "schema_version": SCHEMA_VERSION,
+            "correlations": correlations,
             "events": events,
             "events_unmatched": unmatched,
             "duplicates_dropped": duplicates,
