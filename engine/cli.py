@@ -14,7 +14,18 @@ import traceback
 from collections.abc import Callable, Sequence
 
 from engine import __version__
-from engine.commands import check, demo, dlq, journal, plugins, replay, run, simulate, test
+from engine.commands import (
+    check,
+    demo,
+    dlq,
+    journal,
+    plugins,
+    replay,
+    run,
+    simulate,
+    test,
+    timers,
+)
 from engine.commands.base import (
     DEFAULT_CONFIG,
     EXIT_FAILURE,
@@ -30,7 +41,7 @@ from engine.redact import redact
 #: Every subcommand, in the order `zoomrules --help` lists them.
 COMMANDS: list[Command] = [
     run.COMMAND, check.COMMAND, test.COMMAND, replay.COMMAND, plugins.COMMAND,
-    dlq.COMMAND, journal.COMMAND, demo.COMMAND, simulate.COMMAND,
+    dlq.COMMAND, journal.COMMAND, timers.COMMAND, demo.COMMAND, simulate.COMMAND,
 ]  # fmt: skip
 
 

@@ -21,7 +21,8 @@ class Throttle:
     def __init__(self, limit: int, per: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.limit = limit
         self.per = per
-        self._clock = clock
+        #: What the windows are measured by (`replay` gives it the events' clock).
+        self.clock = clock
         self._hits: dict[str, deque[float]] = {}
         self._calls = 0
         self.suppressed = 0
@@ -31,7 +32,7 @@ class Throttle:
 
     def allow(self, key: object) -> bool:
         """Record a firing for `key` unless it is over the limit."""
-        now = self._clock()
+        now = self.clock()
         self._calls += 1
         if self._calls % _SWEEP_EVERY == 0:
             self._sweep(now)
@@ -54,7 +55,7 @@ class Throttle:
         window changed since the last call, in epoch seconds."""
         if not self.changed:
             return []
-        offset = time.time() - self._clock()
+        offset = time.time() - self.clock()
         out = []
         for key in self.changed:
             hits = self._hits.get(key) or ()
@@ -65,7 +66,7 @@ class Throttle:
 
     def restore(self, key: str, hits: Sequence[float]) -> None:
         """Firings for `key` kept from an earlier run (epoch seconds)."""
-        now = self._clock()
+        now = self.clock()
         offset = time.time() - now
         kept = deque(at for hit in hits if now - (at := hit - offset) < self.per)
         if kept:

@@ -462,6 +462,10 @@ class TimerAdmin(Protocol):
         """Open correlations (of `rule`, or all), earliest deadline first."""
         ...
 
+    def owner(self) -> str | None:
+        """Who runs the jobs of this journal right now (a daemon's pid), or None."""
+        ...
+
     async def cancel_correlations(self, items: Sequence[tuple[str, str]]) -> int:
         """Cancel open correlations (rule, key): at once when no daemon owns
         the journal, else marked for the daemon to close within a second or
