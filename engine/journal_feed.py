@@ -285,14 +285,17 @@ class JournalFeed:
             # An absence fires on its opening event, journaled (hence a seq).
             await self._record([(_journaled(firing), [firing]) for firing in correlations.due(now)])
 
-    async def _cancel_requested(self) -> None:
-        """Close the correlations `zoomrules timers cancel` marked."""
+    async def _tend_state(self) -> None:
+        """Between batches (every `retry_poll`): apply a reload to open
+        correlations (and say what it dropped) even while no event comes,
+        and close those `zoomrules timers cancel` marked."""
         if self.state is None:
             return
         requested = await self.state.claim_cancelled()
-        if not requested:
+        if not requested and self.pipeline.rules is self._rules:
             return
         async with self._recording:
+            self._follow_reloads()
             for rule, key in requested:
                 self.correlations.cancel(rule, key)
             await self._record([])
@@ -315,7 +318,7 @@ class JournalFeed:
             if rows:
                 log.info("dlq retry: running %d re-queued job(s)", len(rows))
                 self.retried += await self.run_rows(rows)
-            await self._cancel_requested()
+            await self._tend_state()
 
     async def run_rows(self, rows: Sequence[JobRow]) -> int:
         """Submit stored jobs with the current rules; returns how many were submitted."""
