@@ -154,8 +154,13 @@ class Held:
     def event(self) -> Event:
         return Event(self.name, self.body(), self.id, self.received_at, self.source)
 
-    def stored(self) -> list[Any]:
-        """As `CorrelationRow.events` lists it."""
+    def stored(self, *, whole: bool) -> list[Any]:
+        """As a change to the journal lists it: `[event time, seq, id]` when
+        the journal keeps the event for the correlation (its opening event,
+        the `seq` of its row), else whole, as `CorrelationRow.events` has it
+        (retention may remove the other events of a count's window)."""
+        if not whole:
+            return [self.at, self.seq, self.id]
         fields = [self.at, self.seq, self.id, self.name, self.received_at, self.source]
         return [*fields, orjson.Fragment(self.raw)]
 
@@ -236,8 +241,12 @@ class Correlations:
         clock: Clock,
         watch: StreamWatch | None = None,
         watch_required: bool = False,
+        keep_changes: bool = True,
     ) -> None:
         self.clock = clock
+        #: Whether `take_changes` is called (a journal keeps the state);
+        #: without one, changes are not listed at all.
+        self.keep_changes = keep_changes
         #: The sources' view of the stream, for absences (see StreamWatch);
         #: while `watch_required` and none is attached, absences wait.
         self.watch = watch
@@ -275,6 +284,10 @@ class Correlations:
     def next_deadline(self) -> float | None:
         """When `due` has something to do next (None: nothing is open)."""
         return self._deadlines.next()
+
+    def _change(self, change: StateChange) -> None:
+        if self.keep_changes:
+            self._changes.append(change)
 
     def take_changes(self) -> list[StateChange]:
         """What changed since the last call, for the journal (in order)."""
@@ -423,7 +436,7 @@ class Correlations:
         window = _full_window(corr.held, spec.times, spec.within)
         if window is None:
             self._reschedule(corr, max(seen.at for seen in corr.held) + spec.within + spec.grace)
-            self._changes.append(self._opened_change(correlation, corr))
+            self._record_open(correlation, corr)
             return
         self._close(corr)
         self.stats.fired[rule.name] += 1
@@ -471,7 +484,7 @@ class Correlations:
         opened[corr.key] = corr
         self._deadlines.add(corr.due_at, corr)
         self.stats.opened[corr.rule] += 1
-        self._changes.append(self._opened_change(correlation, corr))
+        self._record_open(correlation, corr)
 
     def _reschedule(self, corr: Open, deadline: float) -> None:
         if deadline == corr.due_at:
@@ -488,11 +501,16 @@ class Correlations:
         opened = self._open.get(corr.rule)
         if opened is not None and opened.get(corr.key) is corr:
             del opened[corr.key]
-        self._changes.append((CLOSED, corr.rule, corr.key))
+        self._change((CLOSED, corr.rule, corr.key))
+
+    def _record_open(self, correlation: CompiledCorrelation, corr: Open) -> None:
+        """For the journal: `corr` opened or changed."""
+        if self.keep_changes:
+            self._changes.append(self._opened_change(correlation, corr))
 
     @staticmethod
     def _opened_change(correlation: CompiledCorrelation, corr: Open) -> StateChange:
-        events = orjson.dumps([held.stored() for held in corr.held])
+        events = orjson.dumps([held.stored(whole=i > 0) for i, held in enumerate(corr.held)])
         return (
             OPENED, corr.rule, corr.key, correlation.definition, correlation.form,
             corr.start.seq, corr.deadline, int(corr.gap), events,
@@ -607,7 +625,7 @@ class Correlations:
                 begin = corr.start.at
                 if not corr.gap and start < begin + correlation.spec.within and end > begin:
                     corr.gap = True
-                    self._changes.append(self._opened_change(correlation, corr))
+                    self._record_open(correlation, corr)
 
     # -- start, reload, cancel -----------------------------------------------------
 
@@ -620,15 +638,14 @@ class Correlations:
             rule = self._rules.get(row.rule)
             correlation = rule.correlation if rule is not None else None
             why = _why_not_kept(correlation, row.definition)
+            held = _held(row)
+            if why is None and not held:
+                why = "its opening event is no longer in the journal"
             if why is not None:
                 _count_drop(report, row.rule, why)
-                self._changes.append((CLOSED, row.rule, row.key))
+                self._change((CLOSED, row.rule, row.key))
                 continue
             assert rule is not None and correlation is not None
-            held = [
-                Held(at, seq, event_id, name, received_at, source, orjson.dumps(body))
-                for at, seq, event_id, name, received_at, source, body in orjson.loads(row.events)
-            ]
             opened = self._open[row.rule]
             if row.key in opened:
                 continue
@@ -691,7 +708,7 @@ class Timeline:
 
     def __init__(self, rules: Sequence[CompiledRule]) -> None:
         self.clock = EventClock()
-        self.correlations = Correlations(rules, clock=self.clock)
+        self.correlations = Correlations(rules, clock=self.clock, keep_changes=False)
 
     def before(self, event: Event) -> list[Firing]:
         """What falls due before `event` happened (call first, then `observe`):
@@ -744,6 +761,16 @@ def _why_not_kept(correlation: CompiledCorrelation | None, definition: str) -> s
     if correlation.definition != definition:
         return "its definition changed (on, when, key, form or window)"
     return None
+
+
+def _held(row: CorrelationRow) -> list[Held]:
+    """The events a stored correlation holds (empty when its opening event
+    is no longer in the journal)."""
+    held = [
+        Held(at, seq, event_id, name, received_at, source, orjson.dumps(body))
+        for at, seq, event_id, name, received_at, source, body in orjson.loads(row.events)
+    ]
+    return held if held and held[0].seq == row.seq else []
 
 
 def _count_drop(report: ReloadReport, rule: str, why: str) -> None:

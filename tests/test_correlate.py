@@ -5,6 +5,7 @@ tests/test_correlation_daemon.py."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -414,13 +415,27 @@ def test_a_reload_keeps_unchanged_rules_correlations_and_drops_changed_ones(
 
 
 def test_changes_are_listed_for_the_journal(tmp_path: Path) -> None:
-    loaded = load(tmp_path, HOST_MISSING)
-    timeline = Timeline(loaded.rules)
+    loaded = load(tmp_path, HOST_MISSING + JBH_RETRIES.replace("version = 1", ""))
+    correlations = Correlations(loaded.rules, clock=EventClock())
     opening = started("m1", 0)
-    timeline.observe(opening, loaded.matcher.match_event(opening), seq=7)
-    (change,) = timeline.correlations.take_changes()
+    correlations.observe(opening, 7, loaded.matcher.match_event(opening))
+    (change,) = correlations.take_changes()
     assert change[:8] == (
         "correlation", "host-missing", '"m1"', change[3], "absence", 7, T0 + 300, 0,
     )  # fmt: skip
-    timeline.observe(joined("m1", MINUTE, HOST), [])
-    assert timeline.correlations.take_changes() == [("closed", "host-missing", '"m1"')]
+    # The opening event is named (the journal keeps it for the correlation).
+    assert json.loads(change[8]) == [[T0, 7, opening.id]]
+    correlations.observe(joined("m1", MINUTE, HOST), 8, [])
+    assert correlations.take_changes() == [("closed", "host-missing", '"m1"')]
+    # A count's later events are whole: retention may remove them from the journal.
+    first, second = jbh("p1", 0), jbh("p1", MINUTE)
+    for seq, event in ((9, first), (10, second)):
+        correlations.observe(event, seq, loaded.matcher.match_event(event))
+    held = json.loads(correlations.take_changes()[-1][8])
+    assert held[0] == [T0, 9, first.id]
+    assert held[1][:4] == [T0 + 60, 10, second.id, "meeting.participant_jbh_waiting"]
+    assert held[1][6] == second.body
+    # Without a journal, nothing is listed.
+    timeline = Timeline(loaded.rules)
+    timeline.observe(opening, loaded.matcher.match_event(opening))
+    assert timeline.correlations.take_changes() == []

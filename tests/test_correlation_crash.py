@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from conftest import example, write_rules
 from daemon_process import DaemonProcess, daemon_process, poll_until
@@ -227,3 +228,43 @@ async def test_an_absence_due_while_the_daemon_is_stopped_fires_once_at_the_next
 
 def target_key(view: JournalView) -> str:
     return str(view.scalar("SELECT firing_key FROM jobs"))
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("refused", "gap_threshold", "gap"),
+    [
+        # Down for 3 s across the deadline, longer than the 1 s threshold: a gap.
+        (3.0, "1s", "true"),
+        # Down across the deadline, under the threshold: no gap; the absence
+        # waits to know that, then fires (late: the connection was back a second after).
+        (1.0, "30s", "false"),
+    ],
+)
+async def test_an_absence_due_while_the_connection_is_down_knows_whether_it_was_a_gap(
+    tmp_path: Path, refused: float, gap_threshold: str, gap: str
+) -> None:
+    from engine.daemon import Daemon
+    from engine.loader import load_rules
+
+    state = tmp_path / "state"
+    view = JournalView(state)
+    async with Simulator() as sim, Target().serve() as target:
+        rules = write_rules(tmp_path, _rules(target.url, gap_threshold=gap_threshold))
+        env = daemon_env(sim, state)
+        daemon = Daemon([rules], load_rules([rules], env=env), env=env, handle_signals=False)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(daemon.run)
+            await sim.wait_connected(timeout=20)
+            opened_at = _now_ms()
+            await sim.send_events(_opening("absence", opened_at))
+            await poll_until(lambda: view.scalar("SELECT COUNT(*) FROM correlations") == 1)
+            # Down from now until after the deadline.
+            down_for = opened_at / 1000 + WINDOW - time.time() + refused
+            sim.refuse_connections(seconds=down_for)
+            await sim.drop(1011, "maintenance")
+            await sim.wait_connected(count=2, timeout=20)
+            await poll_until(lambda: sum(target.counts.values()) == 1, timeout=20)
+            daemon.stop()
+    ((path, _),) = target.counts
+    assert path == f"/host-missing/gap-{gap}/late-{'true' if gap == 'false' else 'false'}"

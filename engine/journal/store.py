@@ -95,8 +95,11 @@ JobStart = tuple[int, int]
 #: A change to the engine's state between events, recorded by `add_jobs` in
 #: the transaction of its jobs. Plain tuples (they travel to a writer process):
 #:
-#: - `(OPENED, rule, key, definition, form, seq, deadline, gap, events)`: a
-#:   correlation opened or changed (the fields of a `CorrelationRow`);
+#: - `(OPENED, rule, key, definition, form, seq, deadline, gap, held)`: a
+#:   correlation opened or changed (the fields of a `CorrelationRow`, but
+#:   `held` names its opening event only, `[event time, seq, id]`: the
+#:   journal has it, and keeps it while the correlation is open; the other
+#:   events of a count's window are whole, as in `CorrelationRow.events`);
 #: - `(CLOSED, rule, key)`: it ended (fired, expired, satisfied, dropped);
 #: - `(THROTTLED, rule, key, expires_at, hits)`: a throttle window's firings
 #:   (a JSON list of epoch seconds; `[]`: the window is empty, forget it).

@@ -53,7 +53,14 @@ _JOB_COLUMNS = (
     "j.id, j.event_seq, j.rule, j.state, j.next_action, j.attempts, j.errors, j.last_error, "
     "j.created_at, j.updated_at, j.context, e.event_id, e.name, e.source, e.received_at, e.body"
 )
-_CORRELATION_COLUMNS = "rule, key, definition, form, seq, deadline, gap, events"
+_CORRELATION_COLUMNS = "rule, key, definition, form, seq, deadline, gap, held"
+#: Opening or changing correlations: one statement for many (see _CHUNK).
+_UPSERT_CORRELATIONS = (
+    f"INSERT INTO correlations ({_CORRELATION_COLUMNS}, updated_at) VALUES {{values}} "
+    "ON CONFLICT(rule, key) DO UPDATE SET definition = excluded.definition, "
+    "form = excluded.form, seq = excluded.seq, deadline = excluded.deadline, "
+    "gap = excluded.gap, held = excluded.held, updated_at = excluded.updated_at"
+)
 
 
 #: Rows per multi-row statement (at most 8 parameters a row, well under
@@ -496,48 +503,67 @@ class JournalDB:
     # -- the engine's state between events --------------------------------------
 
     def apply_state(self, changes: Sequence[StateChange], now: float) -> None:
-        """Apply `StateChange`s in order (see engine.journal.store)."""
-        conn = self.conn
-        for change in changes:
-            kind = change[0]
+        """Apply `StateChange`s in order (see engine.journal.store): each run
+        of changes of one kind in as few statements as it takes (the same
+        correlation twice in a run: the later wins, as in order)."""
+        start = 0
+        while start < len(changes):
+            kind = changes[start][0]
+            end = start
+            while end < len(changes) and changes[end][0] == kind:
+                end += 1
+            run = changes[start:end]
             if kind == OPENED:
-                conn.execute(
-                    f"INSERT INTO correlations ({_CORRELATION_COLUMNS}, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(rule, key) DO UPDATE SET "
-                    "definition = excluded.definition, form = excluded.form, seq = excluded.seq, "
-                    "deadline = excluded.deadline, gap = excluded.gap, events = excluded.events, "
-                    "updated_at = excluded.updated_at",
-                    (*change[1:9], now),
-                )
+                self._upsert_correlations(run, now)
             elif kind == CLOSED:
-                conn.execute(
-                    "DELETE FROM correlations WHERE rule = ? AND key = ?", (change[1], change[2])
-                )
+                self._close_correlations(run)
             elif kind == THROTTLED:
-                _, rule, key, expires_at, hits = change
-                if hits == b"[]":
-                    conn.execute(
-                        "DELETE FROM throttle_windows WHERE rule = ? AND key = ?", (rule, key)
-                    )
-                else:
-                    conn.execute(
-                        "INSERT OR REPLACE INTO throttle_windows (rule, key, hits, expires_at) "
-                        "VALUES (?, ?, ?, ?)",
-                        (rule, key, hits, expires_at),
-                    )
+                self._throttle_windows(run)
             else:
                 raise ValueError(f"unknown state change {kind!r}")
+            start = end
+
+    def _upsert_correlations(self, run: Sequence[StateChange], now: float) -> None:
+        for chunk in _chunks(run):
+            self.conn.execute(
+                _UPSERT_CORRELATIONS.format(
+                    values=_values(len(chunk), "(?, ?, ?, ?, ?, ?, ?, ?, ?)")
+                ),
+                [value for change in chunk for value in (*change[1:9], now)],
+            )
+
+    def _close_correlations(self, run: Sequence[StateChange]) -> None:
+        for chunk in _chunks(run):
+            self.conn.execute(
+                "DELETE FROM correlations WHERE (rule, key) IN (VALUES "
+                + _values(len(chunk), "(?, ?)")
+                + ")",
+                [value for change in chunk for value in change[1:3]],
+            )
+
+    def _throttle_windows(self, run: Sequence[StateChange]) -> None:
+        for _, rule, key, expires_at, hits in run:
+            if hits == b"[]":
+                self.conn.execute(
+                    "DELETE FROM throttle_windows WHERE rule = ? AND key = ?", (rule, key)
+                )
+            else:
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO throttle_windows (rule, key, hits, expires_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    (rule, key, hits, expires_at),
+                )
 
     def load_state(self, now: float) -> EngineState:
-        """Every open correlation, and every throttle window not expired at `now`."""
-        correlations = [
-            CorrelationRow(rule, key, definition, form, seq, deadline, bool(gap), bytes(events))
-            # Oldest change first: a rule's correlations come back in the
-            # order they were opened (its oldest is dropped first at its limit).
-            for rule, key, definition, form, seq, deadline, gap, events in self.conn.execute(
-                f"SELECT {_CORRELATION_COLUMNS} FROM correlations ORDER BY updated_at"
-            )
-        ]
+        """Every open correlation (with the events it holds), and every
+        throttle window not expired at `now`."""
+        # In the order they were last changed: a rule's oldest comes first
+        # (and goes first at its `max_open`).
+        correlations = self._with_events(
+            self.conn.execute(
+                f"SELECT {_CORRELATION_COLUMNS} FROM correlations ORDER BY updated_at, id"
+            ).fetchall()
+        )
         throttles = [
             ThrottleRow(rule, key, tuple(orjson.loads(hits)))
             for rule, key, hits in self.conn.execute(
@@ -548,13 +574,46 @@ class JournalDB:
 
     def correlations(self, rule: str | None = None, limit: int = 1000) -> list[CorrelationRow]:
         where, args = ("WHERE rule = ?", (rule,)) if rule is not None else ("", ())
-        return [
-            CorrelationRow(r, key, definition, form, seq, deadline, bool(gap), bytes(events))
-            for r, key, definition, form, seq, deadline, gap, events in self.conn.execute(
+        return self._with_events(
+            self.conn.execute(
                 f"SELECT {_CORRELATION_COLUMNS} FROM correlations {where} "
                 "ORDER BY deadline LIMIT ?",
                 (*args, limit),
-            )
+            ).fetchall()
+        )
+
+    def _with_events(self, rows: Sequence[tuple[Any, ...]]) -> list[CorrelationRow]:
+        """Correlation rows with the events they hold (`CorrelationRow.events`):
+        those it names only (`[event time, seq, id]`: its opening event,
+        which retention keeps for it) read from `events`; an event no longer
+        there is left out."""
+        seqs = {held[1] for row in rows for held in orjson.loads(row[7]) if len(held) == 3}
+        stored: dict[int, list[Any]] = {}
+        for chunk in _chunks(sorted(seqs)):
+            for seq, event_id, name, source, received_at, body in self.conn.execute(
+                "SELECT seq, event_id, name, source, received_at, body FROM events "
+                f"WHERE seq IN ({','.join('?' * len(chunk))})",
+                chunk,
+            ):
+                stored[seq] = [event_id, name, received_at, source, orjson.Fragment(body)]
+        return [
+            CorrelationRow(
+                rule,
+                key,
+                definition,
+                form,
+                seq,
+                deadline,
+                bool(gap),
+                orjson.dumps(
+                    [
+                        entry if len(entry) > 3 else [*entry[:2], *stored[entry[1]]]
+                        for entry in orjson.loads(held)
+                        if len(entry) > 3 or entry[1] in stored
+                    ]
+                ),
+            )  # fmt: skip
+            for rule, key, definition, form, seq, deadline, gap, held in rows
         ]
 
     def cancel_correlations(self, items: Sequence[tuple[str, str]], *, at_once: bool) -> int:

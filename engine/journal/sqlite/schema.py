@@ -75,9 +75,11 @@ def _v3(conn: sqlite3.Connection) -> None:
 
 def _v4(conn: sqlite3.Connection) -> None:
     # v4: the engine's state between events. Temporal rules' open
-    # correlations (engine.correlate) with their deadlines, and throttle
-    # windows, changed in the transaction that records the jobs of the same
-    # events; a temporal rule's firing is a job with a key of its own
+    # correlations (engine.correlate) with their deadlines, naming the events
+    # they hold (`held`: [event time, seq, id], the opening event first; the
+    # events stay in `events` while a correlation holds them), and throttle
+    # windows; both changed in the transaction that records the jobs of the
+    # same events. A temporal rule's firing is a job with a key of its own
     # (rule, correlation key, opening event: one job per firing) and the
     # metadata its actions see (the opening event, lateness, gaps).
     _script(
@@ -87,6 +89,7 @@ def _v4(conn: sqlite3.Connection) -> None:
         ALTER TABLE jobs ADD COLUMN firing_key TEXT;
         CREATE UNIQUE INDEX jobs_by_firing ON jobs(firing_key) WHERE firing_key IS NOT NULL;
         CREATE TABLE correlations (
+            id          INTEGER PRIMARY KEY,
             rule        TEXT    NOT NULL,
             key         TEXT    NOT NULL,
             definition  TEXT    NOT NULL,
@@ -94,11 +97,11 @@ def _v4(conn: sqlite3.Connection) -> None:
             seq         INTEGER,
             deadline    REAL    NOT NULL,
             gap         INTEGER NOT NULL DEFAULT 0,
-            events      BLOB    NOT NULL,
+            held        BLOB    NOT NULL,
             cancelled   INTEGER NOT NULL DEFAULT 0,
             updated_at  REAL    NOT NULL,
-            PRIMARY KEY (rule, key)
-        ) WITHOUT ROWID;
+            UNIQUE (rule, key)
+        );
         CREATE INDEX correlations_by_seq ON correlations(seq);
         CREATE TABLE throttle_windows (
             rule        TEXT    NOT NULL,
