@@ -81,6 +81,7 @@ def temporal_rules() -> str:
           on     = "meeting.participant_joined"
           when   = "payload.object.participant.id == zoomrules.start.payload.object.host_id"
           within = "1h"
+          max_open = 1000000
           [[rule.action]]
           type = "noop"
 

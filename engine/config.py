@@ -814,7 +814,7 @@ class _Builder:
 
     def correlation(self, raw: dict[str, Any], ctx: _Ctx) -> CorrelationSpec | None:
         """The rule's temporal form (`unless`, `then` or `count`, with `key`), if any."""
-        tables = [name for name in TEMPORAL_FORMS if name in raw]
+        tables = [name for name in raw if name in TEMPORAL_FORMS]  # in the file's order
         if not tables:
             if "key" in raw:
                 self.problem(

@@ -45,7 +45,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import logging
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -253,7 +253,9 @@ class Correlations:
         self.watch_required = watch_required
         self.stats = CorrelationStats()
         self._rules: dict[str, CompiledRule] = {}
-        self._open: dict[str, dict[str, Open]] = {}
+        #: Per rule, its open correlations by key, oldest first (an OrderedDict:
+        #: taking the oldest stays O(1) however many were closed before it).
+        self._open: dict[str, OrderedDict[str, Open]] = {}
         self._deadlines: Deadlines[Open] = Deadlines(
             lambda item: item.due_at if item.alive else None
         )
@@ -268,7 +270,7 @@ class Correlations:
         self._rules = {rule.name: rule for rule in rules if rule.correlation is not None}
         self._followers = {}
         for name in self._rules:
-            self._open.setdefault(name, {})
+            self._open.setdefault(name, OrderedDict())
 
     @property
     def active(self) -> bool:
@@ -411,7 +413,7 @@ class Correlations:
         self,
         rule: CompiledRule,
         correlation: CompiledCorrelation,
-        opened: dict[str, Open],
+        opened: OrderedDict[str, Open],
         key: str,
         held: Held,
         event: Event,
@@ -465,11 +467,11 @@ class Correlations:
 
     # -- opening, closing ----------------------------------------------------------
 
-    def _make_room(self, rule: CompiledRule, opened: dict[str, Open]) -> None:
+    def _make_room(self, rule: CompiledRule, opened: OrderedDict[str, Open]) -> None:
         assert rule.correlation is not None
         limit = rule.correlation.spec.max_open
         while len(opened) >= limit:
-            oldest = opened[next(iter(opened))]
+            _, oldest = next(iter(opened.items()))
             self._close(oldest)
             self.stats.dropped[rule.name] += 1
             self._logs.log(
@@ -480,7 +482,9 @@ class Correlations:
                 rule.name, limit, shorten(oldest.key, 100), self.stats.dropped[rule.name],
             )  # fmt: skip
 
-    def _add(self, correlation: CompiledCorrelation, opened: dict[str, Open], corr: Open) -> None:
+    def _add(
+        self, correlation: CompiledCorrelation, opened: OrderedDict[str, Open], corr: Open
+    ) -> None:
         opened[corr.key] = corr
         self._deadlines.add(corr.due_at, corr)
         self.stats.opened[corr.rule] += 1
@@ -693,7 +697,8 @@ class Correlations:
 
     def cancel(self, rule: str, key: str) -> bool:
         """Close one open correlation without firing it (`zoomrules timers cancel`)."""
-        corr = self._open.get(rule, {}).get(key)
+        opened = self._open.get(rule)
+        corr = opened.get(key) if opened is not None else None
         if corr is None:
             return False
         self._close(corr)

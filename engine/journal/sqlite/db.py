@@ -534,10 +534,11 @@ class JournalDB:
 
     def _close_correlations(self, run: Sequence[StateChange]) -> None:
         for chunk in _chunks(run):
+            # Through a join: `(rule, key) IN (VALUES ...)` would scan the table.
             self.conn.execute(
-                "DELETE FROM correlations WHERE (rule, key) IN (VALUES "
+                "DELETE FROM correlations WHERE id IN (SELECT c.id FROM (VALUES "
                 + _values(len(chunk), "(?, ?)")
-                + ")",
+                + ") AS v JOIN correlations c ON c.rule = v.column1 AND c.key = v.column2)",
                 [value for change in chunk for value in change[1:3]],
             )
 
