@@ -21,18 +21,20 @@ import difflib
 import re
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from engine.config import parse_toml
+from engine.correlate import event_time
+from engine.durations import parse_duration
 from engine.errors import InvalidEvent
 from engine.events import Event
-from engine.explain import evaluate
 from engine.loader import LoadedRules
 from engine.nesting import MAX_TOML_NESTING, toml_too_deep
+from engine.playback import Moment, play
 from engine.problems import Problem, did_you_mean
 from engine.redact import redact_value
 from engine.ruleset import CompiledRule
@@ -57,8 +59,10 @@ CASES_GLOB = "*.cases.toml"
 #: `version` of the cases format, and of the `--json` report.
 FORMAT_VERSION = 1
 
-_CASE_KEYS = ("name", "description", "event", "events", "fires", "not_fires", "exactly", "expect")
-_EXPECT_KEYS = ("event", "fires", "not_fires", "exactly", "rule", "action", "params")
+_CASE_KEYS = (
+    "name", "description", "event", "events", "fires", "not_fires", "exactly", "expect", "until",
+)  # fmt: skip
+_EXPECT_KEYS = ("event", "at", "fires", "not_fires", "exactly", "rule", "action", "params")
 
 Path_ = tuple[str | int, ...]
 
@@ -85,8 +89,9 @@ class ParamsCheck:
 
 @dataclass(frozen=True)
 class Expectation:
-    """What must happen for one event (`event`, 1-based) or over the whole
-    sequence (`event` None)."""
+    """What must happen for one event (`event`, 1-based), at one moment
+    (`at`: the firings made then, temporal rules' deadlines included), or
+    over the whole sequence (both None)."""
 
     event: int | None
     fires: tuple[str, ...] = ()
@@ -95,6 +100,11 @@ class Expectation:
     params: ParamsCheck | None = None
     #: Cases-file lines of its keys ("fires", "not_fires", "exactly", "params").
     lines: Mapping[str, int | None] = field(default_factory=dict)
+    #: Epoch seconds, on the events' clock.
+    at: float | None = None
+    #: The case's own keys: about the whole case, the firings made at
+    #: deadlines (temporal rules) included.
+    whole: bool = False
 
     def line(self, key: str) -> int | None:
         return self.lines.get(key)
@@ -108,6 +118,9 @@ class Case:
     description: str
     events: tuple[CaseEvent, ...]
     expectations: tuple[Expectation, ...]
+    #: How far the events' clock runs after the last event (epoch seconds);
+    #: None: until every temporal rule's deadline has fallen.
+    until: float | None = None
 
 
 # --------------------------------------------------------------------------
@@ -302,6 +315,9 @@ class _Reader:
             self.problem(at + ("description",), "description", "must be a string")
         events = self._events(raw, at)
         expectations = self._expectations(raw, at, events)
+        until = None
+        if "until" in raw and events:
+            until = self._moment(raw["until"], events, at + ("until",), "until")
         if len(self.problems) > before or not events:
             return None
         return Case(
@@ -311,7 +327,32 @@ class _Reader:
             description=description if isinstance(description, str) else "",
             events=tuple(events),
             expectations=tuple(expectations),
+            until=until,
         )
+
+    def _moment(self, value: Any, events: list[CaseEvent], path: Path_, key: str) -> float | None:
+        """A moment on the events' clock: a time as Zoom writes them, or a
+        duration after the first event happened."""
+        if isinstance(value, str):
+            try:
+                return event_time(events[0].event) + parse_duration(value)
+            except ValueError:
+                pass
+            try:
+                moment = datetime.datetime.fromisoformat(value)
+            except ValueError:
+                pass
+            else:
+                if moment.tzinfo is None:
+                    moment = moment.replace(tzinfo=datetime.UTC)
+                return moment.timestamp()
+        self.problem(
+            path,
+            key,
+            'must be a time as Zoom writes them ("2026-02-05T17:05:00Z") or a duration after '
+            f'the case\'s first event happened ("5m"), got {value!r}',
+        )
+        return None
 
     # -- events -------------------------------------------------------------------
 
@@ -401,7 +442,7 @@ class _Reader:
         out: list[Expectation] = []
         top = self._firing(raw, at, "", events, default_event=1 if len(events) == 1 else None)
         if top is not None:
-            out.append(top)
+            out.append(replace(top, whole=True))
         expects = raw.get("expect", [])
         if not isinstance(expects, list) or not all(isinstance(e, dict) for e in expects):
             self.problem(at + ("expect",), "expect", "write expectations as [[case.expect]] tables")
@@ -432,6 +473,18 @@ class _Reader:
             )
             return []
         event: int | None = 1 if len(events) == 1 else None
+        moment: float | None = None
+        if "at" in entry and events:  # (no events: already reported)
+            if "event" in entry:
+                self.problem(
+                    at + ("at",), prefix + "at",
+                    "give event (what fires on an event) or at (what fires at a moment), not both",
+                )  # fmt: skip
+                return []
+            moment = self._moment(entry["at"], events, at + ("at",), prefix + "at")
+            if moment is None:
+                return []
+            event = None
         if "event" in entry and events:  # (no events: already reported)
             event = self._event_ref(entry["event"], at + ("event",), prefix + "event", events)
             if event is None:
@@ -439,19 +492,19 @@ class _Reader:
         out: list[Expectation] = []
         firing = self._firing(entry, at, prefix, events, default_event=event)
         if firing is not None:
-            out.append(firing)
+            out.append(replace(firing, at=moment))
         if any(k in entry for k in ("rule", "action", "params")):
-            if event is None and len(events) > 1:
+            if event is None and moment is None and len(events) > 1:
                 self.problem(
                     at,
                     prefix + "event",
                     f"this case has {len(events)} events: say which one's parameters "
-                    "are checked, with event = <number> or <event name>",
+                    "are checked, with event = <number> or <event name>, or at = <when>",
                 )
             check = self._params(entry, at, prefix)
-            if check is not None and event is not None:
+            if check is not None and (event is not None or moment is not None):
                 lines = {"params": self.smap.line_of(at + ("params",))}
-                out.append(Expectation(event, params=check, lines=lines))
+                out.append(Expectation(event, params=check, lines=lines, at=moment))
         return out
 
     def _event_ref(self, value: Any, path: Path_, key: str, events: list[CaseEvent]) -> int | None:
@@ -682,21 +735,46 @@ class _Run:
     def __init__(self, loaded: LoadedRules, case: Case, mask: bool) -> None:
         self.case = case
         self.mask = mask
-        self.results = [evaluate(loaded, e.event) for e in case.events]
-        self.fired = [[item["rule"] for item in r["fired"]] for r in self.results]
+        self.played = play(loaded, [e.event for e in case.events], until=case.until)
+        self.results = self.played.results
+        self.fired = [self.played.fired_on(e.index) for e in case.events]
+        self.temporal = {rule.name for rule in loaded.rules if rule.correlation is not None}
         self.failures: list[dict[str, Any]] = []
-        self._reported: set[tuple[str, int | None]] = set()
+        self._reported: set[tuple[str, int | None, float | None]] = set()
 
     def scope(self, expectation: Expectation) -> list[int]:
+        if expectation.at is not None:
+            return []
         if expectation.event is not None:
             return [expectation.event]
         return [e.index for e in self.case.events]
 
-    def on(self, indices: Sequence[int]) -> str:
-        """' on event 2' (' on events 1, 3'), for cases of several events."""
+    def moments(self, expectation: Expectation) -> list[Moment]:
+        """The firings an expectation is about besides those on its events:
+        those at its moment (`at`), or, over the whole sequence, every
+        firing made at a deadline."""
+        if expectation.at is not None:
+            return [m for m in self.played.moments if _same_moment(m.at, expectation.at)]
+        if expectation.event is None or expectation.whole:
+            return self.played.timed
+        return []
+
+    def on(self, indices: Sequence[int], expectation: Expectation | None = None) -> str:
+        """' on event 2' (' on events 1, 3'), for cases of several events;
+        ' at 17:05:02Z' for an expectation about a moment."""
+        if expectation is not None and expectation.at is not None:
+            return f" at {_iso(expectation.at)}"
         if len(self.case.events) == 1 or len(indices) == len(self.case.events) > 1:
             return ""
         return f" on event{'s' if len(indices) > 1 else ''} {', '.join(map(str, indices))}"
+
+    def got(self, expectation: Expectation) -> list[str]:
+        """Every rule that fired where the expectation looks, in order, once each."""
+        got: list[str] = []
+        for i in self.scope(expectation):
+            got.extend(r for r in self.fired[i - 1] if r not in got)
+        got.extend(m.rule for m in self.moments(expectation) if m.rule not in got)
+        return got
 
     def check(self, expectation: Expectation) -> None:
         scope = self.scope(expectation)
@@ -704,21 +782,23 @@ class _Run:
             self.check_fires(rule, expectation, scope, expectation.line("fires"))
         for rule in expectation.not_fires:
             on = [i for i in scope if rule in self.fired[i - 1]]
-            if on:
-                self.failures.append(
-                    {
-                        "kind": "not_fires",
-                        "line": expectation.line("not_fires"),
-                        "event": expectation.event,
-                        "rule": rule,
-                        "fired_on": on,
-                        "message": f"{rule} fired{self.on(on)}, but must not",
-                    }
-                )
+            at = [_iso(m.at) for m in self.moments(expectation) if m.rule == rule]
+            if not on and not at:
+                continue
+            where = (self.on(on) if on else "") + (f" at {', '.join(at)}" if at else "")
+            self.failures.append(
+                {
+                    "kind": "not_fires",
+                    "line": expectation.line("not_fires"),
+                    "event": expectation.event,
+                    "rule": rule,
+                    "fired_on": on,
+                    "fired_at": at,
+                    "message": f"{rule} fired{where}, but must not",
+                }
+            )
         if expectation.exactly:
-            got: list[str] = []
-            for i in scope:
-                got.extend(r for r in self.fired[i - 1] if r not in got)
+            got = self.got(expectation)
             unexpected = [r for r in got if r not in expectation.fires]
             if unexpected:
                 self.failures.append(
@@ -730,7 +810,7 @@ class _Run:
                         "got": got,
                         "missing": [r for r in expectation.fires if r not in got],
                         "unexpected": unexpected,
-                        "message": f"other rules fired{self.on(scope)} (exactly = true): "
+                        "message": f"other rules fired{self.on(scope, expectation)} (exactly = true): "
                         + ", ".join(unexpected),
                     }
                 )
@@ -740,43 +820,71 @@ class _Run:
     def check_fires(
         self, rule: str, expectation: Expectation, scope: list[int], line: int | None
     ) -> bool:
-        if any(rule in self.fired[i - 1] for i in scope):
+        if any(rule in self.fired[i - 1] for i in scope) or any(
+            m.rule == rule for m in self.moments(expectation)
+        ):
             return True
-        key = (rule, expectation.event)
-        if key in self._reported or (rule, None) in self._reported:
+        key = (rule, expectation.event, expectation.at)
+        if key in self._reported or (rule, None, None) in self._reported:
             return False
         self._reported.add(key)
         skipped = []
         for i in scope:
-            entry = next(s for s in self.results[i - 1]["skipped"] if s["rule"] == rule)
-            skipped.append({"event": i, **{k: v for k, v in entry.items() if k != "rule"}})
-        if len(scope) == 1:
-            reason = f": {skipped[0]['reason']} ({skipped[0]['detail']})"
+            entry = next((s for s in self.results[i - 1]["skipped"] if s["rule"] == rule), None)
+            if entry is not None:
+                skipped.append({"event": i, **{k: v for k, v in entry.items() if k != "rule"}})
+        if rule in self.temporal:
+            message = self._temporal_miss(rule, expectation)
+        elif len(scope) == 1:
+            reason = f": {skipped[0]['reason']} ({skipped[0]['detail']})" if skipped else ""
             message = f"{rule} did not fire{self.on(scope)}{reason}"
         else:
             message = f"{rule} fired on none of the {len(scope)} events"
-        self.failures.append(
-            {
-                "kind": "fires",
-                "line": line,
-                "event": expectation.event,
-                "rule": rule,
-                "skipped": skipped,
-                "message": message,
-            }
-        )
+        failure = {
+            "kind": "fires",
+            "line": line,
+            "event": expectation.event,
+            "rule": rule,
+            "skipped": skipped,
+            "message": message,
+        }
+        if expectation.at is not None:
+            failure["at"] = _iso(expectation.at)
+        self.failures.append(failure)
         return False
+
+    def _temporal_miss(self, rule: str, expectation: Expectation) -> str:
+        """Why a temporal rule is not where it was expected: when it did fire."""
+        fired = [m for m in self.played.moments if m.rule == rule]
+        where = self.on(self.scope(expectation), expectation)
+        if not fired:
+            still = self.played.still_open.get(rule, 0)
+            open_ = f"; {still} correlation(s) still open at `until`" if still else ""
+            return f"{rule} did not fire{where} (a temporal rule: it never fired{open_})"
+        times = ", ".join(
+            f"{_iso(m.at)}" + (f" (event {m.event})" if m.event else " (deadline)") for m in fired
+        )
+        return f"{rule} did not fire{where}; it fired at {times}"
+
+    def _rendered(self, expectation: Expectation, rule: str) -> dict[str, Any]:
+        if expectation.at is not None:
+            return next(m.rendered for m in self.moments(expectation) if m.rule == rule)
+        assert expectation.event is not None
+        return next(f for f in self.results[expectation.event - 1]["fired"] if f["rule"] == rule)
 
     def check_params(self, expectation: Expectation, check: ParamsCheck) -> None:
         index = expectation.event
-        assert index is not None  # checked when read
+        assert index is not None or expectation.at is not None  # checked when read
         line = expectation.line("params")
-        if not self.check_fires(check.rule, expectation, [index], line):
+        if not self.check_fires(check.rule, expectation, self.scope(expectation), line):
             return
-        item = next(f for f in self.results[index - 1]["fired"] if f["rule"] == check.rule)
+        item = self._rendered(expectation, check.rule)
         action = item["actions"][check.action - 1]
-        what = f"{check.rule} action {check.action} ({check.action_type}){self.on([index])}"
-        base = {
+        what = (
+            f"{check.rule} action {check.action} ({check.action_type})"
+            f"{self.on([index] if index else [], expectation)}"
+        )
+        base: dict[str, Any] = {
             "kind": "params",
             "line": line,
             "event": index,
@@ -784,6 +892,8 @@ class _Run:
             "action": check.action,
             "type": check.action_type,
         }
+        if expectation.at is not None:
+            base["at"] = _iso(expectation.at)
         if action.get("error"):
             self.failures.append(
                 {
@@ -818,6 +928,19 @@ class _Run:
                 )
 
 
+def _same_moment(a: float, b: float) -> bool:
+    """Equal to the millisecond (Zoom's `event_ts` resolution)."""
+    return round(a * 1000) == round(b * 1000)
+
+
+def _iso(epoch: float) -> str:
+    """`2026-02-05T17:05:02Z` (milliseconds when there are any)."""
+    moment = datetime.datetime.fromtimestamp(epoch, datetime.UTC)
+    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
+    millis = round(epoch * 1000) % 1000
+    return f"{text}.{millis:03d}Z" if millis else f"{text}Z"
+
+
 def run_case(loaded: LoadedRules, case: Case, *, mask: bool = True) -> dict[str, Any]:
     """One case's report (the `cases` items of the `--json` document).
 
@@ -842,8 +965,17 @@ def run_case(loaded: LoadedRules, case: Case, *, mask: bool = True) -> dict[str,
             }
             for e in case.events
         ],
+        "timed": [
+            {"rule": m.rule, "at": _iso(m.at), "after_event": _after(case, m.at)}
+            for m in run.played.timed
+        ],
         "failures": run.failures,
     }
+
+
+def _after(case: Case, moment: float) -> int:
+    """How many of the case's events happened before `moment`."""
+    return sum(1 for e in case.events if event_time(e.event) < moment)
 
 
 def run_cases(

@@ -25,6 +25,7 @@ from engine.commands import (
     run,
     simulate,
     test,
+    timers,
 )
 from engine.commands.base import (
     DEFAULT_CONFIG,
@@ -41,7 +42,8 @@ from engine.redact import redact
 #: Every subcommand, in the order `zoomrules --help` lists them.
 COMMANDS: list[Command] = [
     run.COMMAND, check.COMMAND, test.COMMAND, replay.COMMAND, plugins.COMMAND,
-    dlq.COMMAND, journal.COMMAND, cluster.COMMAND, demo.COMMAND, simulate.COMMAND,
+    dlq.COMMAND, journal.COMMAND, timers.COMMAND, cluster.COMMAND, demo.COMMAND,
+    simulate.COMMAND,
 ]  # fmt: skip
 
 

@@ -205,6 +205,45 @@ class ThrottleSpec:
     per: float
 
 
+#: The temporal forms a rule may take (docs/correlation.md), by the key it is
+#: written under: `unless` (absence), `then` (sequence), `count`.
+ABSENCE, SEQUENCE, COUNT = "absence", "sequence", "count"
+TEMPORAL_FORMS: dict[str, str] = {"unless": ABSENCE, "then": SEQUENCE, "count": COUNT}
+#: What an absence rule does when a connection gap overlaps its window.
+GAP_CHOICES = ("mark", "suppress", "fire")
+#: How long past a window's end its state waits for events that happened in
+#: it but arrive late (Zoom's event time, `event_ts`, is when it happened).
+DEFAULT_GRACE = 10.0
+#: Open correlations one rule keeps at most; past it the oldest is dropped.
+DEFAULT_MAX_OPEN = 100_000
+
+
+@dataclass(frozen=True)
+class CorrelationSpec:
+    """A rule's temporal form: after the opening event (the rule's `on` and
+    `when`), what it waits for, counts, or must not see, per value of `key`."""
+
+    #: ABSENCE, SEQUENCE or COUNT.
+    form: str
+    #: The key it is written under ("unless", "then", "count"), for messages.
+    table: str
+    #: The correlation key, a JMESPath expression over the opening event.
+    key: str
+    #: The window, in seconds of event time from the opening event.
+    within: float
+    #: `unless` / `then`: the follow-up event's names (globs), condition, and
+    #: key expression (None: the rule's `key`).
+    follow_on: tuple[str, ...] = ()
+    follow_when: str | None = None
+    follow_key: str | None = None
+    #: `count`: how many events within the window fire the rule.
+    times: int = 0
+    grace: float = DEFAULT_GRACE
+    #: `unless`: one of GAP_CHOICES.
+    on_gap: str = "mark"
+    max_open: int = DEFAULT_MAX_OPEN
+
+
 @dataclass(frozen=True)
 class ActionSpec:
     type: str
@@ -239,6 +278,8 @@ class RuleSpec:
     file: Path | None
     index: int  # position among all rules, file order
     locator: Locator | None = field(default=None, compare=False, repr=False)
+    #: Set for a temporal rule (`unless`, `then` or `count`, with `key`).
+    correlation: CorrelationSpec | None = None
 
     @property
     def line(self) -> int | None:
@@ -864,7 +905,10 @@ class _Builder:
         position = len(self.rules)
         label = f"rule '{name}'" if isinstance(name, str) and name else f"rule #{index + 1}"
         ctx = _Ctx(top.file, top.smap, label, ("rule", index))
-        known = ("name", "on", "when", "enabled", "stop", "throttle", "description", "action")
+        known = (
+            "name", "on", "when", "enabled", "stop", "throttle", "description", "action",
+            "key", *TEMPORAL_FORMS,
+        )  # fmt: skip
         self.unknown_keys(raw, known, ctx)
         get = _Getter(self, raw, ctx)
         if not isinstance(name, str) or not name.strip():
@@ -898,8 +942,110 @@ class _Builder:
             file=top.file,
             index=position,
             locator=Locator(top.smap, ("rule", index)),
+            correlation=self.correlation(raw, ctx),
         )
         self.rules.append(rule)
+
+    def correlation(self, raw: dict[str, Any], ctx: _Ctx) -> CorrelationSpec | None:
+        """The rule's temporal form (`unless`, `then` or `count`, with `key`), if any."""
+        tables = [name for name in raw if name in TEMPORAL_FORMS]  # in the file's order
+        if not tables:
+            if "key" in raw:
+                self.problem(
+                    ctx, "key",
+                    "a correlation key goes with a temporal form: unless = { ... }, "
+                    "then = { ... } or count = { ... } (see docs/correlation.md)",
+                )  # fmt: skip
+            return None
+        table = tables[0]
+        for other in tables[1:]:
+            self.problem(ctx, other, f"a rule has one temporal form, and this one has {table}")
+        if "throttle" in raw:
+            self.problem(
+                ctx, "throttle",
+                f"cannot be combined with {table}: a temporal rule fires once per "
+                "correlation (count = { ... } is the way to fire on repeats)",
+            )  # fmt: skip
+        key = _Getter(self, raw, ctx).string("key", None)
+        if not key or not key.strip():
+            if "key" not in raw:
+                self.problem(
+                    ctx, "key",
+                    f"is required with {table}: the JMESPath expression whose value ties the "
+                    "events together, e.g. 'payload.object.uuid'",
+                )  # fmt: skip
+            elif isinstance(raw["key"], str):
+                self.problem(ctx, "key", "must not be empty")
+            key = ""
+        body = raw[table]
+        if not isinstance(body, dict):
+            shape = "times = 3, within = '10m'" if table == "count" else "on = ..., within = '5m'"
+            self.problem(ctx, table, f"must be a table {{ {shape} }}, got {_type_name(body)}")
+            return None
+        return self.temporal_form(table, body, key, ctx)
+
+    def temporal_form(
+        self, table: str, body: dict[str, Any], key: str, ctx: _Ctx
+    ) -> CorrelationSpec:
+        sub = _Ctx(ctx.file, ctx.smap, ctx.where, ctx.path + (table,), f"{table}.")
+        form = TEMPORAL_FORMS[table]
+        common = ("within", "grace", "max_open")
+        known = ("times", *common) if form == COUNT else ("on", "when", "key", *common)
+        if form == ABSENCE:
+            known = (*known, "on_gap")
+        for name in body:
+            if name in known:
+                continue
+            if name == "on_gap":
+                self.problem(
+                    sub, name,
+                    f"applies to unless only: a gap in the connection can hide the event an "
+                    f"absence waits for; {table} has nothing to mark",
+                )  # fmt: skip
+            else:
+                self.problem(sub, name, f"unknown key{did_you_mean(name, known)}")
+        get = _Getter(self, body, sub)
+        within = get.convert("within", None, _positive_duration)
+        if "within" not in body:
+            self.problem(sub, "within", "is required: how long the window lasts, e.g. '5m'")
+        follow_on: list[str] = []
+        times = 0
+        if form == COUNT:
+            times = get.integer("times", 0, minimum=2)
+            if "times" not in body:
+                self.problem(sub, "times", "is required: how many events fire the rule (2 or more)")
+        else:
+            on = body.get("on")
+            follow_on = [on] if isinstance(on, str) else on if isinstance(on, list) else []
+            if not follow_on or not all(isinstance(x, str) and x for x in follow_on):
+                self.problem(
+                    sub, "on",
+                    "is required: the event name (or a list of them, globs allowed) to wait for",
+                )  # fmt: skip
+                follow_on = []
+        when = get.string("when", None)
+        follow_key = get.string("key", None)
+        if follow_key is not None and not follow_key.strip():
+            self.problem(sub, "key", "must not be empty (leave it out to use the rule's key)")
+            follow_key = None
+        on_gap = get.string("on_gap", "mark")
+        if on_gap not in GAP_CHOICES:
+            choices = ", ".join(repr(choice) for choice in GAP_CHOICES)
+            self.problem(sub, "on_gap", f"must be one of {choices}, got {on_gap!r}")
+            on_gap = "mark"
+        return CorrelationSpec(
+            form=form,
+            table=table,
+            key=key,
+            within=within or 0.0,
+            follow_on=tuple(follow_on),
+            follow_when=when if when and when.strip() else None,
+            follow_key=follow_key,
+            times=times,
+            grace=get.duration("grace", DEFAULT_GRACE),
+            on_gap=on_gap,
+            max_open=get.integer("max_open", DEFAULT_MAX_OPEN, minimum=1),
+        )
 
     def throttle(self, raw: Any, ctx: _Ctx) -> ThrottleSpec | None:
         if raw is None:
@@ -975,6 +1121,7 @@ class _Builder:
     def check_together(self) -> None:
         """Problems of sections that only show once every file is read."""
         engine, ctx = self.engine, self.engine_ctx
+        self.check_temporal_rules_have_a_home()
         if (
             self.cluster is not None
             and engine is not None
@@ -1011,6 +1158,36 @@ class _Builder:
                 ctx, "dedup_window",
                 f"is shorter than Zoom's webhook retries ({ZOOM_WEBHOOK_RETRY_SPAN / 60:.0f} "
                 "minutes after the first delivery): a retry after it fires rules again",
+            )  # fmt: skip
+
+    def check_temporal_rules_have_a_home(self) -> None:
+        """Temporal rules keep their open correlations and deadlines in the
+        single-process journal: not in memory (`journal = false`), and not
+        yet in a cluster's streams."""
+        journal_off = self.engine is not None and not self.engine.journal
+        if self.cluster is None and not journal_off:
+            return
+        for rule in self.rules:
+            spec = rule.correlation
+            if spec is None:
+                continue
+            if self.cluster is not None:
+                message = (
+                    f"{spec.table} rules do not run in cluster mode yet: their open "
+                    f"correlations and deadlines live in the single-process journal "
+                    f"(SQLite), not in the cluster's streams ([cluster] in "
+                    f"{self.cluster_file}); run this rule on a single-process daemon, or "
+                    f"remove [cluster]"
+                )
+            else:
+                message = (
+                    f"{spec.table} rules need [engine] journal = true (in {self.engine_file}): "
+                    "their open correlations and deadlines live in the journal, so that a "
+                    "restart loses none"
+                )
+            self.problems.append(
+                Problem(rule.file, rule.key_line(spec.table) or rule.line, rule.where,
+                        spec.table, message)
             )  # fmt: skip
 
     def finish(self, files: tuple[Path, ...]) -> Config:
@@ -1247,6 +1424,7 @@ __all__ = [
     "ClusterConfig",
     "Config",
     "ConfigError",
+    "CorrelationSpec",
     "EngineConfig",
     "Problem",
     "RuleSpec",

@@ -280,6 +280,9 @@ class Daemon:
         self._services = services
         self.gaps = gaps = ConnectionGaps(runtime.marks)
         _configure_gaps(gaps, self.loaded.config)
+        if runtime.feed is not None:
+            # Absences ask the sources whether a gap overlapped their window.
+            runtime.feed.watch_sources(gaps)
         sources = self._build_sources(self.loaded.config)
         try:
             async with anyio.create_task_group() as tg:

@@ -46,6 +46,9 @@ class Job:
     start_at: int = 0
     #: Journal row id, when a journal is in use.
     id: int | None = None
+    #: A temporal rule's firing: what its actions see under `zoomrules`
+    #: besides the event's metadata (the opening event, lateness, ...).
+    context: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -342,6 +345,8 @@ class Dispatcher:
 
     def _begin(self, job: Job) -> _Run:
         meta = job.event.metadata()  # a fresh dict: this job's own
+        if job.context is not None:
+            meta.update(job.context)
         meta["rule"] = job.rule.name
         meta["results"] = [None] * job.start_at
         meta["previous"] = None

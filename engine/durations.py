@@ -33,6 +33,22 @@ def parse_duration(value: object) -> float:
     raise ValueError(f"expected a duration like '30s', '10m', '1h', '250ms', got {value!r}")
 
 
+def format_duration(seconds: float) -> str:
+    """Seconds as a rule file writes them: `"5m"`, `"1h30m"`, `"2.5s"`, `"250ms"`."""
+    if seconds < 1 and seconds > 0:
+        return f"{seconds * 1000:g}ms"
+    parts = []
+    rest = seconds
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        count = int(rest // size)
+        if count:
+            parts.append(f"{count}{unit}")
+            rest -= count * size
+    if rest or not parts:
+        parts.append(f"{round(rest, 3):g}s")
+    return "".join(parts)
+
+
 @dataclass(frozen=True)
 class Rate:
     """`count` operations per `per` seconds (e.g. `"10/s"`, `"600/m"`)."""

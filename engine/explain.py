@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from engine.durations import format_duration
 from engine.events import META_KEY, Event
 from engine.expr.templates import Template
 from engine.loader import LoadedRules
@@ -21,7 +22,14 @@ from engine.matcher import Decision
 from engine.ruleset import CompiledAction, CompiledRule
 from engine.trace import Tracer
 
-__all__ = ["TRACED_REASONS", "condition_trace", "evaluate", "render_action"]
+__all__ = [
+    "TRACED_REASONS",
+    "condition_trace",
+    "evaluate",
+    "opening",
+    "render_action",
+    "render_firing",
+]
 
 
 def _materialise(value: Any, root: dict[str, Any]) -> Any:
@@ -47,19 +55,57 @@ def render_action(action: CompiledAction, root: dict[str, Any]) -> dict[str, Any
 TRACED_REASONS = ("condition", "error")
 
 
+def render_firing(
+    rule: CompiledRule, event: Event, context: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A firing as `zoomrules test` shows it: the rule and its actions'
+    parameters rendered as the dispatcher would render them (a temporal
+    rule's firing with its `context` under `zoomrules`)."""
+    meta = {**event.metadata(), **(context or {})}
+    meta.update(rule=rule.name, results=[], previous=None)
+    action_root = {**event.body, META_KEY: meta}
+    return {"rule": rule.name, "actions": [render_action(a, action_root) for a in rule.actions]}
+
+
+def opening(rule: CompiledRule, root: dict[str, Any]) -> dict[str, Any]:
+    """What a temporal rule matching its opening event does (instead of firing)."""
+    correlation = rule.correlation
+    assert correlation is not None
+    spec = correlation.spec
+    key: Any = None
+    error: str | None = None
+    try:
+        key = correlation.key(root)
+    except Exception as exc:  # noqa: BLE001 - shown to the user, never raised
+        error = f"{type(exc).__name__}: {exc}"
+    follow, within = " or ".join(spec.follow_on), format_duration(spec.within)
+    effect = {
+        "absence": f"fires at the deadline unless {follow} comes within {within}",
+        "sequence": f"fires if {follow} comes within {within}",
+        "count": f"counts towards {spec.times} within {within}",
+    }[spec.form]
+    item: dict[str, Any] = {"rule": rule.name, "form": spec.form, "key": key, "effect": effect}
+    if error is not None:
+        item["error"] = error
+    elif key is None:
+        item["effect"] = "nothing: the key is null for this event"
+    return item
+
+
 def evaluate(loaded: LoadedRules, event: Event, *, trace: bool = True) -> dict[str, Any]:
-    """The `--json` document: fired rules with rendered actions, skipped rules
-    with reasons (and, when the condition decided, its trace unless `trace=False`)."""
+    """The `--json` document: fired rules with rendered actions, temporal rules
+    the event opens (or counts towards) a correlation of, skipped rules with
+    reasons (and, when the condition decided, its trace unless `trace=False`)."""
     root = event.root()
     decisions: list[Decision] = loaded.matcher.explain(event.name, root)
-    fired, skipped = [], []
+    fired, opens, skipped = [], [], []
     tracer: Tracer | None = None
     for decision in decisions:
+        if decision.fired and decision.rule.correlation is not None:
+            opens.append(opening(decision.rule, root))
+            continue
         if decision.fired:
-            meta = {**event.metadata(), "rule": decision.rule.name, "results": [], "previous": None}
-            action_root = {**event.body, META_KEY: meta}
-            actions = [render_action(a, action_root) for a in decision.rule.actions]
-            fired.append({"rule": decision.rule.name, "actions": actions})
+            fired.append(render_firing(decision.rule, event))
             continue
         item: dict[str, Any] = {
             "rule": decision.rule.name,
@@ -72,7 +118,10 @@ def evaluate(loaded: LoadedRules, event: Event, *, trace: bool = True) -> dict[s
             if traced is not None:
                 item["trace"] = traced
         skipped.append(item)
-    return {"event": event.name, "fired": fired, "skipped": skipped}
+    document = {"event": event.name, "fired": fired, "skipped": skipped}
+    if opens:
+        document["opens"] = opens
+    return document
 
 
 def condition_trace(

@@ -215,7 +215,11 @@ def catalogue_warnings(rules: Sequence[CompiledRule]) -> list[Problem]:
     known = known_event_names()
     warnings = []
     for rule in rules:
-        for pattern in rule.spec.on:
+        form = rule.spec.correlation
+        patterns = [(pattern, "on") for pattern in rule.spec.on]
+        if form is not None:
+            patterns.extend((pattern, f"{form.table}.on") for pattern in form.follow_on)
+        for pattern, key in patterns:
             if is_glob(pattern):
                 if any(fnmatch.fnmatchcase(name, pattern) for name in known):
                     continue
@@ -229,5 +233,6 @@ def catalogue_warnings(rules: Sequence[CompiledRule]) -> list[Problem]:
                     else "an event in Zoom's catalogue"
                 )
                 message = f"{pattern!r} is not {where}{did_you_mean(pattern, known)}"
-            warnings.append(Problem(rule.spec.file, rule.spec.line, rule.spec.where, "on", message))
+            line = (rule.spec.key_line(key) if key != "on" else None) or rule.spec.line
+            warnings.append(Problem(rule.spec.file, line, rule.spec.where, key, message))
     return warnings

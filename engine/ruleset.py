@@ -7,11 +7,14 @@ type declares, so `zoomrules check` rejects a bad rule before anything runs.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from engine.config import COMMON_ACTION_KEYS, ActionSpec, Config, RuleSpec
+import orjson
+
+from engine.config import COMMON_ACTION_KEYS, ActionSpec, Config, CorrelationSpec, RuleSpec
 from engine.errors import ExpressionError, ParamTypeError
 from engine.expr.compiler import ExpressionCompiler, Guard, Search
 from engine.expr.templates import (
@@ -61,6 +64,39 @@ class CompiledAction:
 
 
 @dataclass(frozen=True)
+class CompiledCorrelation:
+    """A temporal rule's expressions, compiled (engine.correlate runs them)."""
+
+    spec: CorrelationSpec
+    #: The correlation key of the opening event, and of the follow-up event.
+    key: Search
+    follow_key: Search
+    #: The follow-up's condition (it sees the opening event as `zoomrules.start`).
+    follow_when: Search | None
+    #: What open correlations were made by: two rules (or two loads of one)
+    #: with the same definition share them (a reload keeps them).
+    definition: str
+
+    @property
+    def form(self) -> str:
+        return self.spec.form
+
+
+def correlation_definition(rule: RuleSpec) -> str:
+    """A digest of what a temporal rule's open correlations mean: its opening
+    event (`on`, `when`), its key, its form and window. Not its actions, its
+    grace, its limit or its gap choice: those apply to correlations already
+    open as well."""
+    spec = rule.correlation
+    assert spec is not None
+    meaning = [
+        rule.on, rule.when, spec.form, spec.key, spec.within, spec.follow_on,
+        spec.follow_when, spec.follow_key, spec.times,
+    ]  # fmt: skip
+    return hashlib.sha256(orjson.dumps(meaning)).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
 class CompiledRule:
     spec: RuleSpec
     condition: Search | None
@@ -70,6 +106,9 @@ class CompiledRule:
     #: share it across rules (engine.expr.guards; with the interpreter
     #: evaluator only); None otherwise.
     guard: Guard | None = None
+    #: Set for a temporal rule: its matches open or feed correlations
+    #: (engine.correlate) instead of firing.
+    correlation: CompiledCorrelation | None = None
 
     @property
     def name(self) -> str:
@@ -137,7 +176,26 @@ def _compile_rule(
         if condition is not None and spec.when and compiler.evaluator == "interpreter"
         else None
     )
-    return CompiledRule(spec, condition, throttle_key, tuple(actions), guard)
+    correlation = _compile_correlation(spec, compiler, report)
+    return CompiledRule(spec, condition, throttle_key, tuple(actions), guard, correlation)
+
+
+def _compile_correlation(
+    spec: RuleSpec, compiler: ExpressionCompiler, report: Any
+) -> CompiledCorrelation | None:
+    form = spec.correlation
+    if form is None:
+        return None
+    key = _compile_expr(form.key, "key", compiler, report)
+    follow_key = (
+        _compile_expr(form.follow_key, f"{form.table}.key", compiler, report)
+        if form.follow_key
+        else key
+    )
+    follow_when = _compile_expr(form.follow_when, f"{form.table}.when", compiler, report)
+    if key is None or follow_key is None or (form.follow_when and follow_when is None):
+        return None  # reported (or the key was missing: reported by the config checker)
+    return CompiledCorrelation(form, key, follow_key, follow_when, correlation_definition(spec))
 
 
 def _compile_expr(

@@ -173,7 +173,8 @@ async def _journaled(
             dispatcher = _dispatcher(engine, services)
             pipeline = Pipeline(loaded, dispatcher)
             node = await _join(link, services, pipeline) if link is not None else None
-            feed = JournalFeed(store, pipeline)
+            # The daemon's sources tell absences about gaps (`watch_sources`).
+            feed = JournalFeed(store, pipeline, hold_absences=True)
             dispatcher.observer = feed.observer
             async with anyio.create_task_group() as tg:
                 await tg.start(dispatcher.run)

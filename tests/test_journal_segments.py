@@ -86,7 +86,7 @@ def test_a_segment_all_stored_is_answered_with_its_first_seq(tmp_path: Path) -> 
         # The next segment continues from the last seq; its jobs and the
         # outcomes of some of them land in the same batch.
         more = [event_row(event) for event in _events(2, start=3)]
-        jobs = [([(1, ["a"]), (2, ["b"]), (3, [])], 2.0, 1)]
+        jobs = [([(1, ["a"]), (2, ["b"]), (3, [])], 2.0, 1, ())]
         answer = apply_segment(db, more, jobs, [_outcome(1), _outcome(2, error="x")], 600.0)
         assert answer == ((3, 4), None, None)
     finally:
@@ -113,7 +113,7 @@ def test_a_failing_op_fails_alone_and_is_reported_by_position(
     try:
         good, other = (event_row(event) for event in _events(2))
         bad = ("bad-id", *good[1:4], None)  # body is NOT NULL: its INSERT fails
-        jobs = [([(1, ["rule"])], 1.0, 1)]
+        jobs = [([(1, ["rule"])], 1.0, 1, ())]
         stored, errors, _ = apply_segment(db, [good, bad, other], jobs, [_outcome(1)], 600.0)  # type: ignore[list-item]
     finally:
         db.close()
@@ -146,7 +146,7 @@ def test_the_writer_process_loop_answers_each_segment_in_order(tmp_path: Path) -
     inbox = io.BytesIO(
         _message((first, [], [], 600.0))
         + _message((first, [], [], 600.0))  # the same event again: a duplicate
-        + _message((second, [([(1, ["r"])], 1.0, 1)], [_outcome(1)], 600.0))
+        + _message((second, [([(1, ["r"])], 1.0, 1, ())], [_outcome(1)], 600.0))
     )
     out = io.BytesIO()
     serve(tmp_path / "state" / "journal.db", inbox, out)

@@ -178,6 +178,7 @@ def test_the_json_summary(tmp_path: Path) -> None:
         "actions": {"ok": 3, "failed": 1},
         "dead_letters": {"kept": 1, "ids": [1], "not_kept": 0, "why_not_kept": None},
         "failed_jobs": 1,
+        "open_correlations": {"count": 0, "rules": []},
         "exit_status": 1,
     }  # fmt: skip
 

@@ -147,12 +147,13 @@ def _shape(value: Any, path: str = "") -> dict[str, str]:
 
 def _example_events() -> list[tuple[str, dict[str, Any]]]:
     found = []
-    for path in sorted(EXAMPLE_EVENTS.iterdir()):
+    for path in sorted(p for p in EXAMPLE_EVENTS.rglob("*") if p.is_file()):
+        name = str(path.relative_to(EXAMPLE_EVENTS))
         if path.suffix == ".jsonl":
             lines = path.read_text().splitlines()
-            found += [(f"{path.name}:{i}", json.loads(t)) for i, t in enumerate(lines, 1)]
+            found += [(f"{name}:{i}", json.loads(t)) for i, t in enumerate(lines, 1)]
         else:
-            found.append((path.name, json.loads(path.read_text())))
+            found.append((name, json.loads(path.read_text())))
     for case in tomllib.loads(EXAMPLE_CASES.read_text())["case"]:
         if isinstance(case.get("event"), dict):
             found.append((case["name"], case["event"]))
@@ -478,7 +479,7 @@ def test_an_invalid_cases_file_exits_2_with_every_problem(rules: Path, tmp_path:
         f"  {cases}:23: case 'typos', key 'expect[2].params.titel': action 1 of 'vip-joined' "
         "(notify) has no parameter 'titel' (did you mean 'title'?)",
         f"  {cases}:25: case 'typos', key 'expect[3].event': this case has 3 events: say which "
-        "one's parameters are checked, with event = <number> or <event name>",
+        "one's parameters are checked, with event = <number> or <event name>, or at = <when>",
         f"  {cases}:27: case 'typos', key 'expect[3].action': rule 'vip-joined' has no http "
         "action (1 notify, 2 log)",
         f"  {cases}:30: case 'no expectation': no expectations: give fires, not_fires, "
@@ -517,7 +518,7 @@ def test_invalid_cases_problems_in_line_order(rules: Path, tmp_path: Path) -> No
     assert result.stdout == ""
     assert result.stderr.splitlines()[1:] == [
         f"  {cases}:4: case 'a', key 'expect[1].event': this case has 3 events: say which one's "
-        "parameters are checked, with event = <number> or <event name>",
+        "parameters are checked, with event = <number> or <event name>, or at = <when>",
         f"  {cases}:11: case 'b', key 'event': a JSON lines file holds a sequence: write "
         'events = "life.jsonl"',
         f"  {cases}:14: case #3, key 'name': missing: every case needs a name",

@@ -109,6 +109,9 @@ class ReplayStats:
     in_flight: Callable[[], int] = lambda: 0
     #: Set once the whole input was read.
     input_done: bool = False
+    #: Temporal rules' correlations still open after the last event (their
+    #: deadlines fall after it): rule -> how many.
+    still_open: dict[str, int] = field(default_factory=dict)
 
     def rule(self, name: str) -> RuleCounts:
         counts = self.rules.get(name)
@@ -304,11 +307,18 @@ async def replay(
 
     `progress` is called after each line (the progress bar decides how often to redraw).
     """
+    from engine.correlate import Timeline
+    from engine.dispatch import Job
     from engine.errors import InvalidEvent
     from engine.runtime import open_services, running_engine
 
     stats = ReplayStats() if stats is None else stats
     started = time.monotonic()
+    # Time is the events' own: temporal rules' deadlines fall, and throttle
+    # windows slide, by when each event happened.
+    timeline = Timeline(loaded.rules)
+    for throttle in loaded.throttles.values():
+        throttle.clock = timeline.clock.now
     async with open_dedup(loaded.config, dry_run=dry_run) as dedup:
         dead = DeadLetters.for_run(dedup, dry_run=dry_run)
         async with (
@@ -336,15 +346,17 @@ async def replay(
                     await dedup.record(item)
                 stats.events += 1
                 throttled_before = throttled.total()
-                if dry_run:
-                    rules = pipeline.select(item)
-                    fired = len(rules)
-                    for rule in rules:
-                        dispatcher.stats.fired_by_rule[rule.name] += 1
-                else:
-                    fired = await pipeline.handle(item)
-                stats.fired += fired
-                if not fired and throttled.total() == throttled_before:
+                firings = timeline.before(item)
+                rules = pipeline.select(item) if dry_run else await pipeline.choose(item)
+                firings.extend(timeline.observe(item, rules))
+                for firing in firings:
+                    if dry_run:
+                        dispatcher.stats.fired_by_rule[firing.rule.name] += 1
+                    else:
+                        job = Job(firing.event, firing.rule, context=firing.context)
+                        await dispatcher.submit(job)
+                stats.fired += len(firings)
+                if not rules and not firings and throttled.total() == throttled_before:
                     stats.unmatched[item.name] += 1
                 progress()
                 await anyio.lowlevel.checkpoint()
@@ -358,6 +370,7 @@ async def replay(
         stats.rule(rule_name).throttled = count
     for rule_name, count in pipeline.rules.matcher.errors.items():
         stats.rule(rule_name).condition_errors = count
+    stats.still_open = timeline.correlations.open_counts()
     return summary_document(
         stats, name, dry_run=dry_run, seconds=time.monotonic() - started, dedup=dedup, dead=dead
     )
@@ -423,6 +436,12 @@ def summary_document(
             "why_not_kept": dead.why_not if dead.not_kept else None,
         },
         "failed_jobs": failed_jobs,
+        "open_correlations": {
+            "count": sum(stats.still_open.values()),
+            "rules": [
+                {"rule": rule, "open": count} for rule, count in sorted(stats.still_open.items())
+            ],
+        },
         "exit_status": EXIT_FAILURE if failing else EXIT_OK,
     }
 
@@ -482,6 +501,16 @@ def summary_lines(summary: dict[str, Any], config_args: str = "") -> Iterator[st
         yield (
             f"{_plural(unmatched['events'], 'event')} matched no rule: {shown}"
             + (f", {more:,} more" if more else "")
+        )
+    still_open = summary["open_correlations"]
+    if still_open["count"]:
+        rules = ", ".join(
+            f"{escape_controls(shorten(r['rule'], 40))} ({r['open']:,})"
+            for r in still_open["rules"]
+        )
+        yield (
+            f"{_plural(still_open['count'], 'correlation')} still open after the last event "
+            f"(their deadlines fall after it): {rules}"
         )
     if summary["dry_run"]:
         return

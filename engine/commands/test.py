@@ -45,6 +45,12 @@ def _print_text(result: dict[str, Any], event: Event) -> None:
         for index, action in enumerate(item["actions"], start=1):
             body = action.get("error") or orjson.dumps(action["params"]).decode()
             print(f"    action {index} {action['type']}: {body}")
+    for item in result.get("opens", ()):
+        key = orjson.dumps(item["key"]).decode()
+        why = f"; the key failed: {item['error']}" if "error" in item else ""
+        print(f"OPENS  {item['rule']} (key {key}): {item['effect']}{why}")
+    if result.get("opens"):
+        print("       (one event: `zoomrules test --cases` plays sequences of events through time)")
     for item in result["skipped"]:
         print(f"skip   {item['rule']}: {item['reason']} ({item['detail']})")
         if "trace" in item:
@@ -138,12 +144,16 @@ def _print_cases(report: Mapping[str, Any]) -> None:
         print(f"{'PASS' if case['passed'] else 'FAIL'}  {case['name']}  ({where})")
         if case["passed"]:
             continue
+        timed = sorted(case.get("timed", ()), key=lambda t: t["after_event"])
         for event in case["events"]:
             fired = ", ".join(event["fired"]) or "no rule"
             print(
                 f"{_INDENT}event {event['index']}: {event['event']} from {event['from']}; "
                 f"fired: {fired}"
             )
+            for item in timed:
+                if item["after_event"] == event["index"]:
+                    print(f"{_INDENT}at {item['at']}: {item['rule']} fired (a deadline)")
         for failure in case["failures"]:
             for line in _failure_lines(failure, case["file"]):
                 print(line)

@@ -11,7 +11,12 @@ it lives only in the journal until its jobs are done. A store keeps:
 - each job's progress (`next_action`), so a resumed job starts at its first
   unfinished action;
 - marks: named timestamps the engine keeps across restarts (`read_mark`,
-  `write_mark`).
+  `write_mark`);
+- the engine's state between events (`StateStore`, the single-process
+  journal): temporal rules' open correlations and their deadlines, and
+  throttle windows, changed by `add_jobs` in the transaction that records
+  the jobs of the same events, so that a crash never leaves one without
+  the other.
 
 The shape is dramatiq's broker and consumer: the event source appends
 (`append`), one consumer takes committed events in order (`take_events`),
@@ -35,7 +40,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
+
+import orjson
 
 from engine.timings import Timings
 
@@ -43,32 +50,116 @@ if TYPE_CHECKING:
     from engine.events import Event
 
 __all__ = [
+    "CLOSED",
     "DEAD",
     "DONE",
     "FAILED",
     "JOB_STATES",
+    "OPENED",
     "PENDING",
     "RETRY",
+    "THROTTLED",
     "ActionOutcome",
+    "CorrelationRow",
+    "EngineState",
     "Firings",
     "JobRow",
     "JobStart",
     "JournalAdmin",
     "JournalCounters",
     "JournalStore",
+    "KeyedJob",
+    "StateChange",
+    "StateStore",
     "StoreHealth",
     "StoredEvent",
+    "ThrottleRow",
+    "TimerAdmin",
 ]
 
 #: States of a job.
 PENDING, RETRY, DONE, FAILED, DEAD = "pending", "retry", "done", "failed", "dead"
 JOB_STATES = (PENDING, RETRY, DONE, FAILED, DEAD)
 
-#: Matched events and the names of the rules each fired, in order:
-#: (the event's position in the journal, rule names).
-Firings = Sequence[tuple[int, Sequence[str]]]
+#: A job of a temporal rule's firing (engine.correlate): the rule's name,
+#: the firing's idempotency key (a digest of the rule, the correlation key
+#: and the opening event), and what its actions see under `zoomrules` beside
+#: the event's own metadata (a JSON object). A store keeps one job per key:
+#: the same firing recorded again is not a second job.
+KeyedJob = tuple[str, str, bytes]
+#: Matched events and the jobs each fired, in order: (the event's position
+#: in the journal, rule names or keyed jobs). A temporal rule's deadline
+#: fires on its opening event, matched long before.
+Firings = Sequence[tuple[int, Sequence[str | KeyedJob]]]
 #: A job to run: its id, and the index of its first action (-1: none, it is done).
 JobStart = tuple[int, int]
+
+#: A change to the engine's state between events, recorded by `add_jobs` in
+#: the transaction of its jobs. Plain tuples (they travel to a writer process):
+#:
+#: - `(OPENED, rule, key, definition, form, seq, deadline, gap, held)`: a
+#:   correlation opened or changed (the fields of a `CorrelationRow`, but
+#:   `held` names its opening event only, `[event time, seq, id]`: the
+#:   journal has it, and keeps it while the correlation is open; the other
+#:   events of a count's window are whole, as in `CorrelationRow.events`);
+#: - `(CLOSED, rule, key)`: it ended (fired, expired, satisfied, dropped);
+#: - `(THROTTLED, rule, key, expires_at, hits)`: a throttle window's firings
+#:   (a JSON list of epoch seconds; `[]`: the window is empty, forget it).
+StateChange = tuple[Any, ...]
+OPENED, CLOSED, THROTTLED = "correlation", "closed", "throttle"
+
+
+class CorrelationRow(NamedTuple):
+    """An open correlation of a temporal rule, as a store keeps it."""
+
+    rule: str
+    #: The correlation key's value, as JSON text.
+    key: str
+    #: What the rule meant when it opened (`CompiledCorrelation.definition`).
+    definition: str
+    #: "absence", "sequence" or "count".
+    form: str
+    #: The opening event's position in the journal (an absence fires on it).
+    seq: int | None
+    #: When it falls due (epoch seconds): fires (absence) or expires.
+    deadline: float
+    #: A connection gap overlapped its window (absence).
+    gap: bool
+    #: The events it holds, the opening one first, as a JSON list of
+    #: `[event time, seq, id, name, received_at, source, body]`.
+    events: bytes
+
+    def as_dict(self) -> dict[str, Any]:
+        held = orjson.loads(self.events)
+        return {
+            "rule": self.rule,
+            "key": orjson.loads(self.key),
+            "form": self.form,
+            "deadline": self.deadline,
+            "gap": self.gap,
+            "opened_at": held[0][0] if held else None,
+            "events": [
+                {"event_time": at, "seq": seq, "id": event_id, "event": name}
+                for at, seq, event_id, name, *_ in held
+            ],
+        }
+
+
+class ThrottleRow(NamedTuple):
+    """A throttle window as a store keeps it: a rule's firings for one key."""
+
+    rule: str
+    key: str
+    #: Epoch seconds, oldest first.
+    hits: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class EngineState:
+    """What `StateStore.load_state` gives back at start."""
+
+    correlations: list[CorrelationRow]
+    throttles: list[ThrottleRow]
 
 
 class StoredEvent(NamedTuple):
@@ -98,8 +189,12 @@ class JobRow:
     created_at: float
     updated_at: float
     event: Event
+    #: A temporal rule's firing: what its actions see under `zoomrules`
+    #: besides the event's own metadata (`KeyedJob`).
+    context: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
+        extra = {} if self.context is None else {"context": self.context}
         return {
             "id": self.id,
             "rule": self.rule,
@@ -114,6 +209,7 @@ class JobRow:
             "event": self.event.name,
             "received_at": self.event.received_at,
             "source": self.event.source,
+            **extra,
         }
 
 
@@ -266,13 +362,17 @@ class JournalStore(JournalAdmin, Protocol):
         """Return once `take_events` may have more (at once if it may already)."""
         ...
 
-    async def add_jobs(self, firings: Firings) -> list[JobStart]:
+    async def add_jobs(self, firings: Firings, state: Sequence[StateChange] = ()) -> list[JobStart]:
         """Record the jobs of taken events as pending; the events count as
         matched (those that fired nothing too). Returns, in order, each job's
         id and the index of its first action to run now (0; more for a job
         taken over half-done from another node; -1: finished already, do not
-        run it). Their actions' outcomes may be recorded at once (the store
-        keeps them in order)."""
+        run it: a keyed job recorded before). Their actions' outcomes may be
+        recorded at once (the store keeps them in order).
+
+        `state`: changes to the engine's state that matching these events
+        made, committed with the jobs or not at all (only a `StateStore`
+        takes any)."""
         ...
 
     def try_record_outcome(
@@ -346,4 +446,44 @@ class JournalStore(JournalAdmin, Protocol):
         throttle their writes (a few per minute per name): a mark is not a
         counter.
         """
+        ...
+
+
+@runtime_checkable
+class StateStore(Protocol):
+    """A journal that also keeps the engine's state between events: temporal
+    rules' open correlations and throttle windows (the SQLite journal).
+
+    Changes arrive with the jobs (`JournalStore.add_jobs(firings, state)`)
+    and commit with them. A backend for a cluster would keep the same
+    state where every node sees it (docs/correlation.md says what it needs).
+    """
+
+    async def load_state(self) -> EngineState:
+        """Every open correlation and throttle window, as last committed."""
+        ...
+
+    async def claim_cancelled(self) -> list[tuple[str, str]]:
+        """(rule, key) of the correlations `zoomrules timers cancel` marked
+        cancelled while this process runs; they are closed (by the caller,
+        through `add_jobs`)."""
+        ...
+
+
+@runtime_checkable
+class TimerAdmin(Protocol):
+    """Open correlations as `zoomrules timers` sees them, beside a daemon."""
+
+    async def correlations(self, rule: str | None, limit: int) -> list[CorrelationRow]:
+        """Open correlations (of `rule`, or all), earliest deadline first."""
+        ...
+
+    def owner(self) -> str | None:
+        """Who runs the jobs of this journal right now (a daemon's pid), or None."""
+        ...
+
+    async def cancel_correlations(self, items: Sequence[tuple[str, str]]) -> int:
+        """Cancel open correlations (rule, key): at once when no daemon owns
+        the journal, else marked for the daemon to close within a second or
+        so. Returns how many there were."""
         ...

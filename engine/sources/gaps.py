@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -58,6 +59,8 @@ MARK_PREFIX = "alive:"
 MARK_EVERY = 5.0
 #: ... and the shortest (a fast heartbeat must not mean a write per heartbeat).
 _MARK_EVERY_MIN = 0.5
+#: Gaps remembered for `gaps_since`.
+_GAPS_KEPT = 1024
 
 
 def mark_interval(heartbeat_interval: float) -> float:
@@ -181,6 +184,8 @@ class ConnectionGaps:
         self._tracked: dict[str, _Tracked] = {}
         self._wake = anyio.Event()
         self._logs = LogLimiter(log)
+        #: The gaps `up` reported, newest last (for `gaps_since`).
+        self._reported: deque[Gap] = deque(maxlen=_GAPS_KEPT)
 
     # -- what the sources report -------------------------------------------------
 
@@ -227,6 +232,7 @@ class ConnectionGaps:
         if not tracked.links and start is not None and self._long_enough(now - start):
             gap = Gap(source, start, now, self._cause(tracked, failures, last_failure))
             tracked.held += 1
+            self._reported.append(gap)
         tracked.links[id(link)] = probe
         tracked.last_alive = max(now, start or now)
         tracked.seen_here = True
@@ -277,6 +283,30 @@ class ConnectionGaps:
         if tracked is None:
             return None
         return self._current(tracked)
+
+    # -- what the engine asks (temporal rules: engine.correlate.StreamWatch) ------
+
+    def complete_until(self) -> float | None:
+        """Every event that happened before this moment reached the sink,
+        or the gap that lost it was reported: now while every source is
+        connected (and has handed over its gap event); else the earliest
+        moment one of them was last known connected. None before any
+        source has started, or while one has never been connected."""
+        if not self._tracked:
+            return None
+        now = time.time()
+        until = math.inf
+        for tracked in self._tracked.values():
+            if tracked.links and not tracked.held:
+                continue
+            if tracked.last_alive is None:
+                return None
+            until = min(until, tracked.last_alive)
+        return min(until, now)
+
+    def gaps_since(self, after: float) -> list[tuple[float, float]]:
+        """(start, end) of the gaps reported by `up` that ended after `after`."""
+        return [(gap.start, gap.end) for gap in self._reported if gap.end > after]
 
     @staticmethod
     def _current(tracked: _Tracked) -> float | None:

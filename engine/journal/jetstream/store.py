@@ -53,6 +53,7 @@ from engine.journal.store import (
     JobRow,
     JobStart,
     JournalCounters,
+    StateChange,
     StoreHealth,
 )
 from engine.logs import LogLimiter
@@ -350,7 +351,14 @@ class JetStreamJournal(JetStreamAdmin):
         while not self._fetched:
             await self._fetch(self.batch, timeout=1.0)
 
-    async def add_jobs(self, firings: Firings) -> list[JobStart]:
+    async def add_jobs(self, firings: Firings, state: Sequence[StateChange] = ()) -> list[JobStart]:
+        # Temporal rules and their state are the single-process journal's
+        # for now (`zoomrules check` refuses them with [cluster]); throttle
+        # windows are the cluster's shared ones (engine.shared_limits).
+        if state:
+            raise JournalError(
+                "the cluster's journal keeps no temporal rule state (see docs/correlation.md)"
+            )
         starts: list[JobStart] = []
         now = time.time()
         for seq, rules in firings:
@@ -364,6 +372,10 @@ class JetStreamJournal(JetStreamAdmin):
             held.jobs = len(rules)
             held.pending = sum(1 for start in begin if start >= 0)
             for index, (rule, start) in enumerate(zip(rules, begin, strict=True)):
+                if not isinstance(rule, str):  # a keyed job: a temporal rule's firing
+                    raise JournalError(
+                        "the cluster's journal runs no temporal rule (see docs/correlation.md)"
+                    )
                 job = job_id(seq, index)
                 self._jobs[job] = _Job(held, None, rule, now, next_action=max(start, 0))
                 starts.append((job, start))

@@ -19,7 +19,7 @@ from engine.config import EngineConfig
 from engine.events import Event
 from engine.journal.sqlite.db import JournalDB
 from engine.journal.sqlite.files import exclusive_lock, lock_holder
-from engine.journal.store import DEAD, RETRY, JobRow
+from engine.journal.store import DEAD, RETRY, CorrelationRow, JobRow
 
 
 class SqliteAdmin:
@@ -115,6 +115,24 @@ class SqliteAdmin:
 
         job_id: int | None = await self._run(record)
         return job_id
+
+    # -- open correlations (`TimerAdmin`) -------------------------------------------
+
+    async def correlations(self, rule: str | None, limit: int) -> list[CorrelationRow]:
+        rows: list[CorrelationRow] = await self._run(
+            lambda: self.db.correlations(rule, limit=limit)
+        )
+        return rows
+
+    async def cancel_correlations(self, items: Sequence[tuple[str, str]]) -> int:
+        # No daemon: deleted here, under the journal's lock. A daemon holds
+        # them in memory: marked, for it to close (it polls, as for retries).
+        def cancel() -> int:
+            with exclusive_lock(self.state_dir) as free, self.db.transaction():
+                return self.db.cancel_correlations(items, at_once=free)
+
+        count: int = await self._run(cancel)
+        return count
 
 
 @asynccontextmanager

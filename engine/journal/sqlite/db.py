@@ -31,20 +31,35 @@ from engine.journal.sqlite.rows import (
 )
 from engine.journal.sqlite.schema import SCHEMA_VERSION, migrate
 from engine.journal.store import (
+    CLOSED,
     DEAD,
     JOB_STATES,
+    OPENED,
     PENDING,
     RETRY,
+    THROTTLED,
     ActionOutcome,
+    CorrelationRow,
+    EngineState,
     JobRow,
+    StateChange,
     StoredEvent,
+    ThrottleRow,
 )
 
 T = TypeVar("T")
 
 _JOB_COLUMNS = (
     "j.id, j.event_seq, j.rule, j.state, j.next_action, j.attempts, j.errors, j.last_error, "
-    "j.created_at, j.updated_at, e.event_id, e.name, e.source, e.received_at, e.body"
+    "j.created_at, j.updated_at, j.context, e.event_id, e.name, e.source, e.received_at, e.body"
+)
+_CORRELATION_COLUMNS = "rule, key, definition, form, seq, deadline, gap, held"
+#: Opening or changing correlations: one statement for many (see _CHUNK).
+_UPSERT_CORRELATIONS = (
+    f"INSERT INTO correlations ({_CORRELATION_COLUMNS}, updated_at) VALUES {{values}} "
+    "ON CONFLICT(rule, key) DO UPDATE SET definition = excluded.definition, "
+    "form = excluded.form, seq = excluded.seq, deadline = excluded.deadline, "
+    "gap = excluded.gap, held = excluded.held, updated_at = excluded.updated_at"
 )
 
 
@@ -104,8 +119,9 @@ _UNMATCHED = """
 
 _INSERT_JOB = (
     "INSERT OR IGNORE INTO jobs (id, event_seq, rule, state, next_action, attempts, errors, "
-    "last_error, created_at, updated_at) VALUES "
+    "last_error, created_at, updated_at, context, firing_key) VALUES "
 )
+_JOB_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 
 def _apply_outcome(row: list[Any], outcome: OutcomeRow) -> None:
@@ -422,12 +438,17 @@ class JournalDB:
 
     # -- jobs -----------------------------------------------------------------
 
-    def record_jobs(self, firings: Sequence[tuple[int, Sequence[str]]], now: float) -> list[int]:
+    def record_jobs(
+        self,
+        firings: Sequence[tuple[int, Sequence[Any]]],
+        now: float,
+        state: Sequence[StateChange] = (),
+    ) -> list[int]:
         """Mark events matched and add their jobs as pending, numbered after
-        the newest job; returns the job ids in order. (The daemon numbers its
-        jobs itself, see `Journal.queue_jobs`.)"""
+        the newest job, and apply `state`; returns the job ids in order. (The
+        daemon numbers its jobs itself, see `SqliteJournal.add_jobs`.)"""
         first_id = self.max_job_id() + 1
-        self.record_jobs_and_outcomes([(firings, now, first_id)], ())
+        self.record_jobs_and_outcomes([(firings, now, first_id, state)], ())
         return list(range(first_id, first_id + sum(len(rules) for _, rules in firings)))
 
     def record_jobs_and_outcomes(
@@ -448,13 +469,17 @@ class JournalDB:
         """
         seqs: list[int] = []
         rows: dict[int, list[Any]] = {}
-        for firings, now, first_id in batches:
+        for firings, now, first_id, _ in batches:
             job_id = first_id
             for seq, rules in firings:
                 seqs.append(seq)
                 for rule in rules:
-                    # The columns of _INSERT_JOB, in order.
-                    rows[job_id] = [job_id, seq, rule, "pending", 0, 0, 0, None, now, now]
+                    # The columns of _INSERT_JOB, in order; a keyed job (a
+                    # temporal rule's firing) brings its key and context.
+                    name, key, context = (rule, None, None) if rule.__class__ is str else rule
+                    rows[job_id] = [
+                        job_id, seq, name, "pending", 0, 0, 0, None, now, now, context, key
+                    ]  # fmt: skip
                     job_id += 1
         later: list[OutcomeRow] = []
         for outcome in outcomes:
@@ -466,11 +491,150 @@ class JournalDB:
         self._mark_matched(seqs)
         for chunk in _chunks(list(rows.values())):
             self.conn.execute(
-                _INSERT_JOB + _values(len(chunk), "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+                _INSERT_JOB + _values(len(chunk), _JOB_ROW),
                 [value for row in chunk for value in row],
             )
         if later:
             self.outcomes_finished(later)
+        for _, now, _, state in batches:
+            if state:
+                self.apply_state(state, now)
+
+    # -- the engine's state between events --------------------------------------
+
+    def apply_state(self, changes: Sequence[StateChange], now: float) -> None:
+        """Apply `StateChange`s in order (see engine.journal.store): each run
+        of changes of one kind in as few statements as it takes (the same
+        correlation twice in a run: the later wins, as in order)."""
+        start = 0
+        while start < len(changes):
+            kind = changes[start][0]
+            end = start
+            while end < len(changes) and changes[end][0] == kind:
+                end += 1
+            run = changes[start:end]
+            if kind == OPENED:
+                self._upsert_correlations(run, now)
+            elif kind == CLOSED:
+                self._close_correlations(run)
+            elif kind == THROTTLED:
+                self._throttle_windows(run)
+            else:
+                raise ValueError(f"unknown state change {kind!r}")
+            start = end
+
+    def _upsert_correlations(self, run: Sequence[StateChange], now: float) -> None:
+        for chunk in _chunks(run):
+            self.conn.execute(
+                _UPSERT_CORRELATIONS.format(
+                    values=_values(len(chunk), "(?, ?, ?, ?, ?, ?, ?, ?, ?)")
+                ),
+                [value for change in chunk for value in (*change[1:9], now)],
+            )
+
+    def _close_correlations(self, run: Sequence[StateChange]) -> None:
+        for chunk in _chunks(run):
+            # Through a join: `(rule, key) IN (VALUES ...)` would scan the table.
+            self.conn.execute(
+                "DELETE FROM correlations WHERE id IN (SELECT c.id FROM (VALUES "
+                + _values(len(chunk), "(?, ?)")
+                + ") AS v JOIN correlations c ON c.rule = v.column1 AND c.key = v.column2)",
+                [value for change in chunk for value in change[1:3]],
+            )
+
+    def _throttle_windows(self, run: Sequence[StateChange]) -> None:
+        for _, rule, key, expires_at, hits in run:
+            if hits == b"[]":
+                self.conn.execute(
+                    "DELETE FROM throttle_windows WHERE rule = ? AND key = ?", (rule, key)
+                )
+            else:
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO throttle_windows (rule, key, hits, expires_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    (rule, key, hits, expires_at),
+                )
+
+    def load_state(self, now: float) -> EngineState:
+        """Every open correlation (with the events it holds), and every
+        throttle window not expired at `now`."""
+        # In the order they were last changed: a rule's oldest comes first
+        # (and goes first at its `max_open`).
+        correlations = self._with_events(
+            self.conn.execute(
+                f"SELECT {_CORRELATION_COLUMNS} FROM correlations ORDER BY updated_at, id"
+            ).fetchall()
+        )
+        throttles = [
+            ThrottleRow(rule, key, tuple(orjson.loads(hits)))
+            for rule, key, hits in self.conn.execute(
+                "SELECT rule, key, hits FROM throttle_windows WHERE expires_at > ?", (now,)
+            )
+        ]
+        return EngineState(correlations, throttles)
+
+    def correlations(self, rule: str | None = None, limit: int = 1000) -> list[CorrelationRow]:
+        where, args = ("WHERE rule = ?", (rule,)) if rule is not None else ("", ())
+        return self._with_events(
+            self.conn.execute(
+                f"SELECT {_CORRELATION_COLUMNS} FROM correlations {where} "
+                "ORDER BY deadline LIMIT ?",
+                (*args, limit),
+            ).fetchall()
+        )
+
+    def _with_events(self, rows: Sequence[tuple[Any, ...]]) -> list[CorrelationRow]:
+        """Correlation rows with the events they hold (`CorrelationRow.events`):
+        those it names only (`[event time, seq, id]`: its opening event,
+        which retention keeps for it) read from `events`; an event no longer
+        there is left out."""
+        seqs = {held[1] for row in rows for held in orjson.loads(row[7]) if len(held) == 3}
+        stored: dict[int, list[Any]] = {}
+        for chunk in _chunks(sorted(seqs)):
+            for seq, event_id, name, source, received_at, body in self.conn.execute(
+                "SELECT seq, event_id, name, source, received_at, body FROM events "
+                f"WHERE seq IN ({','.join('?' * len(chunk))})",
+                chunk,
+            ):
+                stored[seq] = [event_id, name, received_at, source, orjson.Fragment(body)]
+        return [
+            CorrelationRow(
+                rule,
+                key,
+                definition,
+                form,
+                seq,
+                deadline,
+                bool(gap),
+                orjson.dumps(
+                    [
+                        entry if len(entry) > 3 else [*entry[:2], *stored[entry[1]]]
+                        for entry in orjson.loads(held)
+                        if len(entry) > 3 or entry[1] in stored
+                    ]
+                ),
+            )  # fmt: skip
+            for rule, key, definition, form, seq, deadline, gap, held in rows
+        ]
+
+    def cancel_correlations(self, items: Sequence[tuple[str, str]], *, at_once: bool) -> int:
+        """Delete the correlations (`at_once`: no daemon runs) or mark them
+        for the daemon to close; how many there were."""
+        sql = (
+            "DELETE FROM correlations WHERE rule = ? AND key = ?"
+            if at_once
+            else "UPDATE correlations SET cancelled = 1 WHERE rule = ? AND key = ?"
+        )
+        return sum(self.conn.execute(sql, item).rowcount for item in items)
+
+    def claim_cancelled(self) -> list[tuple[str, str]]:
+        """Correlations marked cancelled; unmarked (the caller closes them)."""
+        found = self.conn.execute(
+            "SELECT rule, key FROM correlations WHERE cancelled = 1"
+        ).fetchall()
+        if found:
+            self.conn.execute("UPDATE correlations SET cancelled = 0 WHERE cancelled = 1")
+        return [(rule, key) for rule, key in found]
 
     def _mark_matched(self, seqs: Sequence[int]) -> None:
         for chunk in _chunks(seqs):
@@ -620,15 +784,22 @@ class JournalDB:
             "AND updated_at < ? LIMIT ?)",
             (cutoff, chunk),
         ).rowcount
-        # Events stay while a job still needs them (pending, dead letters) and
-        # for the dedup window, whichever is longer.
+        # Events stay while a job still needs them (pending, dead letters) or
+        # an open correlation may fire on them, and for the dedup window,
+        # whichever is longer.
         events = conn.execute(
             "DELETE FROM events WHERE seq IN (SELECT seq FROM events e WHERE matched = 1 "
             "AND received_at < ? AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.event_seq = e.seq) "
-            "LIMIT ?)",
+            "AND NOT EXISTS (SELECT 1 FROM correlations c WHERE c.seq = e.seq) LIMIT ?)",
             (now - max(retention, keep_events), chunk),
         ).rowcount
-        return jobs + events
+        # Throttle windows whose last firing is older than their `per`.
+        windows = conn.execute(
+            "DELETE FROM throttle_windows WHERE (rule, key) IN (SELECT rule, key "
+            "FROM throttle_windows WHERE expires_at < ? LIMIT ?)",
+            (now, chunk),
+        ).rowcount
+        return jobs + events + windows
 
     def stats(self) -> dict[str, Any]:
         conn = self.conn
@@ -639,9 +810,11 @@ class JournalDB:
             "MIN(received_at) FROM events"
         ).fetchone()
         sizes = self.file_sizes()
+        (correlations,) = conn.execute("SELECT COUNT(*) FROM correlations").fetchone()
         return {
             "path": str(self.path),
             "schema_version": SCHEMA_VERSION,
+            "correlations": correlations,
             "events": events,
             "events_unmatched": unmatched,
             "duplicates_dropped": duplicates,

@@ -23,8 +23,10 @@ EventRow = tuple[str | None, str, str, float, bytes]
 #: An action outcome as queued and sent to the writer: the fields of
 #: `ActionOutcome`, then when it was recorded.
 OutcomeRow = tuple[int, int, int, str | None, int, bool, float]
-#: New jobs as queued: (firings, when, first job id), see `SqliteJournal.add_jobs`.
-JobsRow = tuple[Sequence[tuple[int, Sequence[str]]], float, int]
+#: New jobs as queued: (firings, when, first job id, state changes), see
+#: `SqliteJournal.add_jobs`; firings name rules or are keyed jobs
+#: (`engine.journal.store.KeyedJob`), state changes are `StateChange`s.
+JobsRow = tuple[Sequence[tuple[int, Sequence[Any]]], float, int, Sequence[tuple[Any, ...]]]
 
 
 def event_row(event: Event) -> EventRow:
@@ -79,4 +81,5 @@ def event_from_row(row: Sequence[Any]) -> Event:
 
 def job_from_row(row: Sequence[Any]) -> JobRow:
     """The job of a row of `JournalDB.JOB_COLUMNS`."""
-    return JobRow(*row[:10], event=event_from_row(row[10:]))  # type: ignore[misc]
+    context = None if row[10] is None else orjson.loads(row[10])
+    return JobRow(*row[:10], event=event_from_row(row[11:]), context=context)  # type: ignore[misc]

@@ -13,7 +13,7 @@ from collections.abc import Callable
 log = logging.getLogger("zoomrules.journal")
 
 #: The schema this code writes; `MIGRATIONS[n]` brings a database from n-1 to n.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def _v1(conn: sqlite3.Connection) -> None:
@@ -73,7 +73,53 @@ def _v3(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1, 2: _v2, 3: _v3}
+def _v4(conn: sqlite3.Connection) -> None:
+    # v4: the engine's state between events. Temporal rules' open
+    # correlations (engine.correlate) with their deadlines, naming the events
+    # they hold (`held`: [event time, seq, id], the opening event first; the
+    # events stay in `events` while a correlation holds them), and throttle
+    # windows; both changed in the transaction that records the jobs of the
+    # same events. A temporal rule's firing is a job with a key of its own
+    # (rule, correlation key, opening event: one job per firing) and the
+    # metadata its actions see (the opening event, lateness, gaps).
+    _script(
+        conn,
+        """
+        ALTER TABLE jobs ADD COLUMN context BLOB;
+        ALTER TABLE jobs ADD COLUMN firing_key TEXT;
+        CREATE UNIQUE INDEX jobs_by_firing ON jobs(firing_key) WHERE firing_key IS NOT NULL;
+        CREATE TABLE correlations (
+            id          INTEGER PRIMARY KEY,
+            rule        TEXT    NOT NULL,
+            key         TEXT    NOT NULL,
+            definition  TEXT    NOT NULL,
+            form        TEXT    NOT NULL,
+            seq         INTEGER,
+            deadline    REAL    NOT NULL,
+            gap         INTEGER NOT NULL DEFAULT 0,
+            held        BLOB    NOT NULL,
+            cancelled   INTEGER NOT NULL DEFAULT 0,
+            updated_at  REAL    NOT NULL,
+            UNIQUE (rule, key)
+        );
+        CREATE INDEX correlations_by_seq ON correlations(seq);
+        CREATE TABLE throttle_windows (
+            rule        TEXT    NOT NULL,
+            key         TEXT    NOT NULL,
+            hits        BLOB    NOT NULL,
+            expires_at  REAL    NOT NULL,
+            PRIMARY KEY (rule, key)
+        ) WITHOUT ROWID
+        """,
+    )
+
+
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    1: _v1,
+    2: _v2,
+    3: _v3,
+    4: _v4,
+}
 
 
 def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:

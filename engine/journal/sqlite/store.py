@@ -43,10 +43,12 @@ from engine.journal.store import (
     DEAD,
     PENDING,
     RETRY,
+    EngineState,
     Firings,
     JobRow,
     JobStart,
     JournalCounters,
+    StateChange,
     StoredEvent,
     StoreHealth,
 )
@@ -901,7 +903,7 @@ class SqliteJournal:
             self._reader.close()
             self._reader = None
 
-    async def add_jobs(self, firings: Firings) -> list[JobStart]:
+    async def add_jobs(self, firings: Firings, state: Sequence[StateChange] = ()) -> list[JobStart]:
         """Queue the jobs' `pending` rows without waiting for their commit.
 
         The ids are handed out here (this process is the journal's only
@@ -913,7 +915,10 @@ class SqliteJournal:
         start matches it again and runs its jobs (at least once).
 
         `firings` travels to the writer process as it is: (seq, rule names)
-        pairs of ints and strings, in lists or tuples.
+        pairs of ints and strings, in lists or tuples (and keyed jobs:
+        tuples of strings and bytes). `state` goes with them, in the same
+        transaction: whatever carries the jobs to a later segment carries it
+        too (`_carry`).
         """
         count = sum(len(rules) for _, rules in firings)
         if self._next_job_id is None:
@@ -922,7 +927,7 @@ class SqliteJournal:
         if self._closed or self._queued >= self._queue_size:
             await self._room()
         segment = self._segment()
-        segment.jobs.append((firings, time.time(), first))
+        segment.jobs.append((firings, time.time(), first, state))
         segment.job_counts.append(count)
         self._added(segment)
         return [(job_id, 0) for job_id in range(first, first + count)]
@@ -1109,6 +1114,17 @@ class SqliteJournal:
         now = time.time()
         await self._put_call(_Op(OP_CALL, lambda db: db.write_mark(name, value, now)))
         self._marks[name] = value
+
+    # -- the engine's state between events (`StateStore`) ------------------------------
+
+    async def load_state(self) -> EngineState:
+        now = time.time()
+        state: EngineState = await self.call(lambda db: db.load_state(now))
+        return state
+
+    async def claim_cancelled(self) -> list[tuple[str, str]]:
+        found: list[tuple[str, str]] = await self.call(lambda db: db.claim_cancelled())
+        return found
 
     # -- retention -------------------------------------------------------------------
 
