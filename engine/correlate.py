@@ -287,6 +287,15 @@ class Correlations:
         """When `due` has something to do next (None: nothing is open)."""
         return self._deadlines.next()
 
+    def next_deadlines(self) -> dict[str, float]:
+        """Each rule's earliest open deadline (for people: a walk over every
+        open correlation, not the deadline heap, which holds no rule index)."""
+        return {
+            name: min(corr.deadline for corr in opened.values())
+            for name, opened in self._open.items()
+            if opened
+        }
+
     def _change(self, change: StateChange) -> None:
         if self.keep_changes:
             self._changes.append(change)

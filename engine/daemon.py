@@ -27,6 +27,7 @@ import anyio
 import anyio.lowlevel
 
 from engine.config import Config
+from engine.correlate import Correlations
 from engine.daemon_state import STARTING, STOPPING, Readiness
 from engine.dispatch import Dispatcher
 from engine.errors import AuthError, ConfigError, DaemonError
@@ -211,6 +212,11 @@ class Daemon:
     @property
     def store(self) -> JournalStore | None:
         return self.runtime.store if self.runtime is not None else None
+
+    @property
+    def correlations(self) -> Correlations | None:
+        feed = self.runtime.feed if self.runtime is not None else None
+        return feed.correlations if feed is not None else None
 
     def readiness(self) -> Readiness:
         """Ready: running, the journal writing, every source delivering

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from engine.correlate import Correlations
     from engine.dispatch import Dispatcher
     from engine.journal.store import JournalStore
     from engine.loader import LoadedRules
@@ -67,5 +68,10 @@ class DaemonState(Protocol):
 
     @property
     def store(self) -> JournalStore | None: ...
+
+    @property
+    def correlations(self) -> Correlations | None:
+        """Temporal rules' open correlations (None: no journal feed runs)."""
+        ...
 
     def readiness(self) -> Readiness: ...

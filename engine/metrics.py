@@ -88,6 +88,7 @@ class EngineCollector:
         yield from _sources(state.sources, self._names.labels(state.loaded))
         yield from _tokens(state)
         yield from _rules(state)
+        yield from _correlations(state)
         yield from _actions(state)
         yield from _journal(state)
 
@@ -351,6 +352,40 @@ def _rules(state: DaemonState) -> Iterator[Metric]:
         "counted since the rules were last loaded.",
         pipeline.rules.matcher.errors,
     )
+
+
+def _correlations(state: DaemonState) -> Iterator[Metric]:
+    """Temporal rules (docs/correlation.md): present once a journal feed runs."""
+    correlations = state.correlations
+    if correlations is None:
+        return
+    open_now = GaugeMetricFamily(
+        "zoomrules_correlations_open", "Open correlations of a temporal rule.", labels=["rule"]
+    )
+    for rule, count in correlations.open_counts().items():
+        open_now.add_metric([rule], count)
+    yield open_now
+    deadline = correlations.next_deadline()
+    if deadline is not None:
+        yield _gauge(
+            "zoomrules_correlations_next_deadline_timestamp_seconds",
+            "When the earliest open correlation's deadline falls.",
+            deadline,
+        )
+    stats = correlations.stats
+    for name, text, counts in (
+        ("opened", "Correlations opened.", stats.opened),
+        ("fired", "Firings of temporal rules (an absence at its deadline, "
+         "a sequence at its follow-up, a count at its Nth event).", stats.fired),
+        ("satisfied", "Absences closed by their follow-up (nothing fired).", stats.satisfied),
+        ("expired", "Sequences and counts whose window ended without firing.", stats.expired),
+        ("dropped", "Correlations dropped, oldest first, at the rule's max_open.", stats.dropped),
+        ("gap_overlaps", "Absences a connection gap overlapped.", stats.gaps),
+        ("suppressed", "Absences not fired because a gap overlapped them (on_gap).",
+         stats.suppressed),
+        ("errors", "Keys and follow-up conditions that failed on an event.", stats.errors),
+    ):  # fmt: skip
+        yield _by_rule(f"zoomrules_correlations_{name}", text, counts)
 
 
 def _by_rule(name: str, text: str, counts: Counter[str]) -> CounterMetricFamily:

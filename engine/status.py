@@ -77,6 +77,20 @@ class RuleStatus:
 
 
 @dataclass(frozen=True)
+class TemporalRuleStatus:
+    """A temporal rule's open correlations (docs/correlation.md)."""
+
+    name: str
+    #: `absence`, `sequence` or `count`.
+    form: str
+    open: int
+    #: Its earliest open deadline (None: nothing open).
+    next_deadline: float | None
+    fired: int
+    dropped: int
+
+
+@dataclass(frozen=True)
 class DeadLetter:
     job_id: int
     rule: str
@@ -111,6 +125,7 @@ class Status:
     subscriptions: tuple[SubscriptionStatus, ...]
     rules: tuple[RuleStatus, ...]
     jobs: JobsStatus
+    temporal: tuple[TemporalRuleStatus, ...]
     #: How many events are kept (0: none, `[http] recent_events`).
     recent_size: int
     events: tuple[EventReport, ...]
@@ -140,6 +155,7 @@ async def gather(state: DaemonState, journal_timeout: float = JOURNAL_TIMEOUT) -
         subscriptions=tuple(_subscription(source) for source in sources),
         rules=_rules(state),
         jobs=jobs,
+        temporal=_temporal(state),
         recent_size=recent.size if recent is not None else 0,
         events=tuple(events),
     )
@@ -203,6 +219,25 @@ def _rules(state: DaemonState) -> tuple[RuleStatus, ...]:
             errors=errors.get(rule.name, 0),
         )
         for rule in loaded.rules
+    )
+
+
+def _temporal(state: DaemonState) -> tuple[TemporalRuleStatus, ...]:
+    correlations = state.correlations
+    counts = correlations.open_counts() if correlations is not None else {}
+    deadlines = correlations.next_deadlines() if correlations is not None else {}
+    stats = correlations.stats if correlations is not None else None
+    return tuple(
+        TemporalRuleStatus(
+            name=rule.name,
+            form=rule.correlation.form,
+            open=counts.get(rule.name, 0),
+            next_deadline=deadlines.get(rule.name),
+            fired=stats.fired[rule.name] if stats is not None else 0,
+            dropped=stats.dropped[rule.name] if stats is not None else 0,
+        )
+        for rule in state.loaded.rules
+        if rule.correlation is not None
     )
 
 

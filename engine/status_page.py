@@ -10,7 +10,7 @@ is, when it is put into the page.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from html import escape
 
 from starlette.requests import Request
@@ -20,7 +20,15 @@ from starlette.routing import BaseRoute, Route
 from engine.daemon_state import DaemonState
 from engine.event_report import ActionReport, EventReport, RuleReport
 from engine.journal.store import DEAD, PENDING, RETRY
-from engine.status import DeadLetter, JobsStatus, RuleStatus, Status, SubscriptionStatus, gather
+from engine.status import (
+    DeadLetter,
+    JobsStatus,
+    RuleStatus,
+    Status,
+    SubscriptionStatus,
+    TemporalRuleStatus,
+    gather,
+)
 
 __all__ = ["render", "routes"]
 
@@ -76,6 +84,7 @@ def render(status: Status, refresh: int = 0) -> str:
         _header(status, refresh),
         _subscriptions(status.subscriptions, status.now),
         _rules(status.rules, status.now),
+        _temporal(status.temporal, status.now),
         _jobs(status.jobs, status.now),
         _events(status),
         "</body></html>\n",
@@ -190,6 +199,28 @@ def _rules(rules: Iterable[RuleStatus], now: float) -> str:
             rows,
             empty="no rule",
         ),
+    )
+
+
+def _temporal(rules: Sequence[TemporalRuleStatus], now: float) -> str:
+    if not rules:
+        return ""
+    rows = [
+        _row(
+            f"<code>{_e(rule.name)}</code>",
+            _e(rule.form),
+            _number(rule.open),
+            _deadline(rule.next_deadline, now),
+            _number(rule.fired),
+            _number(rule.dropped, bad=True),
+        )
+        for rule in rules
+    ]
+    return _section(
+        "temporal",
+        "Temporal rules",
+        _table(("rule", "form", "open", "next deadline", "fired", "dropped at max_open"), rows)
+        + "<p>Each open correlation: <code>zoomrules timers list</code>.</p>",
     )
 
 
@@ -342,6 +373,14 @@ def _until(at: float | None, now: float) -> str:
     if left <= 0:
         return f'<span class="bad">expired {_duration(-left)} ago</span>'
     return f"in {_duration(left)}"
+
+
+def _deadline(at: float | None, now: float) -> str:
+    """A deadline: past ones are due (an absence waiting to learn of a gap)."""
+    if at is None:
+        return _NONE
+    left = at - now
+    return _time(at, f"in {_duration(left)}" if left > 0 else f"due {_duration(-left)} ago")
 
 
 def _duration(seconds: float) -> str:

@@ -27,6 +27,7 @@ from conftest import example, write_rules
 from daemon_process import simulator_env
 from starlette.applications import Starlette
 
+from engine.correlate import Correlations
 from engine.daemon import Daemon
 from engine.daemon_state import Readiness
 from engine.dispatch import Dispatcher, Job
@@ -358,6 +359,7 @@ class State:
     sources: list[Any] = field(default_factory=list)
     pipeline: Pipeline | None = None
     dispatcher: Dispatcher | None = None
+    correlations: Correlations | None = None
 
     def readiness(self) -> Readiness:
         return Readiness(True)
