@@ -309,6 +309,7 @@ class Daemon:
         return build_sources(
             config, self._services, gaps=self.gaps, leases=cluster.leases if cluster else None,
             http=self.http, intake=store.health if store is not None else None,
+            durable=store.append_durably if store is not None else None,
         )  # fmt: skip
 
     async def _announce(self, count: int) -> None:

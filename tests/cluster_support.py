@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
@@ -143,20 +143,21 @@ async def cluster_nodes(
     *,
     start: bool = True,
     servers: Sequence[Sequence[str]] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[list[Node]]:
     """`count` nodes (node-1, node-2, ...) running `rules`; each is killed on exit.
 
     `servers[i]`, when given, replaces the rule file's NATS servers for node
-    i (through a rule file of its own)."""
+    i (through a rule file of its own); `env` is more of every node's environment."""
     async with AsyncExitStack() as stack:
         nodes = []
         for index in range(count):
             name = f"node-{index + 1}"
             node_rules = rules if servers is None else _with_servers(rules, name, servers[index])
-            env = simulator_env(sim, state / name, ZOOMRULES_NODE=name)
+            node_env = simulator_env(sim, state / name, ZOOMRULES_NODE=name, **(env or {}))
             daemon = await stack.enter_async_context(
                 daemon_process(
-                    ["run", "--log-level", "debug", "-c", str(node_rules)], env, start=start
+                    ["run", "--log-level", "debug", "-c", str(node_rules)], node_env, start=start
                 )
             )
             nodes.append(Node(name, daemon))

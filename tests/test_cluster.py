@@ -6,6 +6,7 @@ actions' target counts requests by their idempotency key (the event's id).
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -13,11 +14,11 @@ from typing import Any
 import anyio
 import orjson
 import pytest
-from cluster_support import cluster_nodes, cluster_rules
+from cluster_support import Node, cluster_nodes, cluster_rules
 from conftest import example
 from test_journal_support import Target, meeting_events, wait_until
 
-from engine.simulator import Simulator
+from engine.simulator import Simulator, WebhookSender
 from tests.nats_server import NatsServer, nats_connect, run_nats_cluster
 
 pytestmark = pytest.mark.anyio
@@ -378,3 +379,61 @@ async def test_a_cluster_restarted_after_a_stop_reports_the_gap_once(
     # A clean stop writes the mark as the connection closes.
     assert stopped - 1.0 <= gap["start"] <= stopped
     assert stopped + 1.5 <= gap["end"] <= restarted
+
+
+_SERVING = re.compile(r"serving HTTP on 127\.0\.0\.1:(\d+)")
+
+
+def _http_port(node: Node) -> int:
+    for line in node.daemon.stderr:
+        if found := _SERVING.search(line):
+            return int(found.group(1))
+    raise AssertionError(f"{node.name} serves no HTTP:\n{node.log()}")
+
+
+async def test_webhooks_on_every_node_fire_once_and_a_200_survives_the_node(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """Every node serves the webhook; Zoom's retry landing on another node,
+    and the same event by WebSocket, fire once; a node killed right after
+    its 200 has lost nothing: the event was in the cluster's stream."""
+    secret = "cluster-webhook-secret"
+    async with Simulator() as sim, Target().serve() as target:
+        rules = cluster_rules(
+            tmp_path, target.url, [nats_server.url],
+            zoom='[zoom.webhook]\nsecret_token = "${WEBHOOK_SECRET}"',
+            extra='[http]\nlisten = "127.0.0.1:0"',
+        )  # fmt: skip
+        env = {"WEBHOOK_SECRET": secret}
+        async with cluster_nodes(2, rules, sim, tmp_path / "state", env=env) as nodes:
+            await sim.wait_connected(timeout=30)
+            for node in nodes:
+                await node.daemon.wait_log("serving HTTP on", timeout=30)
+            first, second = (
+                WebhookSender(f"http://127.0.0.1:{_http_port(node)}/zoom/webhook", secret)
+                for node in nodes
+            )
+            async with first, second:
+                # One occurrence: by webhook to node-1, Zoom's retry to
+                # node-2, and by WebSocket to whichever node holds it.
+                body = {**example("meeting.started"), "event_ts": int(time.time() * 1000)}
+                delivery = await first.deliver(body)
+                assert delivery.status == 200
+                assert (await second.retry(delivery)).status == 200
+                assert await sim.send_event(body) == 1
+                # Events spread over both nodes' webhooks: each once.
+                events = meeting_events(10)
+                for index, event in enumerate(events):
+                    sender = first if index % 2 else second
+                    assert (await sender.deliver(event)).status == 200
+                await wait_until(lambda: len(target.counts) == 11, 30)
+                await _all_acknowledged(nats_server.url, 11)
+                # Answered 200, then killed at once, before any action could
+                # end (the target holds every request): another node runs it.
+                target.stall()
+                late = {**example("meeting.started"), "event_ts": int(time.time() * 1000) + 1}
+                assert (await first.deliver(late)).status == 200
+                await nodes[0].daemon.kill()
+                target.release()
+                await wait_until(lambda: len(target.counts) == 12, 60)
+                assert set(target.counts.values()) == {1}

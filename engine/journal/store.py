@@ -349,6 +349,16 @@ class JournalStore(JournalAdmin, Protocol):
         """
         ...
 
+    async def append_durably(self, event: Event) -> None:
+        """`append`, returning only once `event` is durable: committed, or
+        dropped as a duplicate of one that is.
+
+        For a source whose answer lets the sender forget the event (a
+        webhook's 200: Zoom does not deliver it again). It waits for a
+        commit, which `append` does not; a caller bounds the wait (a
+        journal that cannot write never returns)."""
+        ...
+
     # -- the consumer's side ----------------------------------------------------
 
     async def take_events(self, limit: int) -> tuple[list[int], list[Event]]:

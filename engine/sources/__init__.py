@@ -48,6 +48,7 @@ def build_sources(
     leases: Leases | None = None,
     http: RouteHost | None = None,
     intake: IntakeCheck | None = None,
+    durable: EventSink | None = None,
 ) -> list[EventSource]:
     """One source per configured subscription, then one per webhook (none
     without `[zoom]`).
@@ -56,14 +57,18 @@ def build_sources(
     own (the one actions use) for the default subscription's credentials.
     With `gaps`, each reports its connections there and emits the gap
     events it gets back. With `leases` (a cluster), each runs only while
-    this node holds its lease. Webhooks serve their routes on `http` and
-    answer 503 while `intake` says the journal cannot take events.
+    this node holds its lease. Webhooks serve their routes on `http`,
+    answer 503 while `intake` says the journal cannot take events, and hand
+    events to `durable` (the journal's `append_durably`) when given: their
+    200 then means the event is durable.
     """
     zoom = config.zoom
     if zoom is None:
         return []
     sources = _listeners(config, services, gaps, leases)
-    sources.extend(WebhookSource(hook, http, intake=intake) for hook in zoom.webhooks)
+    sources.extend(
+        WebhookSource(hook, http, intake=intake, durable=durable) for hook in zoom.webhooks
+    )
     return sources
 
 

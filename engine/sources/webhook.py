@@ -124,6 +124,7 @@ class WebhookSource:
         host: RouteHost | None,
         *,
         intake: IntakeCheck | None = None,
+        durable: EventSink | None = None,
     ) -> None:
         self.config = config
         #: The source's name, which its events carry (`zoomrules.source`).
@@ -135,6 +136,9 @@ class WebhookSource:
         #: added by a reload: it takes effect at the next start).
         self.host = host
         self.intake = intake
+        #: Hands an event on and returns once it is durable (the journal's
+        #: `append_durably`); None: the sink `run` is given (no journal).
+        self.durable = durable
         self._sink: EventSink | None = None
         self._routes: list[BaseRoute] = [Route(config.path, self._handle, methods=["POST"])]
         self._logs = LogLimiter(log)
@@ -293,9 +297,11 @@ class WebhookSource:
         if trouble is not None:
             return self._unavailable(trouble)
         assert self._sink is not None, "routes are mounted only by run()"
+        # The 200 tells Zoom to forget the event: it must be durable by then.
+        hand_on = self.durable if self.durable is not None else self._sink
         try:
             with anyio.move_on_after(ACCEPT_WAIT) as waited:
-                await self._sink(event)
+                await hand_on(event)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             return self._unavailable("the journal is closed (the daemon is stopping)")
         except Exception:
@@ -306,7 +312,7 @@ class WebhookSource:
             )  # fmt: skip
             return PlainTextResponse("internal error\n", status_code=500)
         if waited.cancelled_caught:
-            return self._unavailable(f"the journal's queue stayed full for {ACCEPT_WAIT:g}s")
+            return self._unavailable(f"the journal did not take the event within {ACCEPT_WAIT:g}s")
         stats = self.stats
         stats.events += 1
         count_event(stats.events_by_name, event.name)

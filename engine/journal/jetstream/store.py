@@ -128,6 +128,11 @@ class JetStreamJournal(JetStreamAdmin):
         self._outbox = _Outbox()
         self._wake_publisher = anyio.Event()
         self._room = anyio.Event()
+        #: Items ever queued and ever published (or dropped as duplicates):
+        #: `append_durably` waits until the second passes its item's place.
+        self._queued_items = 0
+        self._published_items = 0
+        self._published = anyio.Event()
         self._closed = False
         self._events_sub: Any = None
         self._retry_sub: Any = None
@@ -189,7 +194,16 @@ class JetStreamJournal(JetStreamAdmin):
             raise anyio.ClosedResourceError
         self._queue(event)
 
+    async def append_durably(self, event: Event) -> None:
+        await self.append(event)
+        place = self._queued_items
+        while self._published_items < place:
+            if self._published.is_set():
+                self._published = anyio.Event()
+            await self._published.wait()
+
     def _queue(self, item: Event | _Mark) -> None:
+        self._queued_items += 1
         self._outbox.events.append(item)
         self._outbox.bytes += _size(item)
         self._wake_publisher.set()
@@ -233,6 +247,8 @@ class JetStreamJournal(JetStreamAdmin):
                 wanted, done = len(events), await self._publish_batch(events)
             for _ in range(done):
                 outbox.bytes -= _size(outbox.events.popleft())
+            self._published_items += done
+            self._published.set()
             self._room.set()
             if done == wanted:
                 if self._outage_since is not None:

@@ -94,7 +94,8 @@ class _Segment:
     """
 
     __slots__ = (
-        "bytes", "carried", "events", "finished", "job_counts", "jobs", "rows", "sent_at", "size",
+        "bytes", "carried", "committed", "events", "finished", "job_counts", "jobs", "rows",
+        "sent_at", "size",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -114,6 +115,9 @@ class _Segment:
         self.bytes = 0
         #: When it was handed to the writer (time.perf_counter).
         self.sent_at = 0.0
+        #: Set once it is committed; made only when someone waits for that
+        #: (`append_durably`): the usual append builds no event.
+        self.committed: anyio.Event | None = None
 
 
 class _HotRun:
@@ -680,6 +684,8 @@ class SqliteJournal:
             self._refuse(errors[0][1] if errors else "refused")
             return
         self._succeeded()
+        if segment.committed is not None:
+            segment.committed.set()
         if segment.bytes:
             self._held_bytes -= segment.bytes
             self._space.set()
@@ -842,6 +848,19 @@ class SqliteJournal:
             self._urgent.set()
         if self._writer_waiting:
             self._work.set()
+
+    async def append_durably(self, event: Event) -> None:
+        await self.append(event)
+        # `append` queued it in the open segment and returned without
+        # yielding to the event loop: that segment is still the open one.
+        segment = self._open
+        assert segment is not None and segment.events and segment.events[-1] is event
+        if segment.committed is None:
+            segment.committed = anyio.Event()
+        committed = segment.committed
+        if self._lingering:
+            self._urgent.set()  # someone waits: commit now, do not linger for more
+        await committed.wait()
 
     def take_hot(self, after_seq: int, limit: int) -> tuple[list[int], list[Event]]:
         """Committed events directly following `after_seq`, from memory, at
