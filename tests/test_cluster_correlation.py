@@ -121,3 +121,25 @@ async def test_the_correlator_killed_before_a_deadline_and_the_deadline_fires_on
                 1,
             ]
             assert "/absent/m-1" not in {path for path, _ in target.counts}
+
+
+async def test_timers_list_and_cancel_against_a_cluster(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    async with Simulator() as sim, Target().serve() as target:
+        extra = ABSENCE.format(within="1h", target=target.url)
+        rules = cluster_rules(tmp_path, target.url, [nats_server.url], extra=extra)
+        async with cluster_nodes(1, rules, sim, tmp_path / "state") as nodes:
+            await sim.wait_connected(timeout=30)
+            await nodes[0].daemon.wait_log(RUNS, timeout=30)
+            now_ms = int(time.time() * 1000)
+            events = [_event("meeting.started", f"c-{i}", now_ms) for i in range(2)]
+            assert await sim.send_events(events) == 2
+            await _until_open(rules, {"c-0", "c-1"})
+
+            shown = orjson.loads(await _timers(rules, "show", "host-not-joined", "c-0", "--json"))
+            assert shown["events"][0]["body"]["payload"]["object"]["uuid"] == "c-0"
+            said = await _timers(rules, "cancel", "host-not-joined", "c-0")
+            assert "cancelled 1 correlation(s)" in said
+            await _until_open(rules, {"c-1"})
+            assert {path for path, _ in target.counts} == {"/a"}
