@@ -457,8 +457,9 @@ class StateStore(Protocol):
     rules' open correlations and throttle windows (the SQLite journal).
 
     Changes arrive with the jobs (`JournalStore.add_jobs(firings, state)`)
-    and commit with them. A backend for a cluster would keep the same
-    state where every node sees it (docs/correlation.md says what it needs).
+    and commit with them. A cluster keeps temporal rules' state its own
+    way (`CorrelationLog`: one node matches them, in order) and throttle
+    windows in `engine.shared_limits`.
     """
 
     async def load_state(self) -> EngineState:
