@@ -1162,29 +1162,20 @@ class _Builder:
 
     def check_temporal_rules_have_a_home(self) -> None:
         """Temporal rules keep their open correlations and deadlines in the
-        single-process journal: not in memory (`journal = false`), and not
-        yet in a cluster's streams."""
+        journal (the single-process one, or a cluster's streams): not in
+        memory (`journal = false`)."""
         journal_off = self.engine is not None and not self.engine.journal
-        if self.cluster is None and not journal_off:
+        if self.cluster is not None or not journal_off:
             return
         for rule in self.rules:
             spec = rule.correlation
             if spec is None:
                 continue
-            if self.cluster is not None:
-                message = (
-                    f"{spec.table} rules do not run in cluster mode yet: their open "
-                    f"correlations and deadlines live in the single-process journal "
-                    f"(SQLite), not in the cluster's streams ([cluster] in "
-                    f"{self.cluster_file}); run this rule on a single-process daemon, or "
-                    f"remove [cluster]"
-                )
-            else:
-                message = (
-                    f"{spec.table} rules need [engine] journal = true (in {self.engine_file}): "
-                    "their open correlations and deadlines live in the journal, so that a "
-                    "restart loses none"
-                )
+            message = (
+                f"{spec.table} rules need [engine] journal = true (in {self.engine_file}): "
+                "their open correlations and deadlines live in the journal, so that a "
+                "restart loses none"
+            )
             self.problems.append(
                 Problem(rule.file, rule.key_line(spec.table) or rule.line, rule.where,
                         spec.table, message)

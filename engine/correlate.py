@@ -704,6 +704,28 @@ class Correlations:
         if kept:
             log.info("%s: kept %d open correlation(s) of %d rule(s)", when, kept, len(report.kept))
 
+    def rows(self) -> list[CorrelationRow]:
+        """Every open correlation whole, its events included: what a store
+        that cannot look events up (the cluster's snapshot) keeps."""
+        rows = []
+        for name, opened in self._open.items():
+            rule = self._rules.get(name)
+            definition = rule.correlation.definition if rule and rule.correlation else ""
+            form = rule.correlation.form if rule and rule.correlation else ""
+            for corr in opened.values():
+                events = orjson.dumps([held.stored(whole=True) for held in corr.held])
+                row = CorrelationRow(
+                    name, corr.key, definition, form, corr.start.seq, corr.deadline, corr.gap,
+                    events,
+                )  # fmt: skip
+                rows.append(row)
+        return rows
+
+    @property
+    def gaps(self) -> list[tuple[float, float]]:
+        """The gap intervals remembered (`note_gap`), for a snapshot."""
+        return list(self._gaps)
+
     def cancel(self, rule: str, key: str) -> bool:
         """Close one open correlation without firing it (`zoomrules timers cancel`)."""
         opened = self._open.get(rule)

@@ -12,7 +12,8 @@
     ├── AuthError            Zoom refused the credentials: retrying cannot help
     ├── JournalError         the journal cannot be used (the message says how to recover)
     │   ├── JournalBusy      another process holds the journal
-    │   └── JournalWriterLost  the journal's writer process died or could not start
+    │   ├── JournalWriterLost  the journal's writer process died or could not start
+    │   └── CorrelationsTakenOver  another node runs the cluster's temporal rules now
     └── DaemonError          the daemon cannot go on
 
 Catching `ZoomrulesError` catches everything the engine raises on purpose;
@@ -33,6 +34,7 @@ __all__ = [
     "ActionFailed",
     "AuthError",
     "ConfigError",
+    "CorrelationsTakenOver",
     "DaemonError",
     "ExpressionError",
     "InvalidEvent",
@@ -124,6 +126,10 @@ class JournalBusy(JournalError):
 
 class JournalWriterLost(JournalError):
     """The journal's writer process died or could not be started."""
+
+
+class CorrelationsTakenOver(JournalError):
+    """Another node saved the cluster's temporal rule state: this one no longer runs them."""
 
 
 class DaemonError(ZoomrulesError):

@@ -65,7 +65,8 @@ class JournalFeed:
         self._went_waiting = anyio.Event()
         self.clock: Clock = clock or WallClock()
         #: Where temporal rules and throttle windows keep their state (None:
-        #: a journal that keeps none, e.g. the cluster's).
+        #: a journal that keeps none: the cluster's, whose temporal rules
+        #: run in engine.correlator and throttles in engine.shared_limits).
         self.state: StateStore | None = journal if isinstance(journal, StateStore) else None
         self.correlations = Correlations(
             pipeline.rules.rules, clock=self.clock, watch_required=hold_absences
@@ -176,6 +177,10 @@ class JournalFeed:
         # matching takes long: heartbeats and socket reads go on.
         choose = self.pipeline.choose
         fired = [await choose(event) for event in events]
+        if self.state is None and self.correlations.active:
+            # A cluster's temporal rules are matched by one node, in order
+            # (engine.correlator), not by whichever node takes the event.
+            fired = [[rule for rule in rules if rule.correlation is None] for rules in fired]
         if self.state is None or not (self.correlations.active or self.pipeline.rules.throttles):
             # Nothing to keep between events: jobs by rule name.
             firings = [

@@ -11,6 +11,8 @@ name`, so several clusters can share one NATS system:
     <name>_progress bucket  job -> next action (for a job taken over mid-way)
     <name>_marks    bucket  name -> time (e.g. when a subscription was last connected)
     <name>_limits   bucket  shared throttle windows and rate budgets
+    <name>_correlator   bucket  who runs the temporal rules (a lease; TTL = lease_ttl)
+    <name>_correlations bucket  their open correlations, a snapshot (engine.journal.jetstream)
 
 Nothing here acts on events: the journal backend (`engine.journal.jetstream`),
 the leases (`engine.leases`) and the shared limits (`engine.shared_limits`)
@@ -147,9 +149,11 @@ class NatsLink:
                 duplicate_window=window, storage=StorageType.FILE, num_replicas=replicas,
             ),
             StreamConfig(
+                # The window also keeps a temporal rule's firing queued once
+                # when a node taking over the rules queues it again.
                 name=names.retry, subjects=[f"{names.prefix}.retry.*"],
                 retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE,
-                num_replicas=replicas,
+                duplicate_window=window, num_replicas=replicas,
             ),
             StreamConfig(
                 # No max_age: dead letters stay until retried or purged, as
@@ -171,6 +175,11 @@ class NatsLink:
             KeyValueConfig(bucket=names.bucket("marks"), ttl=_MARK_AGE, history=1,
                            replicas=replicas),
             KeyValueConfig(bucket=names.bucket("limits"), ttl=_LIMIT_AGE, history=1,
+                           replicas=replicas),
+            KeyValueConfig(bucket=names.bucket("correlator"), ttl=cluster.lease_ttl,
+                           history=1, replicas=replicas),
+            # No TTL: a correlation may stay open for days (its window).
+            KeyValueConfig(bucket=names.bucket("correlations"), history=1,
                            replicas=replicas),
         ]  # fmt: skip
         for bucket in buckets:

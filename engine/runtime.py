@@ -19,8 +19,9 @@ import anyio
 import httpx
 
 from engine.config import ClusterConfig, Config, EngineConfig
+from engine.correlator import Correlator
 from engine.dispatch import Dispatcher, DispatchStats
-from engine.journal import JobRow, JournalStore, open_journal
+from engine.journal import CorrelationLog, JobRow, JournalStore, open_journal
 from engine.journal_feed import JournalFeed
 from engine.leases import Leases
 from engine.loader import LoadedRules
@@ -101,6 +102,8 @@ class ClusterNode:
     leases: Leases
     #: The `nodes` bucket, where this node says it is alive (`engine.membership`).
     nodes: Any
+    #: Runs the cluster's temporal rules while this node holds its lease.
+    correlator: Correlator | None = None
 
 
 @dataclass
@@ -181,6 +184,9 @@ async def _journaled(
                 await tg.start(feed.run)
                 if node is not None:
                     tg.start_soon(_beacon(node, dispatcher).run)
+                    if isinstance(store, CorrelationLog):
+                        node.correlator = await _correlator(node, store, pipeline)
+                        tg.start_soon(node.correlator.run)
                 try:
                     yield Runtime(pipeline, store.append, store, feed, marks=store, cluster=node)
                     # Events already journaled are matched and run within the
@@ -216,6 +222,15 @@ async def _join(link: NatsLink, services: Services, pipeline: Pipeline) -> Clust
     nodes = await link.bucket("nodes")
     leases = Leases(await link.bucket("leases"), cluster.node, cluster.lease_ttl, nodes)
     return ClusterNode(link, leases, nodes)
+
+
+async def _correlator(node: ClusterNode, store: CorrelationLog, pipeline: Pipeline) -> Correlator:
+    """The cluster's temporal rules, on whichever node holds their lease."""
+    cluster = node.link.cluster
+    # A bucket of its own: the subscriptions' leases are spread over the
+    # nodes and listed by `cluster status`; this one is neither.
+    leases = Leases(await node.link.bucket("correlator"), cluster.node, cluster.lease_ttl)
+    return Correlator(store, leases.lease("temporal-rules"), lambda: pipeline.rules)
 
 
 def _beacon(node: ClusterNode, dispatcher: Dispatcher) -> NodeBeacon:

@@ -148,8 +148,8 @@ async def _timers(command: str, args: argparse.Namespace, place: JournalPlace) -
     async with open_admin(place) as admin:
         if not isinstance(admin, TimerAdmin):
             print(
-                "zoomrules: timers: this journal keeps no temporal rule state (a cluster's "
-                "journal; see docs/correlation.md)",
+                "zoomrules: timers: this journal keeps no temporal rule state "
+                "(see docs/correlation.md)",
                 file=sys.stderr,
             )
             return EXIT_FAILURE

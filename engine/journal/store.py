@@ -51,6 +51,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CLOSED",
+    "CorrelationLog",
+    "CorrelationSnapshot",
     "DEAD",
     "DONE",
     "FAILED",
@@ -465,8 +467,9 @@ class StateStore(Protocol):
     rules' open correlations and throttle windows (the SQLite journal).
 
     Changes arrive with the jobs (`JournalStore.add_jobs(firings, state)`)
-    and commit with them. A backend for a cluster would keep the same
-    state where every node sees it (docs/correlation.md says what it needs).
+    and commit with them. A cluster keeps temporal rules' state its own
+    way (`CorrelationLog`: one node matches them, in order) and throttle
+    windows in `engine.shared_limits`.
     """
 
     async def load_state(self) -> EngineState:
@@ -496,4 +499,55 @@ class TimerAdmin(Protocol):
         """Cancel open correlations (rule, key): at once when no daemon owns
         the journal, else marked for the daemon to close within a second or
         so. Returns how many there were."""
+        ...
+
+
+@dataclass(frozen=True)
+class CorrelationSnapshot:
+    """A cluster's temporal rule state as one node last saved it."""
+
+    #: Every open correlation, its events whole (`Correlations.rows`).
+    rows: list[CorrelationRow]
+    #: Gap intervals (start, end) seen, for windows that open later.
+    gaps: list[tuple[float, float]]
+    #: The position of the last event the state has seen: matching resumes after it.
+    cursor: int
+
+
+@runtime_checkable
+class CorrelationLog(Protocol):
+    """Temporal rules in a cluster (the JetStream journal): one node at a
+    time (a lease) reads every event in order after the saved state's
+    cursor, matches temporal rules in memory, queues their firings as jobs
+    any node runs, then saves the state with the new cursor. A node that
+    takes over loads the last save and reads the events after it again:
+    the firings it makes again carry the same idempotency key, and the
+    store keeps one job per key."""
+
+    async def load_correlations(self) -> CorrelationSnapshot:
+        """The last saved state; this node's later saves must follow it
+        (else `CorrelationsTakenOver`)."""
+        ...
+
+    async def events_after(
+        self, cursor: int, limit: int, timeout: float
+    ) -> tuple[list[int], list[Event]]:
+        """Events after position `cursor`, in order, at most `limit`; waits
+        up to `timeout` seconds for one when there are none."""
+        ...
+
+    async def queue_firings(self, firings: Sequence[tuple[int, Event, KeyedJob]]) -> None:
+        """Jobs of temporal rules' firings (the position of the event each
+        fires on, the event, the keyed job) for any node to run; a key
+        queued before is not queued again."""
+        ...
+
+    async def save_correlations(self, snapshot: CorrelationSnapshot) -> None:
+        """Replace the saved state; `CorrelationsTakenOver` if another node
+        saved since this one loaded or saved."""
+        ...
+
+    async def claim_cancelled(self) -> list[tuple[str, str]]:
+        """(rule, key) of the correlations `zoomrules timers cancel` asked
+        to close since the last call."""
         ...

@@ -18,13 +18,14 @@ import orjson
 
 from engine.errors import JournalError
 from engine.events import Event
+from engine.journal.jetstream.correlations import SnapshotBucket
 from engine.journal.jetstream.documents import (
     dead_letter,
     event_from_message,
     job_from_document,
     requeued,
 )
-from engine.journal.store import DEAD, RETRY, JobRow
+from engine.journal.store import DEAD, RETRY, CorrelationRow, JobRow
 from engine.nats_link import NatsLink, entries
 
 
@@ -35,6 +36,7 @@ class JetStreamAdmin:
         self.link = link
         self.names = link.names
         self._last_own_job = 0
+        self.snapshots = SnapshotBucket(link)
 
     async def _messages(self, stream: str, limit: int) -> list[Any]:
         """The first `limit` messages of `stream` (none if it does not exist)."""
@@ -181,6 +183,25 @@ class JetStreamAdmin:
 
     def owner(self) -> str | None:
         return f"the nodes of cluster {self.names.prefix}"
+
+    # -- temporal rules (`TimerAdmin`): the correlator's last snapshot ------------
+
+    async def correlations(self, rule: str | None, limit: int) -> list[CorrelationRow]:
+        from nats.js.errors import NotFoundError
+
+        try:
+            snapshot = await SnapshotBucket(self.link).read()
+        except NotFoundError:  # a cluster whose nodes predate temporal rules
+            return []
+        rows = [] if snapshot is None else snapshot.rows
+        rows = sorted((row for row in rows if rule is None or row.rule == rule),
+                      key=lambda row: row.deadline)  # fmt: skip
+        return rows[:limit]
+
+    async def cancel_correlations(self, items: Sequence[tuple[str, str]]) -> int:
+        # The node running the temporal rules applies them at its next look.
+        await self.snapshots.request_cancel(items)
+        return len(items)
 
     async def seen_recently(self, event_id: str, now: float, window: float) -> bool:
         return False  # NATS cannot look an id up without publishing it (see `replay`)

@@ -9,6 +9,7 @@ its event, so `zoomrules dlq` needs nothing else to show or run it.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Any
 
@@ -28,6 +29,14 @@ JOBS_PER_EVENT = 1000
 
 def job_id(seq: int, index: int) -> int:
     return seq * JOBS_PER_EVENT + index
+
+
+def firing_job_id(seq: int, rule: str) -> int:
+    """A temporal rule's firing's job id: on the event it fires on, in the
+    upper half of the event's ids (its ordinary jobs take the lower), the
+    same on whichever node queues it."""
+    slot = int(hashlib.sha256(rule.encode()).hexdigest()[:8], 16) % (JOBS_PER_EVENT // 2)
+    return job_id(seq, JOBS_PER_EVENT // 2 + slot)
 
 
 def event_message(event: Event) -> tuple[bytes, dict[str, str]]:
@@ -60,10 +69,15 @@ def dead_letter(
     error: str | None,
     created_at: float,
     state: str = DEAD,
+    context: dict[str, Any] | None = None,
 ) -> bytes:
+    """A job and its event as one document; `context`: a temporal rule's
+    firing's (`KeyedJob`), what its actions see under `zoomrules`."""
     now = time.time()
+    extra = {} if context is None else {"context": context}
     return orjson.dumps(
         {
+            **extra,
             "id": job,
             "event_seq": event_seq,
             "rule": rule,
@@ -107,6 +121,7 @@ def job_from_document(data: bytes, *, state: str | None = None) -> JobRow:
         created_at=float(doc["created_at"]),
         updated_at=float(doc["updated_at"]),
         event=event,
+        context=doc.get("context"),
     )
 
 

@@ -41,18 +41,22 @@ from engine.errors import JournalError
 from engine.events import Event
 from engine.journal.jetstream.admin import JetStreamAdmin
 from engine.journal.jetstream.documents import (
+    MSG_ID,
     dead_letter,
     event_from_message,
     event_message,
+    firing_job_id,
     job_from_document,
     job_id,
 )
 from engine.journal.store import (
     RETRY,
+    CorrelationSnapshot,
     Firings,
     JobRow,
     JobStart,
     JournalCounters,
+    KeyedJob,
     StateChange,
     StoreHealth,
 )
@@ -146,6 +150,10 @@ class JetStreamJournal(JetStreamAdmin):
         self._failure: str | None = None
         self._outage_since: float | None = None
         self._stopped = anyio.Event()
+        #: The correlator's reader of the events stream, in order (`events_after`).
+        self._ordered: Any = None
+        self._ordered_next = 0
+        self._ordered_fresh = False
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -519,13 +527,15 @@ class JetStreamJournal(JetStreamAdmin):
     ) -> None:
         event = info.held.event if info.held is not None else None
         seq = info.held.seq if info.held is not None else 0
+        context = None
         if event is None and info.retry_msg is not None:
             row = job_from_document(info.retry_msg.data)
-            event, seq = row.event, row.event_seq
+            event, seq, context = row.event, row.event_seq, row.context
         assert event is not None
         document = dead_letter(
-            job, seq, event, info.rule, index, attempts, info.errors, error, info.created_at
-        )
+            job, seq, event, info.rule, index, attempts, info.errors, error, info.created_at,
+            context=context,
+        )  # fmt: skip
         await self.link.js.publish(self.names.dlq_subject(job), document)
         self.counters.dead_letters += 1
         await self._ended(job, info)
@@ -578,6 +588,103 @@ class JetStreamJournal(JetStreamAdmin):
     async def retry_now(self, ids: Sequence[int]) -> list[JobRow]:
         await self.requeue(ids)
         return []  # the nodes take them from the retry queue
+
+    # -- temporal rules (`CorrelationLog`): the node holding the correlator lease ------
+
+    async def load_correlations(self) -> CorrelationSnapshot:
+        snapshot = await self.snapshots.read()
+        if snapshot is not None:
+            return snapshot
+        # The cluster's first run of temporal rules: they follow the events
+        # from now on (not the stream's retained past, which would open
+        # correlations long closed). Saved at once, so that a second node
+        # starting the same moment finds this cursor or loses the race.
+        info = await self.link.js.stream_info(self.names.events)
+        snapshot = CorrelationSnapshot([], [], int(info.state.last_seq))
+        await self.save_correlations(snapshot)
+        return snapshot
+
+    async def save_correlations(self, snapshot: CorrelationSnapshot) -> None:
+        await self.snapshots.write(snapshot, self.link.node)
+
+    async def claim_cancelled(self) -> list[tuple[str, str]]:
+        return await self.snapshots.claim_cancelled()
+
+    async def events_after(
+        self, cursor: int, limit: int, timeout: float
+    ) -> tuple[list[int], list[Event]]:
+        from nats.errors import TimeoutError as NatsTimeout
+
+        if self._ordered is None or self._ordered_next != cursor + 1:
+            await self._read_from(cursor + 1)
+        assert self._ordered is not None
+        try:
+            msgs = await self._ordered.fetch(limit, timeout=timeout)
+        except (NatsTimeout, TimeoutError):  # nothing new
+            return [], []
+        except Exception as exc:  # noqa: BLE001 - NATS away: start again from the cursor
+            self._logs.log(logging.WARNING, "ordered", "correlator: cannot read events (%r)", exc)
+            await self._stop_reading()
+            await anyio.sleep(0.5)
+            return [], []
+        seqs: list[int] = []
+        events: list[Event] = []
+        for msg in msgs:
+            seq = msg.metadata.sequence.stream
+            # The consumer acknowledges nothing: a fetch cut short skips what
+            # it carried. A hole in the sequence is read again from the cursor.
+            if seq != self._ordered_next and not (self._ordered_fresh and not seqs):
+                await self._stop_reading()
+                break
+            self._ordered_fresh = False
+            self._ordered_next = seq + 1
+            try:
+                event = event_from_message(msg.data, msg.headers)
+            except Exception:  # noqa: BLE001 - not an event (the matchers said so)
+                continue
+            seqs.append(seq)
+            events.append(event)
+        return seqs, events
+
+    async def _read_from(self, start: int) -> None:
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+        await self._stop_reading()
+        config = ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=max(1, start),
+            ack_policy=AckPolicy.NONE, inactive_threshold=60.0, mem_storage=True,
+            num_replicas=1,
+        )  # fmt: skip
+        self._ordered = await self.link.js.pull_subscribe(
+            self.names.events_subject, durable=None, stream=self.names.events, config=config
+        )
+        self._ordered_next = start
+        # Retention may have removed events after the cursor: the first one
+        # the stream still has comes first.
+        self._ordered_fresh = True
+
+    async def _stop_reading(self) -> None:
+        ordered, self._ordered = self._ordered, None
+        if ordered is not None:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await ordered.unsubscribe()
+                except Exception as exc:  # noqa: BLE001 - it expires by itself
+                    log.debug("correlator: cannot drop the event reader (%s)", exc)
+
+    async def queue_firings(self, firings: Sequence[tuple[int, Event, KeyedJob]]) -> None:
+        now = time.time()
+        for seq, event, (rule, key, context) in firings:
+            job = firing_job_id(seq, rule)
+            document = dead_letter(
+                job, seq, event, rule, 0, 0, 0, None, now, state=RETRY,
+                context=orjson.loads(context),
+            )  # fmt: skip
+            # The firing's key as the message id: queued again by a node that
+            # took the rules over, it is dropped as a duplicate.
+            await self.link.js.publish(
+                self.names.retry_subject(job), document, headers={MSG_ID: f"firing-{key}"}
+            )
 
 
 @asynccontextmanager
