@@ -215,8 +215,13 @@ class Daemon:
 
     @property
     def correlations(self) -> Correlations | None:
-        feed = self.runtime.feed if self.runtime is not None else None
-        return feed.correlations if feed is not None else None
+        runtime = self.runtime
+        if runtime is None:
+            return None
+        if runtime.cluster is not None and runtime.cluster.correlator is not None:
+            # A cluster's temporal rules run on the node holding their lease.
+            return runtime.cluster.correlator.correlations
+        return runtime.feed.correlations if runtime.feed is not None else None
 
     def readiness(self) -> Readiness:
         """Ready: running, the journal writing, every source delivering

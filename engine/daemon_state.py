@@ -71,7 +71,8 @@ class DaemonState(Protocol):
 
     @property
     def correlations(self) -> Correlations | None:
-        """Temporal rules' open correlations (None: no journal feed runs)."""
+        """Temporal rules' open correlations (None: none run here: no
+        journal, or a cluster node that does not hold the correlator lease)."""
         ...
 
     def readiness(self) -> Readiness: ...

@@ -83,7 +83,8 @@ class TemporalRuleStatus:
     name: str
     #: `absence`, `sequence` or `count`.
     form: str
-    open: int
+    #: None: not run by this process (another node of the cluster runs them).
+    open: int | None
     #: Its earliest open deadline (None: nothing open).
     next_deadline: float | None
     fired: int
@@ -231,7 +232,7 @@ def _temporal(state: DaemonState) -> tuple[TemporalRuleStatus, ...]:
         TemporalRuleStatus(
             name=rule.name,
             form=rule.correlation.form,
-            open=counts.get(rule.name, 0),
+            open=counts.get(rule.name, 0) if correlations is not None else None,
             next_deadline=deadlines.get(rule.name),
             fired=stats.fired[rule.name] if stats is not None else 0,
             dropped=stats.dropped[rule.name] if stats is not None else 0,

@@ -216,10 +216,18 @@ def _temporal(rules: Sequence[TemporalRuleStatus], now: float) -> str:
         )
         for rule in rules
     ]
+    elsewhere = any(rule.open is None for rule in rules)
+    note = (
+        '<p class="muted">Another node of the cluster runs them (it holds the correlator '
+        "lease); its page shows them.</p>"
+        if elsewhere
+        else ""
+    )
     return _section(
         "temporal",
         "Temporal rules",
-        _table(("rule", "form", "open", "next deadline", "fired", "dropped at max_open"), rows)
+        note
+        + _table(("rule", "form", "open", "next deadline", "fired", "dropped at max_open"), rows)
         + "<p>Each open correlation: <code>zoomrules timers list</code>.</p>",
     )
 

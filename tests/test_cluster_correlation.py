@@ -8,12 +8,14 @@ the satisfied one never.
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import orjson
 import pytest
 from cluster_support import Node, cluster_nodes, cluster_rules
@@ -74,6 +76,12 @@ async def _until_open(rules: Path, keys: set[str]) -> None:
             await anyio.sleep(0.1)
 
 
+def _http_port(node: Node) -> int:
+    found = re.search(r"serving HTTP on 127\.0\.0\.1:(\d+)", node.log())
+    assert found is not None, node.log()
+    return int(found.group(1))
+
+
 def _correlator(nodes: list[Node]) -> Node | None:
     running = [node for node in nodes if RUNS in node.log()]
     return running[0] if len(running) == 1 else None
@@ -128,6 +136,7 @@ async def test_timers_list_and_cancel_against_a_cluster(
 ) -> None:
     async with Simulator() as sim, Target().serve() as target:
         extra = ABSENCE.format(within="1h", target=target.url)
+        extra += '[http]\nlisten = "127.0.0.1:0"\n'
         rules = cluster_rules(tmp_path, target.url, [nats_server.url], extra=extra)
         async with cluster_nodes(1, rules, sim, tmp_path / "state") as nodes:
             await sim.wait_connected(timeout=30)
@@ -136,6 +145,13 @@ async def test_timers_list_and_cancel_against_a_cluster(
             events = [_event("meeting.started", f"c-{i}", now_ms) for i in range(2)]
             assert await sim.send_events(events) == 2
             await _until_open(rules, {"c-0", "c-1"})
+            # The correlator node's /metrics and status page show them.
+            port = _http_port(nodes[0])
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+                metrics = (await client.get("/metrics")).text
+                assert 'zoomrules_correlations_open{rule="host-not-joined"} 2.0' in metrics
+                page = (await client.get("/")).text
+                assert '<section id="temporal">' in page and "Another node" not in page
 
             shown = orjson.loads(await _timers(rules, "show", "host-not-joined", "c-0", "--json"))
             assert shown["events"][0]["body"]["payload"]["object"]["uuid"] == "c-0"
