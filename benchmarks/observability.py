@@ -5,9 +5,11 @@ of its own, 50 event names, 100 rules of which one per name fires, a no-op
 action, journal off), through the daemon as it is (no `[http]`) and with
 each variant of `VARIANTS`:
 
-- `metrics`: `[http]` on and `/metrics` scraped every second (by a client
-  in the daemon's process: its share, a request a second, is not worth
-  another process).
+- `metrics`: `[http]` on, the last 50 events' decision traces kept for the
+  status page (`recent_events = 50`, the default), and `/metrics` scraped
+  every second (by a client in the daemon's process: its share, a request
+  a second, is not worth another process). Together: everything watching
+  the daemon costs while nobody reads the page.
 
 Several rounds, each one run of every variant back to back (the order
 turning from round to round, as the machine's speed drifts); the figure of
@@ -86,7 +88,10 @@ HTTP = '[http]\nlisten = "127.0.0.1:0"'
 SCRAPES = Scrapes()
 VARIANTS = {
     "metrics": Variant(
-        f"`[http]` on, `/metrics` scraped every {SCRAPE_EVERY:g} s", HTTP, SCRAPES.every_second
+        f"`[http]` on (the status page's traces kept: `recent_events = 50`), "
+        f"`/metrics` scraped every {SCRAPE_EVERY:g} s",
+        HTTP + "\nrecent_events = 50",
+        SCRAPES.every_second,
     ),
 }
 
