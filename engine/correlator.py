@@ -17,6 +17,12 @@ subscription's is) does it here, alone:
    keyed by the firing's `zoomrules.correlation_id`, and then saves the
    snapshot with the new cursor, compare-and-set against its own last save.
 
+Gaps: the node learns of them from the `zoomrules.connection_gap` events
+it reads, which are in the stream only once the connection is back. So an
+absence waits until it is known that no subscription missed anything in
+its window (`SharedWatch`: the `up:`/`alive:` marks the subscriptions'
+holders share), as in the single daemon; a gap event read meanwhile marks it.
+
 A node that takes the lease over after a crash loads the last save and
 reads the events after its cursor again: it makes the same firings again,
 and the store drops the ones queued already (same key), so a crash loses
@@ -29,18 +35,21 @@ and goes back to standing by.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 
 import anyio
 import orjson
 
+from engine.config import Config
 from engine.correlate import Correlations, Firing
 from engine.errors import CorrelationsTakenOver
 from engine.events import Event
 from engine.journal.store import CorrelationLog, CorrelationSnapshot, KeyedJob
 from engine.leases import Lease
 from engine.loader import LoadedRules
+from engine.sources.gaps import LIVE_EVERY, LIVE_PREFIX, MARK_PREFIX
 from engine.timers import Clock, WallClock
 
 log = logging.getLogger("zoomrules.correlator")
@@ -57,6 +66,69 @@ CURSOR_SAVE = 5.0
 STATE_SAVE = 0.5
 #: After a failure (NATS away), how long before standing by again.
 PAUSE = 1.0
+#: The subscriptions' shared marks are read this often (`SharedWatch`).
+MARKS_LOOK = 1.0
+#: Added to `gap_threshold` before a mark's age alone says "a gap": the
+#: holder writes it every LIVE_EVERY, it is read every MARKS_LOOK, and
+#: publishing it takes a moment.
+_MARK_SLACK = LIVE_EVERY + MARKS_LOOK + 1.0
+
+
+class SharedWatch:
+    """The sources' view (`engine.correlate.StreamWatch`) in a cluster: what
+    the holders of the Zoom subscriptions share in the marks bucket.
+
+    A subscription is complete until the later of its `up:` mark (it was
+    connected then, every event received before handed to the journal) and
+    its `alive:` mark; the cluster is, until the earliest of them. A value
+    counts only once the events published before it have been read (`seen`):
+    a gap's event is published before the marks move past its start, so an
+    absence whose window a gap overlapped is marked by then. Gaps themselves
+    come from the stream's gap events (`gaps_since` has none to add).
+    """
+
+    def __init__(self) -> None:
+        self.threshold: float | None = None
+        self._names: tuple[str, ...] = ()
+        #: Complete until (epoch seconds; None: not known yet).
+        self._until: float | None = None
+        #: Read, not yet counted: (complete until, position to read up to).
+        self._pending: tuple[float | None, int] | None = None
+
+    def configure(self, config: Config) -> None:
+        zoom = config.zoom
+        subs = zoom.subscriptions if zoom is not None else ()
+        self._names = tuple(f"zoom:{sub.name}" for sub in subs)
+        gap = zoom.gap_threshold if zoom is not None else None
+        self.threshold = None if gap is None else gap + _MARK_SLACK
+
+    async def refresh(self, store: CorrelationLog) -> None:
+        if not self._names:
+            return
+        names = [prefix + name for name in self._names for prefix in (LIVE_PREFIX, MARK_PREFIX)]
+        values, position = await store.shared_marks(names)
+        each = []
+        for index in range(0, len(values), 2):
+            known = [value for value in values[index : index + 2] if value is not None]
+            each.append(max(known) if known else None)
+        # One never connected yet (no mark): nothing is known.
+        until = None if None in each else min(value for value in each if value is not None)
+        self._pending = (until, position)
+
+    def seen(self, cursor: int) -> None:
+        """The events up to position `cursor` have been read."""
+        pending = self._pending
+        if pending is not None and cursor >= pending[1]:
+            self._until, self._pending = pending[0], None
+
+    def complete_until(self) -> float | None:
+        now = time.time()
+        if not self._names or self.threshold is None:
+            return now  # no subscription, or gaps never reported: nothing to wait for
+        return None if self._until is None else min(self._until, now)
+
+    def gaps_since(self, after: float) -> list[tuple[float, float]]:
+        return []
 
 
 class Correlator:
@@ -76,6 +148,8 @@ class Correlator:
         self.rules = rules
         self.batch = batch
         self.clock: Clock = clock or WallClock()
+        #: What the subscriptions' holders share, for absences.
+        self.watch = SharedWatch()
         #: The correlations while this node runs them (None: standing by).
         self.correlations: Correlations | None = None
         #: Takeovers of the lease by this node (for its log and tests).
@@ -110,7 +184,9 @@ class Correlator:
         store, clock = self.store, self.clock
         snapshot = await store.load_correlations()
         loaded = self.rules()
-        correlations = Correlations(loaded.rules, clock=clock)
+        watch = self.watch = SharedWatch()
+        watch.configure(loaded.config)
+        correlations = Correlations(loaded.rules, clock=clock, watch=watch)
         correlations.restore(snapshot.rows)
         for start, end in snapshot.gaps:
             correlations.note_gap(start, end)
@@ -118,6 +194,7 @@ class Correlator:
         cursor = saved_cursor = snapshot.cursor
         dirty = bool(correlations.take_changes())
         last_save = last_cancel = time.monotonic()
+        last_marks = -math.inf
         log.info(
             "correlator: %d open correlation(s), resuming after event %d",
             len(correlations), cursor,
@@ -127,6 +204,13 @@ class Correlator:
             if current is not loaded:
                 loaded = current
                 correlations.replace_rules(loaded.rules)
+                watch.configure(loaded.config)
+            if time.monotonic() - last_marks >= MARKS_LOOK:
+                # Before reading events: what the marks vouch for counts
+                # once the events published before them have been read.
+                last_marks = time.monotonic()
+                await watch.refresh(store)
+                watch.seen(cursor)
             due = correlations.next_deadline()
             wait = POLL if due is None else min(POLL, max(0.01, due - clock.now()))
             seqs, events = await store.events_after(cursor, self.batch, wait)
@@ -136,6 +220,7 @@ class Correlator:
                 fired += correlations.due(min(clock.now(), events[0].received_at))
                 fired += self._match(loaded, correlations, seqs, events)
                 cursor = seqs[-1]
+                watch.seen(cursor)
                 # Behind (a full batch): deadlines fall in step with arrivals.
                 caught_up = len(seqs) < self.batch
                 fired += correlations.due(clock.now() if caught_up else events[-1].received_at)

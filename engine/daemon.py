@@ -43,7 +43,7 @@ from engine.runtime import Runtime, open_services, refresh_services, running_eng
 from engine.sd_notify import SystemdNotifier
 from engine.services import Services
 from engine.source_set import SourceSet
-from engine.sources import ConnectionGaps, EventSource, build_sources, mark_interval
+from engine.sources import LIVE_EVERY, ConnectionGaps, EventSource, build_sources, mark_interval
 from engine.status_page import routes as status_routes
 
 log = logging.getLogger("zoomrules.daemon")
@@ -291,6 +291,10 @@ class Daemon:
         self._services = services
         self.gaps = gaps = ConnectionGaps(runtime.marks)
         _configure_gaps(gaps, self.loaded.config)
+        if runtime.cluster is not None:
+            # The correlator node learns from these marks whether absences
+            # may be decided (engine.correlator.SharedWatch).
+            gaps.live_every = LIVE_EVERY
         if runtime.feed is not None:
             # Absences ask the sources whether a gap overlapped their window.
             runtime.feed.watch_sources(gaps)

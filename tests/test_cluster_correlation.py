@@ -3,7 +3,8 @@
 One node at a time runs the temporal rules (engine.correlator); the test
 kills that node (SIGKILL) while correlations are open, before their
 deadline, and the deadlines fire on the node that takes over: each once,
-the satisfied one never.
+the satisfied one never. A subscription disconnected across an absence's
+deadline: the absence waits for the subscription's news and fires marked.
 """
 
 from __future__ import annotations
@@ -159,3 +160,59 @@ async def test_timers_list_and_cancel_against_a_cluster(
             assert "cancelled 1 correlation(s)" in said
             await _until_open(rules, {"c-1"})
             assert {path for path, _ in target.counts} == {"/a"}
+
+
+GAP_ABSENCE = """
+[[rule]]
+name = "host-not-joined"
+on   = "meeting.started"
+key  = "payload.object.uuid"
+unless = {{ on = "meeting.participant_joined", within = "2s", grace = "1s" }}
+
+  [[rule.action]]
+  type = "http"
+  url  = "{target}/absent/{{{{ payload.object.uuid }}}}/gap-{{{{ zoomrules.gap }}}}"
+  headers = {{ Idempotency-Key = "{{{{ zoomrules.correlation_id }}}}" }}
+
+[[rule]]
+name = "gap"
+on   = "zoomrules.connection_gap"
+
+  [[rule.action]]
+  type = "http"
+  url  = "{target}/gap"
+  headers = {{ Idempotency-Key = "{{{{ payload.start_time }}}}" }}
+"""
+
+
+async def test_an_absence_whose_deadline_falls_in_a_disconnection_fires_marked_once_back(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    async with Simulator() as sim, Target().serve() as target:
+        rules = cluster_rules(
+            tmp_path, target.url, [nats_server.url],
+            zoom='gap_threshold = "1s"\nheartbeat_interval = "1s"',
+            extra=GAP_ABSENCE.format(target=target.url),
+        )  # fmt: skip
+        async with cluster_nodes(2, rules, sim, tmp_path / "state") as nodes:
+            await sim.wait_connected(timeout=30)
+            await wait_until(lambda: _correlator(nodes) is not None, 30)
+            now_ms = int(time.time() * 1000)
+            assert await sim.send_event(_event("meeting.started", "g-0", now_ms)) == 1
+            await _until_open(rules, {"g-0"})
+
+            # Down from before the deadline (now + 3 s) until well after it:
+            # the gap's event reaches the stream only once the holder is back.
+            sim.refuse_connections(seconds=6.0)
+            assert await sim.drop(reset=True)
+            await sim.wait_connected(count=2, timeout=30)
+
+            def absent() -> list[str]:
+                return [path for path, _ in target.counts if path.startswith("/absent/")]
+
+            await wait_until(lambda: len(absent()) == 1, 30)
+            await _until_open(rules, set())
+            await wait_until(lambda: "/gap" in {path for path, _ in target.counts}, 30)
+            # Once, marked (on_gap = "mark", the default).
+            assert [path.lower() for path in absent()] == ["/absent/g-0/gap-true"]
+            assert sum(n for (path, _), n in target.counts.items() if path != "/a") == 2

@@ -551,3 +551,11 @@ class CorrelationLog(Protocol):
         """(rule, key) of the correlations `zoomrules timers cancel` asked
         to close since the last call."""
         ...
+
+    async def shared_marks(self, names: Sequence[str]) -> tuple[list[float | None], int]:
+        """The marks `names` as every node sees them (not this node's own
+        still unpublished ones), and then the position of the stream's last
+        event: once read up to there, every event published before those
+        marks has been seen (a mark is published after the events queued
+        before it)."""
+        ...

@@ -17,12 +17,13 @@ from engine.config import Config, Subscription
 from engine.leases import Leases
 from engine.services import Services, TokenProvider
 from engine.sources.base import EventSink, EventSource, IntakeCheck, Marks, SourceHealth
-from engine.sources.gaps import ConnectionGaps, MemoryMarks, mark_interval
+from engine.sources.gaps import LIVE_EVERY, ConnectionGaps, MemoryMarks, mark_interval
 from engine.sources.leased import LeasedSource
 from engine.sources.webhook import RouteHost, WebhookSource
 from engine.sources.zoom_ws import ZoomListener
 
 __all__ = [
+    "LIVE_EVERY",
     "ConnectionGaps",
     "EventSink",
     "EventSource",

@@ -22,6 +22,13 @@ and at once when a connection comes up or goes down (`run`), and once more
 when the daemon stops (`flush`). While a gap event has not been handed to
 the sink yet (the journal may be full), the mark is not moved past the
 gap's start: if the process dies first, the next start finds the gap again.
+
+In a cluster the node running temporal rules is not the one holding the
+connections, and a quiet connection's mark moves on only once per heartbeat
+answer. So there (`live_every` set) the holder also writes `up:<source
+name>` = now every `live_every` seconds while a connection is up and no gap
+event is held: every event received before it is with the journal (what
+`complete_until` says here), published after those events like any mark.
 """
 
 from __future__ import annotations
@@ -42,6 +49,8 @@ from engine.logs import LogLimiter
 from engine.sources.base import Marks
 
 __all__ = [
+    "LIVE_EVERY",
+    "LIVE_PREFIX",
     "MARK_EVERY",
     "MARK_PREFIX",
     "ConnectionGaps",
@@ -55,6 +64,12 @@ log = logging.getLogger("zoomrules.gaps")
 
 #: A source's mark is `alive:<source name>` (e.g. `alive:zoom:default`).
 MARK_PREFIX = "alive:"
+#: In a cluster: `up:<source name>`, the last moment one of its connections
+#: was up with every event received until then handed to the journal.
+LIVE_PREFIX = "up:"
+#: ... written this often while connected: how late an absence's deadline
+#: falls at most, in a cluster, for want of it (with the correlator's look).
+LIVE_EVERY = 1.0
 #: Longest time between two writes of a connected source's mark.
 MARK_EVERY = 5.0
 #: ... and the shortest (a fast heartbeat must not mean a write per heartbeat).
@@ -156,6 +171,8 @@ class _Tracked:
     written: float | None = None
     #: Gap events not yet handed to the sink: the mark stays where it is.
     held: int = 0
+    #: When its `up:` mark was last written (time.time()).
+    live_written: float | None = None
 
 
 class ConnectionGaps:
@@ -173,11 +190,14 @@ class ConnectionGaps:
         *,
         threshold: float | None = 10.0,
         mark_every: float = MARK_EVERY,
+        live_every: float | None = None,
         started_at: float | None = None,
     ) -> None:
         self.marks = marks
         self.threshold = threshold
         self.mark_every = mark_every
+        #: How often to write `up:` marks (None: not at all, as outside a cluster).
+        self.live_every = live_every
         #: When this process started looking: a mark older than this was
         #: written before it ran.
         self.started_at = time.time() if started_at is None else started_at
@@ -320,7 +340,10 @@ class ConnectionGaps:
         """Write the marks until cancelled: every `mark_every` seconds while a
         source is connected, at once after a connection came up or went down."""
         while True:
-            with anyio.move_on_after(self.mark_every):
+            every = self.mark_every
+            if self.live_every is not None:
+                every = min(every, self.live_every)
+            with anyio.move_on_after(every):
                 await self._wake.wait()
             if self._wake.is_set():
                 self._wake = anyio.Event()
@@ -335,12 +358,28 @@ class ConnectionGaps:
                 continue
             if tracked.written is not None and _ms(value) <= _ms(tracked.written):
                 continue
-            try:
-                await self.marks.write_mark(MARK_PREFIX + source, value)
-            except Exception as exc:  # noqa: BLE001 - a mark is worth a line, not the daemon
-                self._logs.log(
-                    logging.WARNING, "write",
-                    "%s: cannot record when it was last connected (%s)", source, exc,
-                )  # fmt: skip
+            if await self._write(MARK_PREFIX + source, value, "when it was last connected"):
+                tracked.written = value
+        if self.live_every is not None:
+            await self._write_live(self.live_every)
+
+    async def _write_live(self, every: float) -> None:
+        now = time.time()
+        for source, tracked in list(self._tracked.items()):
+            # A held gap event is not in the journal yet: nothing after its
+            # start may be vouched for.
+            if not tracked.links or tracked.held:
                 continue
-            tracked.written = value
+            if tracked.live_written is not None and now - tracked.live_written < every * 0.9:
+                continue
+            if await self._write(LIVE_PREFIX + source, now, "that it is connected"):
+                tracked.live_written = now
+
+    async def _write(self, name: str, value: float, what: str) -> bool:
+        try:
+            await self.marks.write_mark(name, value)
+        except Exception as exc:  # noqa: BLE001 - a mark is worth a line, not the daemon
+            source = name.split(":", 1)[1]
+            self._logs.log(logging.WARNING, "write", "%s: cannot record %s (%s)", source, what, exc)
+            return False
+        return True

@@ -610,6 +610,13 @@ class JetStreamJournal(JetStreamAdmin):
     async def claim_cancelled(self) -> list[tuple[str, str]]:
         return await self.snapshots.claim_cancelled()
 
+    async def shared_marks(self, names: Sequence[str]) -> tuple[list[float | None], int]:
+        # From the bucket, not the outbox (`read_mark`): a mark still queued
+        # here vouches for events not published yet.
+        values = [await JetStreamAdmin.read_mark(self, name) for name in names]
+        info = await self.link.js.stream_info(self.names.events)
+        return values, int(info.state.last_seq)
+
     async def events_after(
         self, cursor: int, limit: int, timeout: float
     ) -> tuple[list[int], list[Event]]:
