@@ -120,7 +120,7 @@ class NatsLink:
         return f"{url.hostname}:{url.port}" if url is not None else "(none)"
 
     async def bucket(self, kind: str) -> Any:
-        """The key-value bucket `kind` (leases, nodes, progress, marks, limits)."""
+        """The key-value bucket `kind` (leases, nodes, progress, marks, limits, firings...)."""
         found = self._buckets.get(kind)
         if found is None:
             found = self._buckets[kind] = await self.js.key_value(self.names.bucket(kind))
@@ -177,6 +177,10 @@ class NatsLink:
             KeyValueConfig(bucket=names.bucket("limits"), ttl=_LIMIT_AGE, history=1,
                            replicas=replicas),
             KeyValueConfig(bucket=names.bucket("correlator"), ttl=cluster.lease_ttl,
+                           history=1, replicas=replicas),
+            # The temporal rules' firings queued, by key: one job per firing
+            # for as long as its event is kept (engine.journal.jetstream.store).
+            KeyValueConfig(bucket=names.bucket("firings"), ttl=engine.retention,
                            history=1, replicas=replicas),
             # No TTL: a correlation may stay open for days (its window).
             KeyValueConfig(bucket=names.bucket("correlations"), history=1,

@@ -51,3 +51,51 @@ async def test_a_mark_is_written_only_after_the_events_queued_before_it(link: Na
                 await anyio.sleep(0.05)
         assert await _stream_messages(link) == 1
         assert store.health().ok
+
+
+async def _queued_jobs(link: NatsLink) -> int:
+    return (await link.js.stream_info(link.names.retry)).state.messages
+
+
+async def test_a_firing_made_again_after_the_duplicate_window_is_not_queued_again(
+    link: NatsLink,
+) -> None:
+    from engine.journal.store import CorrelationLog
+
+    event = Event.from_body(example("meeting.started"), source="test")
+    firing = (7, event, ("host-not-joined", "f" * 32, b'{"correlation_id": "ff"}'))
+    other = (8, event, ("host-not-joined", "e" * 32, b'{"correlation_id": "ee"}'))
+    async with open_journal(EngineConfig(journal_backend="jetstream"), link=link) as store:
+        assert isinstance(store, CorrelationLog)
+        await store.queue_firings([firing])
+        assert await _queued_jobs(link) == 1
+
+        # The retry stream forgets the ids it saw (as once its duplicate
+        # window has passed): a new stream, the job taken meanwhile.
+        await link.js.delete_stream(link.names.retry)
+        await link.ensure()
+        # A successor makes the same firing again, and a new one.
+        await store.queue_firings([firing, other])
+        assert await _queued_jobs(link) == 1  # the new one only
+        firings = await link.bucket("firings")
+        assert sorted(entry.key for entry in await entries(firings)) == ["e" * 32, "f" * 32]
+
+
+async def test_a_firing_queued_but_not_recorded_is_dropped_by_its_message_id(
+    link: NatsLink,
+) -> None:
+    from engine.journal.store import CorrelationLog
+
+    event = Event.from_body(example("meeting.started"), source="test")
+    firing = (7, event, ("host-not-joined", "d" * 32, b'{"correlation_id": "dd"}'))
+    async with open_journal(EngineConfig(journal_backend="jetstream"), link=link) as store:
+        assert isinstance(store, CorrelationLog)
+        await store.queue_firings([firing])
+        # The node died between queuing the job and recording its key: the
+        # successor's job is the stream's duplicate, and the key is recorded.
+        firings = await link.bucket("firings")
+        await firings.purge("d" * 32)
+        assert not await entries(firings)
+        await store.queue_firings([firing])
+        assert await _queued_jobs(link) == 1
+        assert [entry.key for entry in await entries(firings)] == ["d" * 32]

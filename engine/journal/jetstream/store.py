@@ -24,6 +24,7 @@ among the event's firings: the same job has the same id on every node.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import deque
@@ -680,18 +681,36 @@ class JetStreamJournal(JetStreamAdmin):
                     log.debug("correlator: cannot drop the event reader (%s)", exc)
 
     async def queue_firings(self, firings: Sequence[tuple[int, Event, KeyedJob]]) -> None:
+        from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+
+        queued = await self.link.bucket("firings")
         now = time.time()
         for seq, event, (rule, key, context) in firings:
+            # Queued before, however long ago (a successor making it again
+            # from an older save): the `firings` bucket keeps each key for
+            # the retention, the stream's duplicate window only minutes.
+            try:
+                await queued.get(key)
+                log.info("correlator: firing %s was queued before; not again", key)
+                continue
+            except KeyNotFoundError:
+                pass
             job = firing_job_id(seq, rule)
             document = dead_letter(
                 job, seq, event, rule, 0, 0, 0, None, now, state=RETRY,
                 context=orjson.loads(context),
             )  # fmt: skip
-            # The firing's key as the message id: queued again by a node that
-            # took the rules over, it is dropped as a duplicate.
+            # The job first, then its entry: a crash in between leaves no
+            # entry, and the successor's second publish is within the
+            # duplicate window (a takeover takes seconds), dropped by its id.
+            # The other order would lose the firing to a crash in between.
             await self.link.js.publish(
                 self.names.retry_subject(job), document, headers={MSG_ID: f"firing-{key}"}
             )
+            entry = orjson.dumps({"job": job, "rule": rule, "node": self.link.node, "at": now})
+            # Created already by a node that queued it too: queued once all the same.
+            with contextlib.suppress(KeyWrongLastSequenceError):
+                await queued.create(key, entry)
 
 
 @asynccontextmanager
