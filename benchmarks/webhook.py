@@ -168,7 +168,7 @@ simulator's WebSocket. Runs alternate within each round; medians over {rounds} r
 | WebSocket | {figures["websocket"]:,.0f} | {figures["cpu_websocket"]:,.0f} µs |
 | webhook, {clients} clients | {figures["webhook"]:,.0f} | {figures["cpu_webhook"]:,.0f} µs |
 
-Webhook requests answered 200: {figures["answered"]:,.0f}/s (each after the journal took its
+Webhook requests answered 200: {figures["answered"]:,.0f}/s (each after the journal committed its
 event). Webhook vs WebSocket, median of the rounds' ratios: {figures["ratio"]:.2f}.
 Rounds (WebSocket / webhook end to end, webhook answered, per second): {runs}.
 CPU per event is this process's time (the event loop, with the senders or the simulator,
