@@ -16,7 +16,8 @@ import orjson
 import pytest
 from cluster_support import Node, cluster_nodes, cluster_rules
 from conftest import example
-from test_journal_support import Target, meeting_events, wait_until
+from http_target import Target
+from test_journal_support import meeting_events, wait_until
 
 from engine.simulator import Simulator, WebhookSender
 from tests.nats_server import NatsServer, nats_connect, run_nats_cluster

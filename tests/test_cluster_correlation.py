@@ -21,7 +21,8 @@ import orjson
 import pytest
 from cluster_support import Node, cluster_nodes, cluster_rules
 from conftest import ROOT, cli_env, example
-from test_journal_support import Target, wait_until
+from http_target import Target
+from test_journal_support import wait_until
 
 from engine.simulator import Simulator
 from tests.nats_server import NatsServer

@@ -16,7 +16,8 @@ import anyio
 import pytest
 from cluster_support import cluster_nodes, cluster_rules
 from conftest import ZOOM_ENV, run_cli, write_rules
-from test_journal_support import Target, meeting_events, wait_until
+from http_target import Target
+from test_journal_support import meeting_events, wait_until
 
 from engine.config import load_config
 from engine.nats_link import connect

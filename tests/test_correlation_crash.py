@@ -21,7 +21,8 @@ import anyio
 import pytest
 from conftest import example, write_rules
 from daemon_process import DaemonProcess, daemon_process, poll_until
-from test_journal_support import IDEMPOTENCY_HEADER, JournalView, Target, daemon_env
+from http_target import IDEMPOTENCY_HEADER, Target
+from test_journal_support import JournalView, daemon_env
 
 from engine.simulator import Simulator
 

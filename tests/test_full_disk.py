@@ -14,9 +14,9 @@ from pathlib import Path
 import psutil
 import pytest
 from daemon_process import daemon_process
+from http_target import Target
 from test_journal_support import (
     JournalView,
-    Target,
     daemon_env,
     meeting_events,
     rules_text,

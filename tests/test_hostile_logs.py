@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 from conftest import cli_env, example, run_cli
 from daemon_process import daemon_process, simulator_env
+from http_target import Target
 from test_daemon import ZOOM, wait_lines
-from test_journal_support import Target, wait_until
+from test_journal_support import wait_until
 
 from engine.logs import LogLimiter, configure_logging, escape_controls
 from engine.redact import clear_secrets, mask_urls, redact_value, register_secret

@@ -12,9 +12,9 @@ import anyio
 import pytest
 from conftest import cli_env, run_cli, write_rules
 from daemon_process import daemon_process
+from http_target import Target
 from test_journal_support import (
     JournalView,
-    Target,
     daemon_env,
     meeting_events,
     rules_text,

@@ -1,7 +1,6 @@
 """Helpers for the journal, crash and backpressure tests (no tests of its own).
 
-- `Target`: an HTTP endpoint in the test process that counts requests by
-  their idempotency header, can answer slowly, stall, or fail;
+- (the HTTP endpoint actions are sent to, `Target`, is in `http_target`);
 - `DaemonProcess`: `zoomrules run` as a real subprocess against a Simulator;
 - `JournalView`: read-only looks into the journal database from outside.
 """
@@ -10,103 +9,20 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-import time
-from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import anyio
-from anyio.abc import SocketAttribute, SocketStream
-from anyio.streams.buffered import BufferedByteReceiveStream
 from conftest import example, write_rules
 from daemon_process import poll_until, simulator_env
+from http_target import IDEMPOTENCY_HEADER
 
 from engine.simulator import Simulator
-
-IDEMPOTENCY_HEADER = "x-idempotency-key"
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float, what: str = "") -> None:
     """Poll a condition that has no event to wait on (another process's state)."""
     await poll_until(predicate, timeout)
-
-
-class Target:
-    """An action target: counts (path, idempotency key) of every request it gets."""
-
-    def __init__(self, delay: float = 0.0) -> None:
-        self.delay = delay
-        self.status = 200
-        self.counts: Counter[tuple[str, str]] = Counter()
-        #: (path, key) -> monotonic time its first response was sent.
-        self.completed: dict[tuple[str, str], float] = {}
-        self.received = 0
-        self._open = anyio.Event()
-        self._open.set()
-        self.port = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stall(self) -> None:
-        """Hold every request (from now on) until `release()`."""
-        self._open = anyio.Event()
-
-    def release(self) -> None:
-        self._open.set()
-
-    async def _answer(self, path: str, key: str) -> bytes:
-        self.received += 1
-        await self._open.wait()
-        if self.delay:
-            await anyio.sleep(self.delay)
-        if self.status >= 400:
-            return _response(self.status, b"down")
-        self.counts[(path, key)] += 1
-        self.completed.setdefault((path, key), time.monotonic())
-        return _response(200, b"{}")
-
-    async def _serve_client(self, client: SocketStream) -> None:
-        """A minimal HTTP/1.1 keep-alive server (uvicorn is too slow for a burst)."""
-        buffered = BufferedByteReceiveStream(client)
-        async with client:
-            with contextlib.suppress(
-                anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, OSError
-            ):
-                while True:
-                    head = (await buffered.receive_until(b"\r\n\r\n", 65536)).decode()
-                    request_line, *lines = head.split("\r\n")
-                    headers = {
-                        name.strip().lower(): value.strip()
-                        for name, _, value in (line.partition(":") for line in lines)
-                    }
-                    length = int(headers.get("content-length", "0"))
-                    if length:
-                        await buffered.receive_exactly(length)
-                    path = request_line.split(" ")[1]
-                    await client.send(await self._answer(path, headers.get(IDEMPOTENCY_HEADER, "")))
-
-    @asynccontextmanager
-    async def serve(self) -> AsyncIterator[Target]:
-        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
-        self.port = listener.extra(SocketAttribute.local_port)
-        async with listener, anyio.create_task_group() as tg:
-            tg.start_soon(listener.serve, self._serve_client)
-            try:
-                yield self
-            finally:
-                self.release()
-                tg.cancel_scope.cancel()
-
-
-def _response(status: int, body: bytes) -> bytes:
-    return (
-        f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
 
 
 def meeting_events(
@@ -203,7 +119,6 @@ class JournalView:
 
 __all__ = [
     "JournalView",
-    "Target",
     "daemon_env",
     "meeting_events",
     "rules_text",

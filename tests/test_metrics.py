@@ -18,8 +18,9 @@ import anyio
 import httpx
 import pytest
 from daemon_process import simulator_env
+from http_target import Target
 from prometheus_client.parser import text_string_to_metric_families
-from test_journal_support import Target, http_actions, meeting_events
+from test_journal_support import http_actions, meeting_events
 
 from engine.daemon import Daemon
 from engine.loader import load_rules, zoom_event_names

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 from daemon_process import daemon_process, simulator_env
+from http_target import Target
 from test_daemon import ZOOM, example
-from test_journal_support import Target, wait_until
+from test_journal_support import wait_until
 
 from engine.simulator import Simulator
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import anyio
 import pytest
 from conftest import example, run_cli, write_rules
-from test_journal_support import IDEMPOTENCY_HEADER, JournalView, Target, _response
+from http_target import IDEMPOTENCY_HEADER, Target, _response
+from test_journal_support import JournalView
 
 from engine.events import Event
 from engine.journal import DEAD
