@@ -54,7 +54,8 @@ class NoopPlugin:
         return [ActionType(name="noop", run=_noop, description="does nothing (benchmarks)")]
 
 
-def rules_file(directory: Path, rules: int, journal: bool) -> Path:
+def rules_file(directory: Path, rules: int, journal: bool, extra: str = "") -> Path:
+    """The benchmark's rule file; `extra` is more TOML for the top level (a `[cluster]`)."""
     body = [
         textwrap.dedent(
             f"""
@@ -85,13 +86,14 @@ def rules_file(directory: Path, rules: int, journal: bool) -> Path:
             )
         )
     path = directory / "rules.toml"
-    path.write_text("".join(body))
+    path.write_text("".join([*body, extra]))
     return path
 
 
-def events(count: int, rules: int) -> list[dict[str, Any]]:
+def events(count: int, rules: int, start: int = 0) -> list[dict[str, Any]]:
+    """`count` distinct events (the `start`-th on), each firing one of `rules` rules."""
     out = []
-    for n in range(count):
+    for n in range(start, start + count):
         i = n % rules
         out.append(
             {
@@ -117,13 +119,14 @@ def simulator_env(sim: Simulator) -> dict[str, str]:
     }
 
 
-async def run_once(journal: bool, count: int, rules: int) -> float:
-    """Events per second for one daemon run."""
+async def run_once(journal: bool, count: int, rules: int, cluster: str = "") -> float:
+    """Events per second for one daemon run; `cluster` is a `[cluster]` section
+    (the journal is then the cluster's JetStream streams)."""
     with tempfile.TemporaryDirectory(prefix="zoomrules-bench-") as tmp:
         directory = Path(tmp)
         async with Simulator() as sim:
             env = simulator_env(sim)
-            path = rules_file(directory, rules, journal)
+            path = rules_file(directory, rules, journal, cluster)
             loaded = load_rules([path], env=env, extra_plugins=[NoopPlugin()])
             daemon = Daemon([path], loaded, env=env, handle_signals=False)
             frames = [Simulator.encode_event(body) for body in events(count, rules)]
@@ -140,7 +143,7 @@ async def run_once(journal: bool, count: int, rules: int) -> float:
                     await anyio.sleep(0.001)
                 elapsed = time.perf_counter() - started
                 daemon.stop()
-            if journal:
+            if journal and not cluster:
                 db = sqlite3.connect(directory / "state" / "journal.db")
                 done = db.execute("SELECT COUNT(*) FROM jobs WHERE state = 'done'").fetchone()[0]
                 db.close()
