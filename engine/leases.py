@@ -41,8 +41,11 @@ log = logging.getLogger("zoomrules.cluster")
 #: A holder stops reading once this share of the TTL passed without a renewal.
 FENCE = 2 / 3
 #: Renewals per TTL, and how often a standby looks (at most once a second).
-RENEWALS = 3
+RENEWALS = 6
 LOOKS = 5
+#: After a failed renewal, the first retry's wait (seconds); it doubles up to
+#: half the renewal period. A renewal period later would already be the fence.
+RETRY_FIRST = 0.2
 
 
 def lease_key(subscription: str) -> str:
@@ -136,7 +139,7 @@ class Lease:
             held_elsewhere = len(self.leases.held - {self.name})
             if held_elsewhere:
                 await anyio.sleep(look * held_elsewhere)
-            now = time.time()
+            now, attempted = time.time(), time.monotonic()
             try:
                 self._revision = await self.leases.bucket.create(self.key, self._value(now))
             except KeyWrongLastSequenceError:
@@ -149,37 +152,71 @@ class Lease:
                 await anyio.sleep(look)
                 continue
             self.elsewhere = False
-            self._renewed = time.monotonic()
+            self._renewed = attempted  # the fence counts from the sending (see keep)
             self.holding = Holding(self._revision, now)
             self.leases.held.add(self.name)
             return self.holding
 
     async def keep(self) -> str:
-        """Renew until the lease is lost, fenced or handed over; returns why it ended."""
+        """Renew until the lease is lost, fenced or handed over; returns why it ended.
+
+        A refused or unanswered renewal (NATS electing a stream leader,
+        reconnecting) is retried within a fraction of a second, not a
+        renewal period later: a period later is already the fence, and one
+        refusal would cost the lease."""
         from nats.js.errors import KeyWrongLastSequenceError
 
         assert self.holding is not None
         every = self.ttl / RENEWALS
+        wait, retry = every, RETRY_FIRST
         while True:
-            await anyio.sleep(max(0.0, min(every, self._fence_at() - time.monotonic())))
+            await anyio.sleep(max(0.0, min(wait, self._fence_at() - time.monotonic())))
             if time.monotonic() >= self._fence_at():
                 return f"no renewal for {self.ttl * FENCE:.1f}s (NATS unreachable?)"
+            # The key's TTL restarts when NATS applies the update, after it
+            # was sent: the fence counts from the sending, to be safe.
+            attempted = time.monotonic()
             try:
-                with anyio.fail_after(max(0.1, self._fence_at() - time.monotonic())):
+                with anyio.fail_after(max(0.1, self._fence_at() - attempted)):
                     self._revision = await self.leases.bucket.update(
                         self.key,
                         self._value(self.holding.since, self.holding.epoch),
                         last=self._revision,
                     )
             except KeyWrongLastSequenceError:
+                if await self._renewed_unseen():
+                    # Renew soon from the revision found; the fence stays
+                    # where the last confirmed renewal put it.
+                    wait, retry = retry, min(retry * 2, every / 2)
+                    continue
                 return "taken over by another node"
             except Exception as exc:  # noqa: BLE001 - retried until fenced
-                log.debug("lease %s: renewal failed (%s)", self.name, exc)
+                log.debug("lease %s: renewal failed (%s); again in %.1fs", self.name, exc, retry)
+                wait, retry = retry, min(retry * 2, every / 2)
                 continue
-            self._renewed = time.monotonic()
+            wait, retry = every, RETRY_FIRST
+            self._renewed = attempted
             if await self.leases.crowded(self.name):
                 await self.release()
                 return "handed over to a node that holds fewer subscriptions"
+
+    async def _renewed_unseen(self) -> bool:
+        """Whether the key still names this holding at a newer revision: a
+        renewal that NATS applied but whose answer never came (a timeout,
+        a reconnect). If so, that revision is ours from now on. The epoch
+        is unique to a holding (the revision of its create), so another
+        node's value never matches."""
+        assert self.holding is not None
+        try:
+            entry = await self.leases.bucket.get(self.key)
+        except Exception as exc:  # noqa: BLE001 - deleted or unreadable: not ours
+            log.debug("lease %s: reading the key failed (%s)", self.name, exc)
+            return False
+        value = orjson.loads(entry.value) if entry.value else {}
+        if value.get("node") == self.leases.node and value.get("epoch") == self.holding.epoch:
+            self._revision = entry.revision
+            return True
+        return False
 
     def _fence_at(self) -> float:
         return self._renewed + self.ttl * FENCE

@@ -99,3 +99,43 @@ async def test_a_firing_queued_but_not_recorded_is_dropped_by_its_message_id(
         await store.queue_firings([firing])
         assert await _queued_jobs(link) == 1
         assert [entry.key for entry in await entries(firings)] == ["d" * 32]
+
+
+async def test_a_redelivered_event_waits_for_its_progress_through_a_nats_hiccup(
+    nats_server: NatsServer,
+) -> None:
+    """Its node died: the event comes back to another node, which must learn
+    where its jobs stand before running them. NATS not answering that
+    question for a moment (a stream electing its leader) is waited out, not
+    a crash of the node."""
+    cluster = ClusterConfig(servers=(nats_server.url,), name="r", node="a", ack_wait=1.0)
+    engine = EngineConfig(journal_backend="jetstream")
+    async with connect(cluster, engine) as link:
+        store: JournalStore
+        async with open_journal(engine, link=link) as store:
+            await store.append(Event.from_body(example("meeting.started"), source="test"))
+            with anyio.fail_after(10):
+                while not (taken := await store.take_events(10))[0]:
+                    await store.wait_for_events()
+            # Taken, never acknowledged: this node "dies" with it.
+    async with connect(cluster, engine) as link:
+        failures = 2
+        bucket = link.bucket
+
+        async def unanswered(kind: str) -> object:
+            nonlocal failures
+            if kind == "progress" and failures:
+                failures -= 1
+                raise TimeoutError("nats: timeout")
+            return await bucket(kind)
+
+        link.bucket = unanswered  # type: ignore[method-assign]
+        async with open_journal(engine, link=link) as store:
+            with anyio.fail_after(20):
+                while not (again := await store.take_events(10))[0]:
+                    await store.wait_for_events()
+            assert again[1][0].id == taken[1][0].id
+            with anyio.fail_after(20):
+                starts = await store.add_jobs([(again[0][0], ["rule-a", "rule-b"])])
+            assert [start for _, start in starts] == [0, 0]
+            assert failures == 0

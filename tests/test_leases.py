@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
+from typing import Any
 
 import anyio
 import orjson
@@ -170,3 +171,51 @@ async def test_a_changed_lease_ttl_updates_the_buckets_at_the_next_start(
         async with connect(cluster, EngineConfig()) as link:
             info = await link.js.stream_info("KV_v_leases")
             assert info.config.max_age == ttl
+
+
+class _Refusing:
+    """The leases bucket, whose `update` fails the next `times` calls as
+    NATS does while it elects a stream leader; `applied` makes a failure
+    happen after NATS applied the update (its answer lost)."""
+
+    def __init__(self, bucket: Any, times: int, *, applied: bool = False) -> None:
+        self.bucket = bucket
+        self.times = times
+        self.applied = applied
+        self.refused = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.bucket, name)
+
+    async def update(self, key: str, value: bytes, last: int) -> int:
+        if self.refused < self.times:
+            self.refused += 1
+            if self.applied:
+                await self.bucket.update(key, value, last=last)
+            raise TimeoutError("no response from stream")
+        return int(await self.bucket.update(key, value, last=last))
+
+
+@pytest.mark.parametrize("applied", [False, True], ids=["refused", "answer-lost"])
+async def test_a_holder_rides_out_a_refused_renewal(
+    links: tuple[NatsLink, NatsLink], applied: bool
+) -> None:
+    """One or two failed renewals (NATS electing a leader, an answer lost)
+    cost nothing: the next try comes within a fraction of a second, not at
+    the fence; and an update NATS applied without answering is recognised
+    as this holding's own, not as a takeover."""
+    a, b = [await _leases(link) for link in links]
+    refusing = _Refusing(a.bucket, times=2, applied=applied)
+    a.bucket = refusing
+    lease = a.lease("default")
+    held = await lease.acquire()
+    with anyio.move_on_after(TTL * 2) as kept:
+        why = await lease.keep()
+    assert kept.cancelled_caught, f"the lease was lost: {why}"
+    assert refusing.refused == 2
+    assert (await holders(b.bucket))["default"]["epoch"] == held.epoch
+    # Still fenced when NATS stays away for good.
+    refusing.times = 10**9
+    with anyio.fail_after(TTL * 2):
+        why = await lease.keep()
+    assert why.startswith("no renewal for")

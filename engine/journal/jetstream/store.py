@@ -409,7 +409,22 @@ class JetStreamJournal(JetStreamAdmin):
         return starts
 
     async def _progress(self, seq: int, count: int) -> list[int]:
-        """Where each job of a redelivered event stands (-1: ended)."""
+        """Where each job of a redelivered event stands (-1: ended); asked
+        until NATS answers (a stream electing its leader, a reconnect): the
+        jobs cannot start before it is known, or an action could run twice."""
+        retry = Backoff(0.2, 5.0)
+        while True:
+            try:
+                return await self._read_progress(seq, count)
+            except Exception as exc:  # noqa: BLE001 - NATS away: asked again
+                self._logs.log(
+                    logging.WARNING, "progress",
+                    "journal: cannot read where a redelivered event's jobs stand (%r); retrying",
+                    exc,
+                )  # fmt: skip
+                await anyio.sleep(retry.next())
+
+    async def _read_progress(self, seq: int, count: int) -> list[int]:
         from nats.js.errors import KeyNotFoundError
 
         bucket = await self.link.bucket("progress")
