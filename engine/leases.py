@@ -41,7 +41,7 @@ log = logging.getLogger("zoomrules.cluster")
 #: A holder stops reading once this share of the TTL passed without a renewal.
 FENCE = 2 / 3
 #: Renewals per TTL, and how often a standby looks (at most once a second).
-RENEWALS = 6
+RENEWALS = 10
 LOOKS = 5
 #: After a failed renewal, the first retry's wait (seconds); it doubles up to
 #: half the renewal period. A renewal period later would already be the fence.
