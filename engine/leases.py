@@ -168,7 +168,8 @@ class Lease:
 
         assert self.holding is not None
         every = self.ttl / RENEWALS
-        wait, retry = every, RETRY_FIRST
+        first_retry = min(RETRY_FIRST, every / 2)
+        wait, retry = every, first_retry
         while True:
             await anyio.sleep(max(0.0, min(wait, self._fence_at() - time.monotonic())))
             if time.monotonic() >= self._fence_at():
@@ -194,7 +195,7 @@ class Lease:
                 log.debug("lease %s: renewal failed (%s); again in %.1fs", self.name, exc, retry)
                 wait, retry = retry, min(retry * 2, every / 2)
                 continue
-            wait, retry = every, RETRY_FIRST
+            wait, retry = every, first_retry
             self._renewed = attempted
             if await self.leases.crowded(self.name):
                 await self.release()
