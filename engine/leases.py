@@ -35,6 +35,7 @@ import orjson
 
 from engine.membership import members
 from engine.nats_link import entries
+from engine.retry import Backoff
 
 log = logging.getLogger("zoomrules.cluster")
 
@@ -43,8 +44,9 @@ FENCE = 2 / 3
 #: Renewals per TTL, and how often a standby looks (at most once a second).
 RENEWALS = 10
 LOOKS = 5
-#: After a failed renewal, the first retry's wait (seconds); it doubles up to
-#: half the renewal period. A renewal period later would already be the fence.
+#: After a failed renewal, the first retry's longest wait (seconds; jittered,
+#: doubling up to half the renewal period). A renewal period later would
+#: already be the fence.
 RETRY_FIRST = 0.2
 
 
@@ -168,8 +170,8 @@ class Lease:
 
         assert self.holding is not None
         every = self.ttl / RENEWALS
-        first_retry = min(RETRY_FIRST, every / 2)
-        wait, retry = every, first_retry
+        retry = Backoff(min(RETRY_FIRST, every / 2), every / 2)
+        wait = every
         while True:
             await anyio.sleep(max(0.0, min(wait, self._fence_at() - time.monotonic())))
             if time.monotonic() >= self._fence_at():
@@ -188,14 +190,15 @@ class Lease:
                 if await self._renewed_unseen():
                     # Renew soon from the revision found; the fence stays
                     # where the last confirmed renewal put it.
-                    wait, retry = retry, min(retry * 2, every / 2)
+                    wait = retry.next()
                     continue
                 return "taken over by another node"
             except Exception as exc:  # noqa: BLE001 - retried until fenced
-                log.debug("lease %s: renewal failed (%s); again in %.1fs", self.name, exc, retry)
-                wait, retry = retry, min(retry * 2, every / 2)
+                wait = retry.next()
+                log.debug("lease %s: renewal failed (%s); again in %.1fs", self.name, exc, wait)
                 continue
-            wait, retry = every, first_retry
+            wait = every
+            retry.reset()
             self._renewed = attempted
             if await self.leases.crowded(self.name):
                 await self.release()

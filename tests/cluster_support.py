@@ -99,6 +99,7 @@ on   = ["meeting.started"]
 
 
 _TOOK = re.compile(r"(\S+): this node took the lease")
+_SERVING = re.compile(r"serving HTTP on 127\.0\.0\.1:(\d+)")
 
 
 class Node:
@@ -123,6 +124,12 @@ class Node:
 
     def log(self) -> str:
         return self.daemon.output()
+
+    def http_port(self) -> int:
+        """The port of its `[http]` server (`listen = "127.0.0.1:0"`), from its log."""
+        found = _SERVING.search(self.log())
+        assert found is not None, f"{self.name} serves no HTTP:\n{self.log()}"
+        return int(found.group(1))
 
 
 def _with_servers(rules: Path, name: str, servers: Sequence[str]) -> Path:

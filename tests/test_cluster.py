@@ -6,7 +6,6 @@ actions' target counts requests by their idempotency key (the event's id).
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 import anyio
 import orjson
 import pytest
-from cluster_support import Node, cluster_nodes, cluster_rules
+from cluster_support import cluster_nodes, cluster_rules
 from conftest import example
 from http_target import Target
 from test_journal_support import meeting_events, wait_until
@@ -382,16 +381,6 @@ async def test_a_cluster_restarted_after_a_stop_reports_the_gap_once(
     assert stopped + 1.5 <= gap["end"] <= restarted
 
 
-_SERVING = re.compile(r"serving HTTP on 127\.0\.0\.1:(\d+)")
-
-
-def _http_port(node: Node) -> int:
-    for line in node.daemon.stderr:
-        if found := _SERVING.search(line):
-            return int(found.group(1))
-    raise AssertionError(f"{node.name} serves no HTTP:\n{node.log()}")
-
-
 async def test_webhooks_on_every_node_fire_once_and_a_200_survives_the_node(
     tmp_path: Path, nats_server: NatsServer
 ) -> None:
@@ -411,7 +400,7 @@ async def test_webhooks_on_every_node_fire_once_and_a_200_survives_the_node(
             for node in nodes:
                 await node.daemon.wait_log("serving HTTP on", timeout=30)
             first, second = (
-                WebhookSender(f"http://127.0.0.1:{_http_port(node)}/zoom/webhook", secret)
+                WebhookSender(f"http://127.0.0.1:{node.http_port()}/zoom/webhook", secret)
                 for node in nodes
             )
             async with first, second:

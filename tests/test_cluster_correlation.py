@@ -9,7 +9,6 @@ deadline: the absence waits for the subscription's news and fires marked.
 
 from __future__ import annotations
 
-import re
 import sys
 import time
 from pathlib import Path
@@ -78,12 +77,6 @@ async def _until_open(rules: Path, keys: set[str]) -> None:
             await anyio.sleep(0.1)
 
 
-def _http_port(node: Node) -> int:
-    found = re.search(r"serving HTTP on 127\.0\.0\.1:(\d+)", node.log())
-    assert found is not None, node.log()
-    return int(found.group(1))
-
-
 def _correlator(nodes: list[Node]) -> Node | None:
     running = [node for node in nodes if RUNS in node.log()]
     return running[0] if len(running) == 1 else None
@@ -148,7 +141,7 @@ async def test_timers_list_and_cancel_against_a_cluster(
             assert await sim.send_events(events) == 2
             await _until_open(rules, {"c-0", "c-1"})
             # The correlator node's /metrics and status page show them.
-            port = _http_port(nodes[0])
+            port = nodes[0].http_port()
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
                 metrics = (await client.get("/metrics")).text
                 assert 'zoomrules_correlations_open{rule="host-not-joined"} 2.0' in metrics
